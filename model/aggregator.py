@@ -1,0 +1,147 @@
+"""The alternating-attention aggregator, with its execution strategies.
+
+Tokens per frame: camera (1), registers (R), patches (row-major); ``P = 1 + R + h*w``.
+Frame attention works on ``[B*S, P, C]``, global attention on ``[B, S*P, C]``.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+import torch.nn as nn
+
+from .config import AggregatorConfig, DinoV2Config, ExecutionConfig
+from .dinov2 import ConvPatchEmbed, DinoV2
+from .layers import Block, Rope2D
+from .nvtx import OFF, Ranges
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Aggregator(nn.Module):
+    """``images [B, S, 3, H, W]`` in [0, 1] -> list of ``depth`` layer outputs ``[B, S, P, 2C]`` (or None).
+
+    Each kept entry is ``cat(frame_out, global_out)`` of that layer; layers not in
+    ``cfg.cached_layers()`` are None, so the heads' layer indices keep their meaning and
+    memory holds only what the heads read.
+    """
+
+    def __init__(self, cfg: AggregatorConfig, vit: Optional[DinoV2Config] = None):
+        super().__init__()
+        self.cfg = cfg
+        C = cfg.embed_dim
+        # Own parameters first: that is the checkpoint's order.
+        self.camera_token = nn.Parameter(torch.randn(1, 2, 1, C) * 1e-6)
+        self.register_token = nn.Parameter(torch.randn(1, 2, cfg.num_register_tokens, C) * 1e-6)
+        self.patch_embed = DinoV2(vit) if vit is not None else ConvPatchEmbed(cfg.patch_size, 3, C)
+
+        def blocks():
+            return nn.ModuleList(
+                Block(
+                    C, cfg.num_heads, cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, proj_bias=cfg.proj_bias,
+                    ffn_bias=cfg.ffn_bias, init_values=cfg.init_values, qk_norm=cfg.qk_norm,
+                )
+                for _ in range(cfg.depth)
+            )
+
+        self.frame_blocks = blocks()
+        self.global_blocks = blocks()
+        # Images are normalised inside the model; not in the checkpoint (non-persistent).
+        self.register_buffer("_resnet_mean", torch.empty(1, 1, 3, 1, 1), persistent=False)
+        self.register_buffer("_resnet_std", torch.empty(1, 1, 3, 1, 1), persistent=False)
+        self.reset_buffers()
+        self.cached = cfg.cached_layers()
+        self.execution = ExecutionConfig()
+        self.ranges: Ranges = OFF
+        self.attend = None  # set by configure()
+
+    def reset_buffers(self):
+        """(Re)fill the normalisation constants, e.g. after ``to_empty``."""
+        if self._resnet_mean.is_meta:
+            return
+        with torch.no_grad():
+            self._resnet_mean.copy_(torch.tensor(IMAGENET_MEAN).view(1, 1, 3, 1, 1))
+            self._resnet_std.copy_(torch.tensor(IMAGENET_STD).view(1, 1, 3, 1, 1))
+
+    @property
+    def patch_start_idx(self) -> int:
+        return self.cfg.patch_start_idx
+
+    # ---- pieces ---------------------------------------------------------------------------
+    def special_tokens(self, B: int, S: int) -> torch.Tensor:
+        """``[B*S, 1+R, C]``: index 0 of the camera/register tokens for frame 0, index 1 for the rest."""
+        def per_frame(t):
+            first = t[:, :1].expand(B, 1, *t.shape[2:])
+            rest = t[:, 1:].expand(B, S - 1, *t.shape[2:])
+            return torch.cat((first, rest), dim=1).reshape(B * S, *t.shape[2:])
+
+        return torch.cat((per_frame(self.camera_token), per_frame(self.register_token)), dim=1)
+
+    def rope_tables(self, rows: int, cols: int, device) -> Optional[Rope2D]:
+        """RoPE for one frame: specials at (0, 0) (no rotation), patch (r, c) at (r+1, c+1)."""
+        if self.cfg.rope_freq <= 0:
+            return None
+        grid = torch.cartesian_prod(torch.arange(rows, device=device), torch.arange(cols, device=device)) + 1
+        special = torch.zeros(self.patch_start_idx, 2, dtype=grid.dtype, device=device)
+        return Rope2D(torch.cat((special, grid)), self.cfg.head_dim, self.cfg.rope_freq)
+
+    def run_per_frame(self, block: Block, x: torch.Tensor, rope) -> torch.Tensor:
+        """Apply ``block`` within each frame of ``x [B*S, P, C]`` as ``execution.frame_exec`` says."""
+        ex = self.execution
+        if ex.frame_exec == "fused":
+            return block(x, self.attend, rope, self.ranges)
+        step = 1 if ex.frame_exec == "sequential" else ex.frame_chunk
+        out = torch.empty_like(x) if step < x.shape[0] else None
+        if out is None:
+            return block(x, self.attend, rope, self.ranges)
+        for start in range(0, x.shape[0], step):
+            out[start : start + step] = block(x[start : start + step], self.attend, rope, self.ranges)
+        return out
+
+    # ---- forward --------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor) -> List[Optional[torch.Tensor]]:
+        B, S, _, H, W = images.shape
+        p = self.cfg.patch_size
+        ranges = self.ranges
+        with ranges("patch_embed"):
+            x = ((images - self._resnet_mean) / self._resnet_std).reshape(B * S, 3, H, W)
+            if isinstance(self.patch_embed, DinoV2):
+                patches = self.patch_embed(x, self.attend, ranges)
+            else:
+                patches = self.patch_embed(x)
+            tokens = torch.cat((self.special_tokens(B, S).to(patches.dtype), patches), dim=1)  # [B*S, P, C]
+        _, P, C = tokens.shape
+        rope = self.rope_tables(H // p, W // p, images.device)
+
+        outputs: List[Optional[torch.Tensor]] = []
+        k = self.execution.prune_depth
+        step = self.cfg.aa_block_size
+        for group in range(self.cfg.depth // step):
+            kept = {}
+            for kind in self.cfg.aa_order:
+                kept[kind] = []
+                for i in range(group * step, (group + 1) * step):
+                    with ranges(f"layer_{i:02d}"):
+                        tokens = self._layer(kind, i, i < k, tokens, B, S, P, C, rope)
+                    kept[kind].append(tokens)
+            for j in range(step):
+                if len(outputs) in self.cached:
+                    frame_out, global_out = kept["frame"][j], kept["global"][j]
+                    outputs.append(torch.cat((frame_out.view(B, S, P, C), global_out.view(B, S, P, C)), dim=-1))
+                else:
+                    outputs.append(None)
+        return outputs
+
+    def _layer(self, kind, i, converted, tokens, B, S, P, C, rope):
+        ranges = self.ranges
+        if kind == "frame":
+            with ranges("frame_block"):
+                return self.run_per_frame(self.frame_blocks[i], tokens, rope)
+        if converted:  # global layer turned into frame attention
+            block = self.global_blocks[i] if self.execution.prune_weights == "global" else self.frame_blocks[i]
+            with ranges("converted_block"):
+                return self.run_per_frame(block, tokens, rope)
+        with ranges("global_block"):
+            return self.global_blocks[i](tokens.view(B, S * P, C), self.attend, rope, ranges).view(B * S, P, C)

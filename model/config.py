@@ -1,0 +1,354 @@
+"""Typed configuration of the VGGT architecture and of how it is executed.
+
+Architecture configs mirror the constructor arguments of upstream's modules
+(facebookresearch/vggt), field for field, so that a reference case's ``modules``
+entry in ``case.json`` maps onto them one to one. Defaults are VGGT-1B.
+
+``ExecutionConfig`` holds the execution strategy (how frame attention is batched,
+how many global layers are converted to frame attention, which attention kernel
+runs, NVTX ranges). It never changes the state dict; precision and compilation are
+applied to a built model by ``model.execution``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range; the message names the constraint."""
+
+
+@dataclass
+class DinoV2Config:
+    """DINOv2 ViT with registers used as the aggregator's patch embed (upstream ``DinoVisionTransformer``).
+
+    Defaults are ``dinov2_vitl14_reg`` as the aggregator builds it.
+    """
+
+    img_size: int = 518
+    patch_size: int = 14
+    in_chans: int = 3
+    embed_dim: int = 1024
+    depth: int = 24
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    ffn_bias: bool = True
+    proj_bias: bool = True
+    drop_path_rate: float = 0.0
+    init_values: Optional[float] = 1.0
+    ffn_layer: str = "mlp"
+    block_chunks: int = 0
+    num_register_tokens: int = 4
+    interpolate_antialias: bool = True
+    interpolate_offset: float = 0.0
+    qk_norm: bool = False
+
+
+_VIT_PRESETS = {
+    # upstream's vit_* constructors fix width, depth and heads
+    "dinov2_vitl14_reg": dict(embed_dim=1024, depth=24, num_heads=16),
+    "dinov2_vitb14_reg": dict(embed_dim=768, depth=12, num_heads=12),
+    "dinov2_vits14_reg": dict(embed_dim=384, depth=12, num_heads=6),
+    "dinov2_vitg2_reg": dict(embed_dim=1536, depth=40, num_heads=24),
+}
+
+
+@dataclass
+class AggregatorConfig:
+    """Alternating-attention aggregator (upstream ``Aggregator``)."""
+
+    img_size: int = 518
+    patch_size: int = 14
+    embed_dim: int = 1024
+    depth: int = 24
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    num_register_tokens: int = 4
+    qkv_bias: bool = True
+    proj_bias: bool = True
+    ffn_bias: bool = True
+    patch_embed: str = "dinov2_vitl14_reg"
+    aa_order: list = field(default_factory=lambda: ["frame", "global"])
+    aa_block_size: int = 1
+    qk_norm: bool = True
+    rope_freq: int = 100
+    init_values: float = 0.01
+    cached_layer_indices: list = field(default_factory=lambda: [4, 11, 17, 23])
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    @property
+    def patch_start_idx(self) -> int:
+        return 1 + self.num_register_tokens
+
+    def cached_layers(self) -> frozenset:
+        """Layer outputs the aggregator keeps: the configured ones plus the last."""
+        return frozenset(list(self.cached_layer_indices) + [self.depth - 1])
+
+
+@dataclass
+class CameraHeadConfig:
+    dim_in: int = 2048
+    trunk_depth: int = 4
+    pose_encoding_type: str = "absT_quaR_FoV"
+    num_heads: int = 16
+    mlp_ratio: int = 4
+    init_values: float = 0.01
+    trans_act: str = "linear"
+    quat_act: str = "linear"
+    fl_act: str = "relu"
+    num_iterations: int = 4  # forward argument of upstream's CameraHead
+
+
+@dataclass
+class DPTHeadConfig:
+    dim_in: int = 2048
+    patch_size: int = 14
+    output_dim: int = 4
+    activation: str = "inv_log"
+    conf_activation: str = "expp1"
+    features: int = 256
+    out_channels: list = field(default_factory=lambda: [256, 512, 1024, 1024])
+    intermediate_layer_idx: list = field(default_factory=lambda: [4, 11, 17, 23])
+    pos_embed: bool = True
+    feature_only: bool = False
+    down_ratio: int = 1
+    frames_chunk_size: int = 8  # forward argument of upstream's DPTHead
+
+
+@dataclass
+class TrackerConfig:
+    """Upstream ``BaseTrackerPredictor`` arguments (the updateformer's are fixed upstream)."""
+
+    stride: int = 2
+    corr_levels: int = 7
+    corr_radius: int = 4
+    latent_dim: int = 128
+    hidden_size: int = 384
+    use_spaceatt: bool = True
+    depth: int = 6
+    max_scale: int = 518
+    predict_conf: bool = True
+    num_heads: int = 8
+    num_virtual_tracks: int = 64
+
+
+@dataclass
+class TrackHeadConfig:
+    """Upstream ``TrackHead``: a feature-only DPT head plus an iterative tracker."""
+
+    dim_in: int = 2048
+    patch_size: int = 14
+    features: int = 128
+    iters: int = 4
+    predict_conf: bool = True
+    stride: int = 2
+    corr_levels: int = 7
+    corr_radius: int = 4
+    hidden_size: int = 384
+    # Upstream hard-codes these two submodules from the arguments above; a reference
+    # case may replace them (``track_head.feature_extractor`` / ``track_head.tracker``).
+    feature_extractor: Optional[DPTHeadConfig] = None
+    tracker: Optional[TrackerConfig] = None
+
+    def feature_extractor_config(self) -> DPTHeadConfig:
+        if self.feature_extractor is not None:
+            return self.feature_extractor
+        return DPTHeadConfig(
+            dim_in=self.dim_in, patch_size=self.patch_size, features=self.features,
+            feature_only=True, down_ratio=2, pos_embed=False,
+        )
+
+    def tracker_config(self) -> TrackerConfig:
+        if self.tracker is not None:
+            return self.tracker
+        return TrackerConfig(
+            latent_dim=self.features, predict_conf=self.predict_conf, stride=self.stride,
+            corr_levels=self.corr_levels, corr_radius=self.corr_radius, hidden_size=self.hidden_size,
+        )
+
+
+@dataclass
+class VGGTConfig:
+    """The whole model. ``VGGTConfig()`` is VGGT-1B; a head set to None is not built."""
+
+    aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
+    patch_embed_vit: Optional[DinoV2Config] = None  # None: derived from aggregator.patch_embed
+    camera_head: Optional[CameraHeadConfig] = field(default_factory=CameraHeadConfig)
+    point_head: Optional[DPTHeadConfig] = field(
+        default_factory=lambda: DPTHeadConfig(output_dim=4, activation="inv_log", conf_activation="expp1")
+    )
+    depth_head: Optional[DPTHeadConfig] = field(
+        default_factory=lambda: DPTHeadConfig(output_dim=2, activation="exp", conf_activation="expp1")
+    )
+    track_head: Optional[TrackHeadConfig] = field(default_factory=TrackHeadConfig)
+
+    def vit_config(self) -> Optional[DinoV2Config]:
+        """The DINOv2 patch-embed config, or None for the simple conv patch embed."""
+        if self.patch_embed_vit is not None:
+            return self.patch_embed_vit
+        agg = self.aggregator
+        if "conv" in agg.patch_embed:
+            return None
+        if agg.patch_embed not in _VIT_PRESETS:
+            raise ConfigError(
+                f"unknown aggregator.patch_embed {agg.patch_embed!r}; use 'conv' or one of {sorted(_VIT_PRESETS)}"
+            )
+        return DinoV2Config(
+            img_size=agg.img_size, patch_size=agg.patch_size,
+            num_register_tokens=agg.num_register_tokens, **_VIT_PRESETS[agg.patch_embed],
+        )
+
+    def validate(self) -> "VGGTConfig":
+        agg = self.aggregator
+        if agg.embed_dim % agg.num_heads:
+            raise ConfigError(f"aggregator.embed_dim {agg.embed_dim} must be divisible by num_heads {agg.num_heads}")
+        if agg.depth % agg.aa_block_size:
+            raise ConfigError(f"aggregator.depth {agg.depth} must be divisible by aa_block_size {agg.aa_block_size}")
+        if agg.rope_freq > 0 and agg.head_dim % 4:
+            raise ConfigError(f"2D RoPE needs head_dim divisible by 4, got {agg.head_dim}")
+        if sorted(agg.aa_order) != ["frame", "global"]:
+            raise ConfigError(f"aggregator.aa_order must hold 'frame' and 'global' once each, got {agg.aa_order}")
+        for name in ("point_head", "depth_head"):
+            head = getattr(self, name)
+            if head is not None:
+                bad = [i for i in head.intermediate_layer_idx if i not in agg.cached_layers()]
+                if bad:
+                    raise ConfigError(f"{name} reads layers {bad} that the aggregator does not cache")
+        self.vit_config()
+        return self
+
+    # ---- named architectures -------------------------------------------------------------
+    @classmethod
+    def vggt1b(cls) -> "VGGTConfig":
+        return cls()
+
+    @classmethod
+    def small(cls) -> "VGGTConfig":
+        """A CPU-sized VGGT: same structure and head_dim 64 as VGGT-1B, 1/8 of the width.
+
+        It keeps the DINOv2 patch embed (4 blocks), 8 frame + 8 global layers, all heads.
+        """
+        dim, depth, heads = 128, 8, 2
+        layers = [1, 3, 5, 7]
+        dpt = dict(dim_in=2 * dim, features=32, out_channels=[32, 64, 128, 128], intermediate_layer_idx=layers)
+        return cls(
+            aggregator=AggregatorConfig(
+                embed_dim=dim, depth=depth, num_heads=heads, cached_layer_indices=layers,
+            ),
+            patch_embed_vit=DinoV2Config(embed_dim=dim, depth=4, num_heads=heads),
+            camera_head=CameraHeadConfig(dim_in=2 * dim, trunk_depth=2, num_heads=heads),
+            point_head=DPTHeadConfig(output_dim=4, activation="inv_log", **dpt),
+            depth_head=DPTHeadConfig(output_dim=2, activation="exp", **dpt),
+            track_head=TrackHeadConfig(
+                dim_in=2 * dim, features=32, hidden_size=64, corr_levels=3, corr_radius=2,
+                feature_extractor=DPTHeadConfig(feature_only=True, down_ratio=2, pos_embed=False, **dpt),
+                tracker=TrackerConfig(latent_dim=32, hidden_size=64, corr_levels=3, corr_radius=2, depth=2),
+            ),
+        )
+
+    @classmethod
+    def named(cls, arch: str) -> "VGGTConfig":
+        factories = {"vggt1b": cls.vggt1b, "small": cls.small}
+        if arch not in factories:
+            raise ConfigError(f"unknown model arch {arch!r}; choose one of {sorted(factories)}")
+        return factories[arch]()
+
+    # ---- reference cases -----------------------------------------------------------------
+    @classmethod
+    def from_modules(cls, modules: dict) -> "VGGTConfig":
+        """Build from a reference case's ``modules`` (upstream constructor arguments per module).
+
+        Modules absent from ``modules`` are not built (None).
+        """
+        def make(kind, key, extra=None):
+            if key not in modules:
+                return None
+            args = dict(modules[key])
+            args.update(extra or {})
+            return _strict(kind, args, key)
+
+        agg_args = dict(modules["aggregator"])
+        vit = make(DinoV2Config, "patch_embed_vit")
+        if vit is not None:
+            agg_args["patch_embed"] = "dinov2_custom"
+        aggregator = _strict(AggregatorConfig, agg_args, "aggregator")
+        dpt_fwd = modules.get("dpt_forward", {})
+        cam_fwd = modules.get("camera_head_forward", {})
+        track_fwd = modules.get("track_head_forward", {})
+        track = make(TrackHeadConfig, "track_head")
+        if track is not None:
+            if "iters" in track_fwd:
+                track.iters = track_fwd["iters"]
+            track.feature_extractor = make(DPTHeadConfig, "track_head.feature_extractor", dpt_fwd)
+            track.tracker = make(TrackerConfig, "track_head.tracker")
+        return cls(
+            aggregator=aggregator,
+            patch_embed_vit=vit,
+            camera_head=make(CameraHeadConfig, "camera_head", cam_fwd),
+            point_head=make(DPTHeadConfig, "point_head", dpt_fwd),
+            depth_head=make(DPTHeadConfig, "depth_head", dpt_fwd),
+            track_head=track,
+        )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _strict(kind, args: dict, where: str):
+    names = {f.name for f in dataclasses.fields(kind)}
+    unknown = sorted(set(args) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown argument(s) {unknown}; known: {sorted(names)}")
+    return kind(**args)
+
+
+FRAME_EXEC = ("fused", "sequential", "chunked")
+PRUNE_WEIGHTS = ("global", "frame")
+
+
+@dataclass
+class ExecutionConfig:
+    """How the aggregator runs. Never changes the state dict.
+
+    frame_exec: ``fused`` folds the S frames of every batch item into the batch (one call per
+        frame layer); ``sequential`` runs every frame on its own (B*S calls per layer, the seed's
+        baseline); ``chunked`` runs ``frame_chunk`` frames per call.
+    prune_depth: the first k global layers attend within each frame only (global-to-frame
+        conversion; k=0 is upstream). ``prune_weights`` says whose weights a converted layer
+        uses: the global block's own (``global``, as AVGGT) or the frame block's again (``frame``).
+    attention: name of a backend in ``model.attention.BACKENDS``.
+    nvtx: emit NVTX / profiler ranges around every stage.
+    """
+
+    frame_exec: str = "fused"
+    frame_chunk: int = 8
+    prune_depth: int = 0
+    prune_weights: str = "global"
+    attention: str = "sdpa"
+    nvtx: bool = False
+
+    def validate(self, depth: int) -> "ExecutionConfig":
+        if self.frame_exec not in FRAME_EXEC:
+            raise ConfigError(f"unknown frame_exec {self.frame_exec!r}; choose one of {list(FRAME_EXEC)}")
+        if self.frame_chunk < 1:
+            raise ConfigError(f"frame_chunk must be >= 1, got {self.frame_chunk}")
+        if not 0 <= self.prune_depth <= depth:
+            raise ConfigError(f"prune_depth must be in 0..{depth} (the model's depth), got {self.prune_depth}")
+        if self.prune_weights not in PRUNE_WEIGHTS:
+            raise ConfigError(f"unknown prune_weights {self.prune_weights!r}; choose one of {list(PRUNE_WEIGHTS)}")
+        from .attention import BACKENDS  # local: attention imports nothing from here
+
+        if self.attention not in BACKENDS:
+            raise ConfigError(f"unknown attention backend {self.attention!r}; choose one of {list(BACKENDS)}")
+        return self
+
+
+def replace(cfg: Any, **changes) -> Any:
+    return dataclasses.replace(cfg, **changes)

@@ -1,0 +1,47 @@
+"""Precision and compilation, applied to a built model (neither changes the state dict)."""
+
+from __future__ import annotations
+
+import torch
+
+from .config import ConfigError
+from .vggt import VGGT
+
+PRECISIONS = ("fp32", "bf16_autocast", "bf16", "fp16")
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def set_precision(model: VGGT, precision: str, tf32: bool = False) -> VGGT:
+    """``fp32``; ``bf16_autocast`` (upstream's way: fp32 weights, bf16 autocast in the aggregator
+    and track head, the camera/depth/point heads in fp32); ``bf16``/``fp16`` (weights and
+    activations in half precision everywhere).
+
+    TF32 is a process-wide PyTorch switch for fp32 matmuls and convolutions on CUDA.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; choose one of {list(PRECISIONS)}")
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    model.to(dtype=half.get(precision, torch.float32))
+    model.precision = precision
+    torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
+    torch.backends.cudnn.allow_tf32 = bool(tf32)
+    return model
+
+
+def apply_compile(model: VGGT, mode: str) -> VGGT:
+    """``torch.compile`` every transformer block in place (state-dict names are kept).
+
+    Blocks, not the whole model: the per-frame loops of sequential execution stay in Python,
+    and each block compiles once per token count. ``mode`` is torch.compile's mode.
+    """
+    if mode not in COMPILE_MODES:
+        raise ConfigError(f"unknown compile mode {mode!r}; choose one of {list(COMPILE_MODES)}")
+    if mode == "off":
+        return model
+    blocks = list(model.aggregator.frame_blocks) + list(model.aggregator.global_blocks)
+    if hasattr(model.aggregator.patch_embed, "blocks"):
+        blocks += list(model.aggregator.patch_embed.blocks)
+    for block in blocks:
+        block.compile(mode=None if mode == "default" else mode, dynamic=False)
+    model.compile_mode = mode
+    return model

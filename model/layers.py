@@ -1,0 +1,139 @@
+"""Transformer building blocks shared by the aggregator, the DINOv2 encoder and the camera head.
+
+Shapes: tokens ``[B, N, C]``; per-head tensors ``[B, H, N, D]`` with ``D = C / H``.
+Parameter names follow upstream so the official checkpoint loads strictly.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from .nvtx import OFF, Ranges
+
+
+class LayerScale(nn.Module):
+    def __init__(self, dim: int, init_values: float):
+        super().__init__()
+        self.init_values = init_values
+        self.gamma = nn.Parameter(init_values * torch.ones(dim))
+
+    def forward(self, x):
+        return x * self.gamma
+
+
+class Mlp(nn.Module):
+    """``fc2(gelu(fc1(x)))``; GELU is the exact (erf) one, as upstream."""
+
+    def __init__(self, in_features: int, hidden_features: Optional[int] = None, out_features: Optional[int] = None, bias: bool = True):
+        super().__init__()
+        hidden_features = hidden_features or in_features
+        self.fc1 = nn.Linear(in_features, hidden_features, bias=bias)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_features, out_features or in_features, bias=bias)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Rope2D:
+    """2D rotary position tables for one frame's token grid, shared by every layer.
+
+    The first half of each head is rotated by the token's row, the second half by its
+    column, each by rotate-half with ``inv_freq = base^(-2k/(D/2))``. ``cos``/``sin`` are
+    ``[P, D]`` for the ``P`` tokens of one frame; the sign of rotate-half is folded into
+    ``sin``. A sequence of ``N = S * P`` tokens (global attention) reuses the same tables
+    frame by frame, as upstream gives every frame the same positions.
+    """
+
+    def __init__(self, positions: torch.Tensor, head_dim: int, base: float):
+        # positions: [P, 2] integer (row, col)
+        quarter = head_dim // 4
+        half = head_dim // 2
+        exponents = torch.arange(0, half, 2, device=positions.device).float() / half
+        inv_freq = 1.0 / (base**exponents)  # [D/4]
+        max_pos = int(positions.max()) + 1
+        angles = torch.outer(torch.arange(max_pos, device=positions.device, dtype=inv_freq.dtype), inv_freq)
+        angles = torch.cat((angles, angles), dim=-1)  # [max_pos, D/2]
+        cos_t, sin_t = angles.cos(), angles.sin()
+        rows, cols = positions[:, 0], positions[:, 1]
+        self.cos = torch.cat((cos_t[rows], cos_t[cols]), dim=-1)  # [P, D]
+        sign = torch.ones(head_dim, device=positions.device)
+        sign[:quarter] = -1
+        sign[half : half + quarter] = -1
+        self.sin = torch.cat((sin_t[rows], sin_t[cols]), dim=-1) * sign
+        self.tokens_per_frame = positions.shape[0]
+        self._by_dtype = {}
+
+    def _tables(self, dtype):
+        if dtype not in self._by_dtype:
+            self._by_dtype[dtype] = (self.cos.to(dtype), self.sin.to(dtype))
+        return self._by_dtype[dtype]
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """Rotate ``x`` of shape ``[B, H, N, D]`` with ``N`` a multiple of the frame's token count."""
+        B, H, N, D = x.shape
+        cos, sin = self._tables(x.dtype)
+        xf = x.unflatten(2, (N // self.tokens_per_frame, self.tokens_per_frame))
+        # rotate-half within each half of D: quarters (a, b, c, e) -> (b, a, e, c); signs are in sin
+        swapped = xf.unflatten(-1, (2, 2, D // 4)).flip(-2).flatten(-3)
+        return (xf * cos + swapped * sin).flatten(2, 3)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with optional qk-norm and 2D RoPE.
+
+    ``forward(x [B, N, C]) -> [B, N, C]``; the kernel is the ``attend`` function given
+    (see ``model.attention``).
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_bias: bool = True, qk_norm: bool = False):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.q_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+
+    def forward(self, x, attend, rope: Optional[Rope2D] = None):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = rope.apply(q), rope.apply(k)
+        x = attend(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + ls1(attn(norm1 x))``, then ``x + ls2(mlp(norm2 x))``."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        proj_bias: bool = True,
+        ffn_bias: bool = True,
+        init_values: Optional[float] = None,
+        qk_norm: bool = False,
+        norm_eps: float = 1e-5,
+    ):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, proj_bias=proj_bias, qk_norm=qk_norm)
+        self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), bias=ffn_bias)
+        self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
+
+    def forward(self, x, attend, rope: Optional[Rope2D] = None, ranges: Ranges = OFF):
+        with ranges("attention"):
+            x = x + self.ls1(self.attn(self.norm1(x), attend, rope))
+        with ranges("mlp"):
+            x = x + self.ls2(self.mlp(self.norm2(x)))
+        return x

@@ -1,0 +1,195 @@
+"""VGGT: images of a scene -> cameras, depth maps, point maps and tracks in one forward pass."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+
+from . import attention
+from .aggregator import Aggregator
+from .camera_head import CameraHead, pose_encoding_to_extri_intri
+from .config import ExecutionConfig, VGGTConfig
+from .dpt_head import DPTHead
+from .layers import LayerScale
+from .nvtx import OFF, Ranges
+from .track_head import TrackHead
+
+
+
+class InputError(ValueError):
+    """Input tensors do not fit the model; the message names the constraint."""
+
+
+class VGGT(nn.Module):
+    """The whole model. ``VGGT(VGGTConfig())`` is VGGT-1B with upstream's state-dict names.
+
+    Execution settings (``configure``), precision and compilation (``model.execution``) are
+    applied to a built model; none of them changes the state dict.
+    """
+
+    def __init__(self, config: Optional[VGGTConfig] = None):
+        super().__init__()
+        self.config = config = (config or VGGTConfig()).validate()
+        self.aggregator = Aggregator(config.aggregator, config.vit_config())
+        self.camera_head = CameraHead(config.camera_head) if config.camera_head else None
+        self.point_head = DPTHead(config.point_head) if config.point_head else None
+        self.depth_head = DPTHead(config.depth_head) if config.depth_head else None
+        self.track_head = TrackHead(config.track_head) if config.track_head else None
+        self.precision = "fp32"
+        self.execution = ExecutionConfig()
+        self.ranges: Ranges = OFF
+        self._backend = attention.BACKENDS["sdpa"]
+        self.aggregator.attend = self._backend.fn
+
+    # ---- execution ------------------------------------------------------------------------
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return {"fp32": torch.float32, "bf16_autocast": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16}[
+            self.precision
+        ]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def configure(self, execution: ExecutionConfig) -> "VGGT":
+        """Hand the model its execution settings; refuse a backend that cannot run here."""
+        agg = self.config.aggregator
+        execution.validate(agg.depth)
+        head_dims = {agg.head_dim}
+        vit = self.config.vit_config()
+        if vit is not None:
+            head_dims.add(vit.embed_dim // vit.num_heads)
+        for hd in sorted(head_dims):
+            backend = attention.get(execution.attention, self.device, self.compute_dtype, hd)
+        self._backend = backend
+        self.execution = execution
+        self.ranges = Ranges(execution.nvtx)
+        self.aggregator.execution = execution
+        self.aggregator.ranges = self.ranges
+        self.aggregator.attend = backend.fn
+        return self
+
+    def _autocast(self, enabled: bool):
+        if self.precision == "bf16_autocast":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+        return contextlib.nullcontext()
+
+    # ---- inputs ---------------------------------------------------------------------------
+    def check_inputs(self, images: torch.Tensor, query_points: Optional[torch.Tensor] = None):
+        """Normalise shapes to ``[B, S, 3, H, W]`` / ``[B, N, 2]`` and refuse what the model cannot take."""
+        if images.dim() == 4:
+            images = images.unsqueeze(0)
+        if images.dim() != 5:
+            raise InputError(f"images must be [S, 3, H, W] or [B, S, 3, H, W], got shape {tuple(images.shape)}")
+        B, S, C, H, W = images.shape
+        p = self.config.aggregator.patch_size
+        if B < 1 or S < 1:
+            raise InputError(f"need at least one batch item and one frame, got B={B}, S={S}")
+        if C != 3:
+            raise InputError(f"images must have 3 (RGB) channels, got {C}")
+        if H % p or W % p or H < p or W < p:
+            raise InputError(f"image height and width must be positive multiples of {p}, got {H} x {W}")
+        if query_points is not None:
+            if query_points.dim() == 2:
+                query_points = query_points.unsqueeze(0)
+            if query_points.dim() != 3 or query_points.shape[-1] != 2 or query_points.shape[0] != B:
+                raise InputError(f"query_points must be [N, 2] or [B={B}, N, 2], got {tuple(query_points.shape)}")
+            x, y = query_points[..., 0], query_points[..., 1]
+            if not bool(((x >= 0) & (x <= W - 1) & (y >= 0) & (y <= H - 1)).all()):
+                raise InputError(f"query points must lie inside the image: 0 <= x <= {W - 1}, 0 <= y <= {H - 1} (pixels)")
+        return images, query_points
+
+    # ---- forward --------------------------------------------------------------------------
+    def aggregate(self, images: torch.Tensor):
+        """``[B, S, 3, H, W]`` -> (layer outputs, patch_start_idx), under the model's precision and backend."""
+        images, _ = self.check_inputs(images)
+        if self.precision in ("bf16", "fp16"):
+            images = images.to(self.compute_dtype)
+        with self.ranges("aggregator"), self._autocast(True), self._backend.context():
+            return self.aggregator(images), self.aggregator.patch_start_idx
+
+    def forward(
+        self, images: torch.Tensor, query_points: Optional[torch.Tensor] = None, return_intermediates: bool = False
+    ) -> Dict[str, torch.Tensor]:
+        """Run the aggregator and every built head.
+
+        Args:
+            images: ``[S, 3, H, W]`` or ``[B, S, 3, H, W]`` in [0, 1]; H, W multiples of the patch size.
+            query_points: ``[N, 2]`` or ``[B, N, 2]`` pixel (x, y) in frame 0, for the track head.
+            return_intermediates: also return ``aggregated_tokens`` and ``track_feature_maps``.
+
+        Returns a dict: ``pose_enc [B, S, 9]``, ``pose_enc_list`` (per iteration), ``extrinsic
+        [B, S, 3, 4]``, ``intrinsic [B, S, 3, 3]``, ``depth [B, S, H, W, 1]``, ``depth_conf [B, S, H, W]``,
+        ``world_points [B, S, H, W, 3]``, ``world_points_conf``, and with query points ``track
+        [B, S, N, 2]``, ``track_list``, ``vis [B, S, N]``, ``conf [B, S, N]``.
+        """
+        images, query_points = self.check_inputs(images, query_points)
+        with self.ranges("vggt"):
+            tokens, start = self.aggregate(images)
+            if self.precision in ("bf16", "fp16"):
+                images = images.to(self.compute_dtype)
+            out: Dict[str, torch.Tensor] = {}
+            # Upstream runs the camera, depth and point heads with autocast off (fp32).
+            with self._autocast(False):
+                if self.camera_head is not None:
+                    with self.ranges("camera_head"):
+                        poses = self.camera_head(tokens, attention.sdpa, self.ranges)
+                    out["pose_enc"], out["pose_enc_list"] = poses[-1], poses
+                    out["extrinsic"], out["intrinsic"] = pose_encoding_to_extri_intri(poses[-1], images.shape[-2:])
+                if self.depth_head is not None:
+                    with self.ranges("depth_head"):
+                        out["depth"], out["depth_conf"] = self.depth_head(tokens, images, start)
+                if self.point_head is not None:
+                    with self.ranges("point_head"):
+                        out["world_points"], out["world_points_conf"] = self.point_head(tokens, images, start)
+            if self.track_head is not None and query_points is not None:
+                with self.ranges("track_head"), self._autocast(True):
+                    track_list, vis, conf, fmaps = self.track_head(tokens, images, start, query_points)
+                out.update(track=track_list[-1], track_list=track_list, vis=vis, conf=conf)
+                if return_intermediates:
+                    out["track_feature_maps"] = fmaps
+            if return_intermediates:
+                out["aggregated_tokens"] = tokens
+        return out
+
+
+# ---- building -------------------------------------------------------------------------------
+def init_random_(model: nn.Module, seed: int) -> nn.Module:
+    """Fill every parameter deterministically from ``seed`` (works after ``to_empty``).
+
+    Standard layers take their own ``reset_parameters``; LayerScale its init value; other raw
+    parameters (tokens, position embeddings) N(0, 0.02^2). The camera head's field-of-view
+    bias starts at 1 rad so that relu(FoV) > 0 and random intrinsics stay finite.
+    """
+    torch.manual_seed(seed)
+    covered = set()
+    with torch.no_grad():
+        for m in model.modules():
+            reset = getattr(m, "reset_parameters", None) or getattr(m, "_reset_parameters", None)
+            if isinstance(m, LayerScale):
+                m.gamma.fill_(m.init_values)
+            elif callable(reset) and not isinstance(m, VGGT):
+                reset()
+            else:
+                continue
+            covered.update(id(p) for p in m.parameters())
+        for p in model.parameters():
+            if id(p) not in covered:
+                p.normal_(0.0, 0.02)
+        camera = getattr(model, "camera_head", None)
+        if camera is not None:
+            camera.pose_branch.fc2.bias[7:9] += 1.0
+    return model
+
+
+def build(config: Optional[VGGTConfig] = None, device="cpu", seed: int = 0) -> VGGT:
+    """A randomly initialised model built directly on ``device`` (no CPU copy of the weights)."""
+    with torch.device("meta"):
+        model = VGGT(config)
+    model.to_empty(device=device)
+    model.aggregator.reset_buffers()
+    return init_random_(model, seed).eval()

@@ -1,0 +1,1 @@
+"""vggt-bench: measure where VGGT spends time and memory as the frame count grows."""

@@ -1,0 +1,105 @@
+"""Structured configs (Hydra ConfigStore). Presets live in ``experiments/`` as YAML.
+
+A value of ``auto`` is resolved at run time from the machine: with a CUDA GPU the
+default is VGGT-1B in bf16 autocast on 336 x 518 frames (upstream's published setting);
+without one it is the ``small`` architecture in fp32 on 126 x 196 frames, sized so the
+default sweep finishes in minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class ModelSettings:
+    arch: str = "auto"                 # auto | vggt1b | small
+    checkpoint: Optional[str] = None   # .pt / .safetensors; None: random weights from `seed`
+    seed: int = 0
+    frame_exec: str = "fused"          # fused | sequential | chunked
+    frame_chunk: int = 8               # frames per call with frame_exec=chunked
+    prune_depth: int = 0               # first k global layers run as frame attention
+    prune_weights: str = "global"      # global | frame
+    attention: str = "sdpa"            # see `python -m vggt_bench backends`
+    dtype: str = "auto"                # auto | fp32 | bf16_autocast | bf16 | fp16
+    tf32: bool = False
+    compile: str = "off"               # off | default | reduce-overhead | max-autotune
+    nvtx: bool = False
+
+
+@dataclass
+class InputSettings:
+    height: Optional[int] = None       # None: 336 on GPU, 126 on CPU
+    width: Optional[int] = None        # None: 518 on GPU, 196 on CPU
+    batch: int = 1
+    image_dir: Optional[str] = None    # real images instead of synthetic ones
+    mode: str = "crop"                 # upstream preprocessing for image_dir: crop | pad
+    query_points: int = 0              # track head runs (part=full) when > 0
+    seed: int = 0
+
+
+@dataclass
+class MeasureSettings:
+    warmup: int = 2
+    repeats: int = 5
+    drift: bool = False                # also measure output drift against prune_depth=0
+
+
+@dataclass
+class BenchConfig:
+    experiment: str = "default"
+    frames: int = 8
+    device: str = "auto"               # auto | cuda | cuda:N | cpu
+    part: str = "aggregator"           # aggregator | full
+    out: str = "reports/runs/latest"   # the CLI stamps a fresh directory per sweep when not given
+    resume: bool = True
+    report: bool = True                # render plots and the notebook at the end of a sweep
+    model: ModelSettings = field(default_factory=ModelSettings)
+    inputs: InputSettings = field(default_factory=InputSettings)
+    measure: MeasureSettings = field(default_factory=MeasureSettings)
+
+
+@dataclass
+class VerifyConfig:
+    case: Optional[str] = None         # a reference case directory (case.json, state_dict/io .safetensors)
+    checkpoint: Optional[str] = None   # check that a checkpoint loads strictly into `arch`
+    arch: str = "vggt1b"
+    device: str = "cpu"
+    model: ModelSettings = field(default_factory=lambda: ModelSettings(dtype="fp32", attention="sdpa_math"))
+    tolerance_scale: float = 1.0       # multiply the case's tolerances (e.g. 10 for fp32 on GPU)
+
+
+@dataclass
+class ProfileConfig(BenchConfig):
+    profiler: str = "torch"            # torch | nsys
+    iterations: int = 3                # captured forwards (after measure.warmup untimed ones)
+    nsys: Optional[str] = None         # path to the nsys binary; None: look on PATH
+    nsys_args: List[str] = field(default_factory=lambda: ["--trace=cuda,nvtx", "--sample=none", "--cpuctxsw=none"])
+    dry_run: bool = False              # print the nsys command and exit
+    analyze: Optional[str] = None      # re-read an existing .sqlite / .nsys-rep / torch trace .json
+    tag: Optional[str] = None          # name of this profile inside <out>/profiles/
+
+
+@dataclass
+class ReportConfig:
+    results: Optional[str] = None      # a results directory (with results.parquet / profiles/)
+    notebook: bool = True
+    execute: bool = True
+    reference: Optional[str] = "upstream_h100"  # labelled reference points on the scaling wall; null: none
+
+
+def register() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="bench_schema", node=BenchConfig)
+    cs.store(name="verify_schema", node=VerifyConfig)
+    cs.store(name="profile_schema", node=ProfileConfig)
+    cs.store(name="report_schema", node=ReportConfig)
+
+
+def to_plain(cfg: Any) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True)

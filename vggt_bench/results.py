@@ -1,0 +1,117 @@
+"""The results table: one JSON file per measured point, and the Parquet/CSV tables built from them.
+
+Each point is written atomically to ``<out>/points/<point_id>.json`` the moment it is
+measured, so nothing measured is lost when a sweep is interrupted or a later point
+crashes the process. ``results.parquet`` and ``results.csv`` are rebuilt from those
+files (atomically, under a file lock, so parallel launcher jobs can write at once).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import glob
+import hashlib
+import json
+import math
+import os
+import tempfile
+from typing import Iterable, Optional
+
+import pandas as pd
+
+from .schema import KNOBS, RESULT_COLUMNS
+
+DONE = ("ok", "oom", "unavailable")  # statuses a resumed sweep does not measure again
+
+
+def point_id(knobs: dict) -> str:
+    """Stable id of a configuration: a hash of its knob values."""
+    canonical = json.dumps({k: knobs.get(k) for k in KNOBS}, sort_keys=True, default=str)
+    return hashlib.sha1(canonical.encode()).hexdigest()[:16]
+
+
+def _atomic_write(path: str, write) -> None:
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class ResultStore:
+    def __init__(self, out: str):
+        self.out = out
+        self.points_dir = os.path.join(out, "points")
+
+    def ensure_writable(self) -> None:
+        """Create ``out``; raise OSError with a one-line reason if it cannot be written."""
+        os.makedirs(self.points_dir, exist_ok=True)
+        probe = os.path.join(self.out, ".write-test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.unlink(probe)
+
+    @contextlib.contextmanager
+    def _lock(self):
+        with open(os.path.join(self.out, ".lock"), "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def existing(self, pid: str) -> Optional[dict]:
+        path = os.path.join(self.points_dir, f"{pid}.json")
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return json.load(f)
+
+    def is_done(self, pid: str) -> bool:
+        row = self.existing(pid)
+        return row is not None and row.get("status") in DONE
+
+    def add(self, row: dict) -> None:
+        """Persist one point (replacing an earlier row of the same point) and rebuild the tables."""
+        clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+        payload = json.dumps(clean, indent=1, default=str).encode()
+        _atomic_write(os.path.join(self.points_dir, f"{row['point_id']}.json"), lambda f: f.write(payload))
+        self.rebuild()
+
+    def rows(self) -> Iterable[dict]:
+        for path in sorted(glob.glob(os.path.join(self.points_dir, "*.json"))):
+            with open(path) as f:
+                yield json.load(f)
+
+    def table(self) -> pd.DataFrame:
+        frame = pd.DataFrame(list(self.rows()))
+        for col in RESULT_COLUMNS:
+            if col not in frame.columns:
+                frame[col] = None
+        extra = [c for c in frame.columns if c not in RESULT_COLUMNS]
+        frame = frame[RESULT_COLUMNS + extra]
+        if len(frame):
+            frame = frame.sort_values(["timestamp", "point_id"], kind="stable").reset_index(drop=True)
+        return frame
+
+    def rebuild(self) -> pd.DataFrame:
+        with self._lock():
+            frame = self.table()
+            _atomic_write(os.path.join(self.out, "results.parquet"), lambda f: frame.to_parquet(f, index=False))
+            _atomic_write(os.path.join(self.out, "results.csv"), lambda f: f.write(frame.to_csv(index=False).encode()))
+        return frame
+
+
+def load_results(directory: str) -> pd.DataFrame:
+    """The results table of a results directory (Parquet if present, else CSV)."""
+    for name, reader in (("results.parquet", pd.read_parquet), ("results.csv", pd.read_csv)):
+        path = os.path.join(directory, name)
+        if os.path.exists(path):
+            return reader(path)
+    raise FileNotFoundError(f"no results.parquet or results.csv in {directory} (run a sweep with out={directory} first)")

@@ -1,0 +1,379 @@
+"""Measure one configuration: build (or reuse) the model, warm up, time, record one row.
+
+A failed point is data: out-of-memory, an unavailable backend and any other error each
+become a row with a status, and the caller goes on to the next point.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import resource
+import statistics
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+import model
+from model import attention
+from model.config import ConfigError, ExecutionConfig, VGGTConfig
+from model.inputs import image_folder, synthetic_images
+
+from . import env, flops, gpus
+from .results import point_id
+
+PARTS = ("aggregator", "full")
+
+
+class UserError(ValueError):
+    """Bad input: printed as one line naming the fix, exit code 2."""
+
+
+# ---- resolving a configuration ---------------------------------------------------------------
+@dataclass
+class Point:
+    """A fully resolved configuration (no ``auto`` left)."""
+
+    arch: str
+    device: str
+    frames: int
+    batch: int
+    height: int
+    width: int
+    part: str
+    frame_exec: str
+    frame_chunk: int
+    prune_depth: int
+    prune_weights: str
+    attention: str
+    dtype: str
+    tf32: bool
+    compile: str
+    inputs: str
+    checkpoint: Optional[str]
+    seed: int
+    nvtx: bool
+    query_points: int
+    image_mode: str
+    input_seed: int
+
+    def knobs(self) -> dict:
+        from .schema import KNOBS
+
+        return {k: getattr(self, k) for k in KNOBS}
+
+    @property
+    def point_id(self) -> str:
+        return point_id(self.knobs())
+
+    def execution(self) -> ExecutionConfig:
+        return ExecutionConfig(
+            frame_exec=self.frame_exec, frame_chunk=self.frame_chunk, prune_depth=self.prune_depth,
+            prune_weights=self.prune_weights, attention=self.attention, nvtx=self.nvtx,
+        )
+
+    def model_config(self) -> VGGTConfig:
+        return VGGTConfig.named(self.arch)
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"device={name} but no CUDA GPU is visible to PyTorch {torch.__version__}; use device=cpu or device=auto")
+        return name
+    if name != "cpu":
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+    return name
+
+
+def resolve(cfg) -> Point:
+    """Turn a (Hydra) BenchConfig into a Point, refusing bad values with one-line errors."""
+    m, i = cfg.model, cfg.inputs
+    device = resolve_device(str(cfg.device))
+    on_gpu = device.startswith("cuda")
+    arch = m.arch if m.arch != "auto" else ("vggt1b" if on_gpu else "small")
+    dtype = m.dtype if m.dtype != "auto" else ("bf16_autocast" if on_gpu else "fp32")
+    height = i.height if i.height is not None else (336 if on_gpu else 126)
+    width = i.width if i.width is not None else (518 if on_gpu else 196)
+    if int(cfg.frames) < 1:
+        raise UserError(f"frames must be >= 1, got frames={cfg.frames}")
+    if int(i.batch) < 1:
+        raise UserError(f"inputs.batch must be >= 1, got {i.batch}")
+    if cfg.part not in PARTS:
+        raise UserError(f"unknown part {cfg.part!r}; use part=aggregator or part=full")
+    if dtype not in model.PRECISIONS:
+        raise UserError(f"unknown model.dtype {dtype!r}; choose one of {list(model.PRECISIONS)} or auto")
+    if m.compile not in model.COMPILE_MODES:
+        raise UserError(f"unknown model.compile {m.compile!r}; choose one of {list(model.COMPILE_MODES)}")
+    try:
+        mcfg = VGGTConfig.named(arch)
+    except ConfigError as exc:
+        raise UserError(str(exc))
+    p = mcfg.aggregator.patch_size
+    if i.image_dir is not None:
+        height, width = _image_size(i.image_dir, i.mode)
+    if height % p or width % p or height < p or width < p:
+        raise UserError(f"inputs.height and inputs.width must be positive multiples of {p}, got {height} x {width}")
+    point = Point(
+        arch=arch, device=device, frames=int(cfg.frames), batch=int(i.batch), height=int(height), width=int(width),
+        part=cfg.part, frame_exec=m.frame_exec, frame_chunk=int(m.frame_chunk), prune_depth=int(m.prune_depth),
+        prune_weights=m.prune_weights, attention=m.attention, dtype=dtype, tf32=bool(m.tf32), compile=m.compile,
+        inputs=os.path.abspath(i.image_dir) if i.image_dir else "synthetic", checkpoint=m.checkpoint, seed=int(m.seed),
+        nvtx=bool(m.nvtx), query_points=int(i.query_points), image_mode=i.mode, input_seed=int(i.seed),
+    )
+    try:
+        point.execution().validate(mcfg.aggregator.depth)
+    except ConfigError as exc:
+        raise UserError(f"model.{str(exc)}" if not str(exc).startswith("unknown attention") else str(exc) + " (model.attention)")
+    if int(cfg.measure.repeats) < 1 or int(cfg.measure.warmup) < 0:
+        raise UserError(f"measure.repeats must be >= 1 and measure.warmup >= 0, got {cfg.measure.repeats}, {cfg.measure.warmup}")
+    if point.image_mode not in ("crop", "pad"):
+        raise UserError(f"inputs.mode must be crop or pad, got {point.image_mode!r}")
+    if m.checkpoint is not None and not os.path.isfile(m.checkpoint):
+        raise UserError(f"model.checkpoint not found: {m.checkpoint} (give the path of model.pt or a .safetensors file)")
+    return point
+
+
+# ---- model cache: building VGGT-1B costs seconds, so points that share weights reuse it --------
+_CACHE: dict = {}
+
+
+def get_model(point: Point) -> model.VGGT:
+    key = (point.arch, point.device, point.seed, point.checkpoint, point.dtype, point.tf32, point.compile, point.part)
+    if _CACHE.get("key") != key:
+        _CACHE.clear()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        cfg = point.model_config()
+        if point.part == "aggregator":  # heads are not timed: do not hold their weights
+            cfg.camera_head = cfg.depth_head = cfg.point_head = cfg.track_head = None
+        if point.checkpoint:
+            net = model.build(cfg, point.device, point.seed)
+            state = model.checkpoint.read_state_dict(point.checkpoint)
+            if point.part == "aggregator":
+                state = {k: v for k, v in state.items() if k.startswith("aggregator.")}
+            model.checkpoint.check(net, state, point.checkpoint)
+            net.load_state_dict(state, strict=True)
+        else:
+            net = model.build(cfg, point.device, point.seed)
+        model.set_precision(net, point.dtype, point.tf32)
+        model.apply_compile(net, point.compile)
+        _CACHE.update(key=key, model=net)
+    return _CACHE["model"]
+
+
+def make_inputs(point: Point):
+    if point.inputs == "synthetic":
+        images = synthetic_images(point.frames, point.height, point.width, point.batch, point.input_seed, point.device)
+    else:
+        images = image_folder(point.inputs, point.frames, point.image_mode, point.batch, point.device)
+    queries = None
+    if point.part == "full" and point.query_points > 0:
+        gen = torch.Generator().manual_seed(point.input_seed + 1)
+        H, W = images.shape[-2:]
+        queries = (torch.rand(point.batch, point.query_points, 2, generator=gen) * torch.tensor([W - 1, H - 1])).to(point.device)
+    return images, queries
+
+
+# ---- timing ----------------------------------------------------------------------------------
+def forward_fn(net: model.VGGT, point: Point, images, queries) -> Callable[[], object]:
+    if point.part == "aggregator":
+        return lambda: net.aggregate(images)
+    return lambda: net(images, queries)
+
+
+def _sync(device: str):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def time_forward(fn, device: str, warmup: int, repeats: int):
+    """Latencies (ms) of ``repeats`` calls after ``warmup`` untimed ones.
+
+    GPU: CUDA events around each call; CPU: a wall clock (CPU work is synchronous).
+    """
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        if device.startswith("cuda"):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def _percentile(values, q):
+    values = sorted(values)
+    if len(values) == 1:
+        return values[0]
+    pos = (len(values) - 1) * q
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return values[lo] + (values[hi] - values[lo]) * (pos - lo)
+
+
+def _reset_peak_rss() -> bool:
+    """Linux lets a process reset its peak RSS (VmHWM) by writing 5 to clear_refs."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_gib() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / 2**30
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30
+
+
+def is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, (RuntimeError, MemoryError)) and (
+        "out of memory" in text.lower() or "can't allocate memory" in text or isinstance(exc, MemoryError)
+    )
+
+
+def free_memory():
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _last_layer(out) -> torch.Tensor:
+    tokens = out[0] if isinstance(out, tuple) else out["aggregated_tokens"]
+    return tokens[-1].float()
+
+
+def measure(point: Point, warmup: int, repeats: int, drift: bool = False) -> dict:
+    """All measurement columns of one point (status ``ok``), or raise."""
+    device = point.device
+    cfg = point.model_config()
+    with torch.inference_mode():
+        net = get_model(point)
+        reason = attention.why_unavailable(point.attention, device, net.compute_dtype, cfg.aggregator.head_dim)
+        if reason is not None:
+            return {"status": "unavailable", "message": reason}
+        net.configure(point.execution())
+        images, queries = make_inputs(point)
+        fn = forward_fn(net, point, images, queries)
+        free_memory()
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats(device)
+            static = torch.cuda.memory_allocated(device) / 2**30
+        else:
+            static = math.nan
+        _reset_peak_rss()
+        times = time_forward(fn, device, warmup, repeats)
+        row = {
+            "status": "ok", "message": "", "warmup": warmup, "repeats": repeats,
+            "latency_ms_median": statistics.median(times), "latency_ms_p10": _percentile(times, 0.1),
+            "latency_ms_p90": _percentile(times, 0.9), "latency_ms_mean": statistics.fmean(times),
+            "latency_ms_min": min(times), "static_gib": static, "peak_rss_gib": _peak_rss_gib(),
+        }
+        if device.startswith("cuda"):
+            row["peak_alloc_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+            row["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
+            row["device_mem_gib"] = torch.cuda.get_device_properties(device).total_memory / 2**30
+        else:
+            row["peak_alloc_gib"] = row["peak_reserved_gib"] = math.nan
+            row["device_mem_gib"] = env.machine_memory_gib()
+        row["drift_rel"] = math.nan
+        if drift and point.prune_depth > 0:
+            # Only the aggregator is needed: the drift is measured on the last layer's tokens.
+            test = _last_layer(net.aggregate(images))
+            net.configure(ExecutionConfig(frame_exec=point.frame_exec, frame_chunk=point.frame_chunk, attention=point.attention))
+            ref = _last_layer(net.aggregate(images))
+            row["drift_rel"] = float((test - ref).norm() / ref.norm())
+        del images, queries, fn
+    return row
+
+
+def derived(point: Point, row: dict, gpu_name: str) -> dict:
+    """FLOPs, rates and sizes that follow from the point and its latency."""
+    cfg = point.model_config()
+    agg = cfg.aggregator
+    out = {
+        "tokens_per_frame": (point.height // agg.patch_size) * (point.width // agg.patch_size) + agg.patch_start_idx,
+    }
+    out["flops"] = flops.forward_flops(
+        cfg, point.part, point.height, point.width, point.frames, point.batch, point.prune_depth, point.query_points
+    )
+    peak, source = gpus.peak_tflops(gpu_name, point.dtype, point.tf32)
+    out["peak_tflops"], out["peak_source"] = peak, source
+    median = row.get("latency_ms_median")
+    if row.get("status") == "ok" and median:
+        out["fps"] = point.frames * point.batch / (median / 1e3)
+        out["achieved_tflops"] = out["flops"] / (median / 1e3) / 1e12
+        out["frac_of_peak"] = out["achieved_tflops"] / peak if peak == peak else math.nan
+    return out
+
+
+def run_point(point: Point, warmup: int, repeats: int, drift: bool = False, experiment: str = "") -> dict:
+    """One complete result row. Never raises for a failure of the point itself."""
+    t0 = time.perf_counter()
+    dev = torch.device(point.device)
+    row = {"point_id": point.point_id, "experiment": experiment, **point.knobs(), **env.environment(dev)}
+    row["random_weights"] = point.checkpoint is None
+    row["checkpoint"] = point.checkpoint or ""
+    try:
+        row.update(measure(point, warmup, repeats, drift))
+    except model.checkpoint.CheckpointError as exc:
+        raise UserError(str(exc))
+    except BaseException as exc:  # a point's failure is a result; Ctrl-C still stops the sweep
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        if is_oom(exc):
+            row.update(status="oom", message=_one_line(exc))
+        else:
+            row.update(status="error", message=_one_line(exc))
+            traceback.print_exc(file=sys.stderr)
+    finally:
+        free_memory()
+    row.update(derived(point, row, row.get("gpu_name", "")))
+    row["params"] = sum(p.numel() for p in _CACHE["model"].parameters()) if "model" in _CACHE else math.nan
+    row["wall_s"] = time.perf_counter() - t0
+    return row
+
+
+def _image_size(folder: str, mode: str):
+    """(H, W) the image folder's frames have after upstream's preprocessing."""
+    from model.inputs import list_images, load_images
+
+    if mode not in ("crop", "pad"):
+        raise UserError(f"inputs.mode must be crop or pad, got {mode!r}")
+    try:
+        files = list_images(folder)
+    except FileNotFoundError as exc:
+        raise UserError(f"inputs.image_dir: {exc}")
+    h, w = load_images(files, mode).shape[-2:]
+    return int(h), int(w)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]

@@ -1,0 +1,84 @@
+"""Column contracts of the tables vggt-bench writes. Plots and notebooks read only these.
+
+Units are in the column names: ``_ms`` milliseconds, ``_gib`` GiB (2**30 bytes),
+``_tflops`` TFLOP/s, ``flops`` floating-point operations (2 per multiply-add).
+"""
+
+# What identifies a measured point (a sweep's grid coordinates plus what shapes the work).
+KNOBS = [
+    "arch",            # vggt1b | small
+    "device",          # cuda | cpu (resolved, never "auto")
+    "frames",          # S
+    "batch",           # B
+    "height",          # pixels
+    "width",           # pixels
+    "part",            # aggregator | full
+    "frame_exec",      # fused | sequential | chunked
+    "frame_chunk",     # frames per call when chunked
+    "prune_depth",     # k global layers converted to frame attention
+    "prune_weights",   # global | frame
+    "attention",       # backend name
+    "dtype",           # fp32 | bf16_autocast | bf16 | fp16
+    "tf32",            # bool
+    "compile",         # off | default | reduce-overhead | max-autotune
+    "inputs",          # synthetic | <image_dir>
+]
+
+ENVIRONMENT = [
+    "gpu_name", "gpu_mem_gib", "driver", "torch_version", "cuda_version", "cudnn_version",
+    "python_version", "cpu", "git_commit", "host", "timestamp", "random_weights", "checkpoint",
+]
+
+MEASUREMENTS = [
+    "status",            # ok | oom | unavailable | error
+    "message",           # reason / error text ("" when ok)
+    "warmup",            # untimed runs before timing
+    "repeats",           # timed runs
+    "latency_ms_median",
+    "latency_ms_p10",
+    "latency_ms_p90",
+    "latency_ms_mean",
+    "latency_ms_min",
+    "peak_alloc_gib",    # GPU: torch.cuda.max_memory_allocated; CPU: NaN
+    "peak_reserved_gib", # GPU: torch.cuda.max_memory_reserved; CPU: NaN
+    "static_gib",        # GPU memory allocated before the forward (weights, inputs)
+    "peak_rss_gib",      # process peak resident set (CPU runs; recorded on GPU too)
+    "device_mem_gib",    # total memory of the device (GPU) or the machine (CPU)
+    "fps",               # frames * batch / median latency
+    "tokens_per_frame",
+    "params",            # parameters of the timed part
+    "flops",             # analytic FLOPs of one forward of the timed part
+    "achieved_tflops",   # flops / median latency
+    "peak_tflops",       # dense peak of the device at this dtype (NaN if unknown)
+    "peak_source",       # where peak_tflops comes from
+    "frac_of_peak",      # achieved / peak
+    "drift_rel",         # ||out - out(k=0)|| / ||out(k=0)|| of the last layer's tokens (NaN: not measured)
+    "wall_s",            # seconds the whole point took (build, warm-up, timing)
+]
+
+RESULT_COLUMNS = ["point_id", "experiment"] + KNOBS + ENVIRONMENT + MEASUREMENTS
+
+STATUSES = ("ok", "oom", "unavailable", "error")
+
+# Profile tables (one directory per profiled configuration, plus the combined tables).
+NVTX_RANGE_COLUMNS = [
+    "range",        # NVTX / record_function name (domain prefix removed)
+    "domain",       # NVTX domain ("" = default)
+    "calls",
+    "cpu_ms",       # total wall time of the range's instances on their thread
+    "gpu_ms",       # total GPU-projected time: first GPU op start to last GPU op end, per instance, summed
+    "kernels",      # kernels launched inside the range (all instances)
+    "gpu_ops",      # GPU operations (kernels + memcpy + memset) launched inside
+    "cpu_gpu_ratio",  # cpu_ms / gpu_ms
+    "disagree",     # True where cpu and gpu time differ by more than 2x either way
+]
+KERNEL_COLUMNS = ["kernel", "calls", "total_ms", "mean_ms", "median_ms", "min_ms", "max_ms", "pct"]
+CUDA_API_COLUMNS = ["api", "calls", "total_ms", "mean_ms", "pct"]
+GPU_ACTIVITY_COLUMNS = [
+    "window_ms",            # captured window: first GPU op start to last GPU op end
+    "busy_ms",              # union of GPU op intervals
+    "idle_frac",            # 1 - busy / window
+    "kernels",              # kernel launches in the window
+    "gap_median_us",        # median idle gap between consecutive GPU ops
+    "gap_p90_us",
+]

@@ -1,0 +1,157 @@
+"""The `run` and `sweep` commands: one point per Hydra job, every point kept.
+
+A sweep is a Hydra multirun; its grid is the preset's ``hydra.sweeper.params`` plus any
+command-line sweeps (``frames=1,8,32``). ``SweepCallback`` shows a progress bar with an
+ETA (in-process launcher), prints a summary when the sweep ends and renders the report.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from typing import Any, List
+
+import pandas as pd
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from .results import ResultStore
+from .runner import UserError, resolve, run_point
+
+SUMMARY_COLUMNS = [
+    "frames", "frame_exec", "prune_depth", "attention", "dtype", "status",
+    "latency_ms_median", "peak_alloc_gib", "peak_rss_gib", "fps", "achieved_tflops",
+]
+
+
+def fail(message: str, code: int = 2):
+    """One line on stderr, no traceback, non-zero exit."""
+    print(f"vggt_bench: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def open_store(out: str) -> ResultStore:
+    store = ResultStore(out)
+    try:
+        store.ensure_writable()
+    except OSError as exc:
+        fail(f"cannot write results to out={out} ({exc.strerror or exc}); choose a writable directory with out=PATH")
+    return store
+
+
+def run_job(cfg: DictConfig) -> dict:
+    """Measure the job's point (or skip it when already measured) and persist its row."""
+    try:
+        point = resolve(cfg)
+    except UserError as exc:
+        fail(str(exc))
+    store = open_store(cfg.out)
+    pid = point.point_id
+    if cfg.resume and store.is_done(pid):
+        row = store.existing(pid)
+        _say(f"skip  {_describe(point)}: already measured ({row['status']})")
+        return row
+    try:
+        row = run_point(point, int(cfg.measure.warmup), int(cfg.measure.repeats), bool(cfg.measure.drift), cfg.experiment)
+    except UserError as exc:
+        fail(str(exc))
+    store.add(row)
+    _say(f"{row['status']:<5} {_describe(point)}: {_result(row)}")
+    return row
+
+
+def _describe(point) -> str:
+    return (
+        f"{point.arch} S={point.frames} {point.frame_exec} k={point.prune_depth} {point.attention} "
+        f"{point.dtype} {point.part}"
+    )
+
+
+def _result(row: dict) -> str:
+    if row["status"] != "ok":
+        return row.get("message", "")
+    mem = row.get("peak_alloc_gib")
+    mem = mem if mem is not None and not (isinstance(mem, float) and math.isnan(mem)) else row.get("peak_rss_gib")
+    return f"{row['latency_ms_median']:.1f} ms (p10 {row['latency_ms_p10']:.1f}, p90 {row['latency_ms_p90']:.1f}), {mem:.2f} GiB peak"
+
+
+_BAR: Any = None
+
+
+def _say(text: str) -> None:
+    if _BAR is not None:
+        _BAR.write(text)
+    else:
+        print(text, flush=True)
+
+
+def summary(frame: pd.DataFrame) -> str:
+    if frame.empty:
+        return "no results"
+    cols = [c for c in SUMMARY_COLUMNS if c in frame.columns]
+    view = frame[cols].copy()
+    for c in ("latency_ms_median", "peak_alloc_gib", "peak_rss_gib", "fps", "achieved_tflops"):
+        if c in view:
+            view[c] = pd.to_numeric(view[c], errors="coerce").round(3)
+    view = view.sort_values([c for c in ("frame_exec", "attention", "prune_depth", "frames") if c in view])
+    return view.to_string(index=False)
+
+
+def grid_size(config: DictConfig) -> int:
+    """Number of jobs of a multirun: the product of the sweep lengths, command line over preset."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = dict(OmegaConf.to_container(config.hydra.sweeper.get("params") or {}, resolve=False))
+    for text in config.hydra.overrides.task:
+        key, _, value = text.partition("=")
+        params[key.lstrip("+~")] = value
+    parser = OverridesParser.create()
+    overrides = parser.parse_overrides([f"{k}={v}" for k, v in params.items()])
+    total = 1
+    for o in overrides:
+        if o.is_sweep_override():
+            total *= len(list(o.sweep_string_iterator()))
+    return total
+
+
+class SweepCallback(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        global _BAR
+        from tqdm import tqdm
+
+        os.makedirs(config.out, exist_ok=True)
+        try:
+            total = grid_size(config)
+        except Exception:  # the bar is a convenience; Hydra itself reports bad overrides
+            total = None
+        print(f"vggt_bench sweep: {total or '?'} points -> {config.out}", flush=True)
+        _BAR = tqdm(total=total, unit="point", dynamic_ncols=True, file=sys.stderr)
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        if _BAR is not None:
+            _BAR.update(1)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        global _BAR
+        if _BAR is not None:
+            _BAR.close()
+            _BAR = None
+        store = ResultStore(config.out)
+        if not os.path.isdir(store.points_dir):
+            return
+        frame = store.rebuild()
+        print(f"\n{len(frame)} points in {os.path.join(config.out, 'results.parquet')} (and results.csv)")
+        print(summary(frame))
+        if config.get("report", True):
+            from .report import render
+
+            written = render(config.out)
+            print(f"report: {len(written)} files in {config.out} (figures, report.ipynb, report.html)")
+
+
+def stamped_out() -> List[str]:
+    import datetime
+
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    return [f"out=reports/runs/{stamp}"]

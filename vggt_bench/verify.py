@@ -1,0 +1,224 @@
+"""``verify``: our model against a reference case made with upstream code, or a checkpoint's keys.
+
+A case directory holds ``case.json`` (upstream constructor arguments per module, inputs,
+tolerances), ``state_dict.safetensors`` and ``io.safetensors`` (``input.*`` and upstream's
+``output.*``). Anyone with upstream code and the real weights can make one at any setting.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import torch
+
+import model
+from model.config import ConfigError, VGGTConfig
+
+from .runner import UserError, resolve_device
+
+# Relative L2 error allowed when the model runs in half precision against fp32 references.
+HALF_REL_L2 = {"bf16_autocast": 2e-2, "bf16": 2e-2, "fp16": 1e-2}
+
+
+class CaseError(ValueError):
+    """A malformed case directory; the message names the file or key."""
+
+
+@dataclass
+class Check:
+    name: str
+    shape: tuple
+    max_abs: float
+    max_rel: float
+    rel_l2: float
+    atol: float
+    rtol: float
+    worst: float  # max |d| / (atol + rtol |ref|): <= 1 passes
+    passed: bool
+    note: str = ""
+
+
+def read_case(directory: str):
+    """(case dict, state dict, io dict) with every required file and key present."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not os.path.isdir(directory):
+        raise CaseError(f"case directory not found: {directory}")
+    path = os.path.join(directory, "case.json")
+    if not os.path.isfile(path):
+        raise CaseError(f"{path} is missing (a case needs case.json, state_dict.safetensors, io.safetensors)")
+    try:
+        with open(path) as f:
+            case = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise CaseError(f"{path} is not valid JSON: {exc}")
+    for key in ("kind", "modules", "tolerances_atol_rtol_by_output_prefix"):
+        if key not in case:
+            raise CaseError(f"{path} has no {key!r} key")
+    if case["kind"] not in ("vggt", "aggregator"):
+        raise CaseError(f"{path}: kind must be 'vggt' or 'aggregator', got {case['kind']!r}")
+    if "aggregator" not in case["modules"]:
+        raise CaseError(f"{path}: modules has no 'aggregator' entry")
+    tensors = {}
+    for name in ("state_dict.safetensors", "io.safetensors"):
+        file = os.path.join(directory, name)
+        if not os.path.isfile(file):
+            raise CaseError(f"{file} is missing")
+        try:
+            tensors[name] = load_file(file)
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CaseError(f"{file} cannot be read: {exc}")
+    io = tensors["io.safetensors"]
+    if "input.images" not in io:
+        raise CaseError(f"{os.path.join(directory, 'io.safetensors')} has no 'input.images' tensor")
+    if not any(k.startswith("output.") for k in io):
+        raise CaseError(f"{os.path.join(directory, 'io.safetensors')} has no 'output.*' tensors")
+    return case, tensors["state_dict.safetensors"], io
+
+
+def _tolerance(case: dict, name: str, scale: float):
+    table = case["tolerances_atol_rtol_by_output_prefix"]
+    base = name.split(".")[0]
+    if base not in table:
+        raise CaseError(f"case.json: no tolerance for output {name!r} (tolerances_atol_rtol_by_output_prefix.{base})")
+    atol, rtol = table[base]
+    return atol * scale, rtol * scale
+
+
+def compare(name: str, ours: torch.Tensor, ref: torch.Tensor, atol: float, rtol: float, rel_l2_max: Optional[float]) -> Check:
+    if tuple(ours.shape) != tuple(ref.shape):
+        return Check(name, tuple(ref.shape), math.inf, math.inf, math.inf, atol, rtol, math.inf, False,
+                     f"shape {tuple(ours.shape)} vs reference {tuple(ref.shape)}")
+    ours, ref = ours.detach().double().cpu(), ref.double()
+    diff = (ours - ref).abs()
+    if not torch.isfinite(ours).all():
+        return Check(name, tuple(ref.shape), math.inf, math.inf, math.inf, atol, rtol, math.inf, False, "non-finite output")
+    max_abs = float(diff.max()) if diff.numel() else 0.0
+    significant = ref.abs() > atol
+    max_rel = float((diff[significant] / ref.abs()[significant]).max()) if significant.any() else 0.0
+    rel_l2 = float(diff.norm() / ref.norm()) if float(ref.norm()) > 0 else max_abs
+    worst = float((diff / (atol + rtol * ref.abs())).max()) if diff.numel() else 0.0
+    if rel_l2_max is None:
+        return Check(name, tuple(ref.shape), max_abs, max_rel, rel_l2, atol, rtol, worst, worst <= 1.0)
+    return Check(name, tuple(ref.shape), max_abs, max_rel, rel_l2, atol, rtol, worst, rel_l2 <= rel_l2_max,
+                 f"half precision: rel L2 <= {rel_l2_max:g}")
+
+
+def _outputs(net: model.VGGT, case: dict, images: torch.Tensor, queries) -> Dict[str, torch.Tensor]:
+    captured = {}
+    hook = net.aggregator.patch_embed.register_forward_hook(lambda m, i, o: captured.__setitem__("patch", o))
+    try:
+        with torch.inference_mode():
+            if case["kind"] == "aggregator":
+                tokens, _ = net.aggregate(images)
+                out = {"aggregated_tokens": tokens}
+            else:
+                out = net(images, queries, return_intermediates=True)
+    finally:
+        hook.remove()
+    flat = {f"aggregated_tokens.{i}": t for i, t in enumerate(out.pop("aggregated_tokens")) if t is not None}
+    flat["patch_embed_tokens"] = captured["patch"]
+    for key, value in out.items():
+        flat[key] = torch.stack(value) if isinstance(value, list) else value
+    return flat
+
+
+def verify_case(directory: str, device: str, settings, tolerance_scale: float = 1.0) -> List[Check]:
+    case, state, io = read_case(directory)
+    try:
+        cfg = VGGTConfig.from_modules(case["modules"]).validate()
+    except (ConfigError, TypeError, KeyError) as exc:
+        raise CaseError(f"case.json modules: {exc}")
+    net = model.VGGT(cfg).eval()
+    model.checkpoint.check(net, state, os.path.join(directory, "state_dict.safetensors"))
+    net.load_state_dict(state, strict=True)
+    net.to(device)
+    model.set_precision(net, settings.dtype, settings.tf32)
+    net.configure(model.ExecutionConfig(
+        frame_exec=settings.frame_exec, frame_chunk=settings.frame_chunk, prune_depth=settings.prune_depth,
+        prune_weights=settings.prune_weights, attention=settings.attention,
+    ))
+    rel_l2_max = HALF_REL_L2.get(settings.dtype)
+    checks = []
+    for prefix, key in (("output", "input.images"), ("output_square", "input.images_square")):
+        if key not in io:
+            continue
+        queries = io.get("input.query_points") if case["kind"] == "vggt" else None
+        ours = _outputs(net, case, io[key].to(device), None if queries is None else queries.to(device))
+        expected = sorted(k[len(prefix) + 1 :] for k in io if k.startswith(prefix + "."))
+        for name in expected:
+            atol, rtol = _tolerance(case, name, tolerance_scale)
+            label = name if prefix == "output" else f"{prefix}.{name}"
+            if name not in ours:
+                checks.append(Check(label, tuple(io[f"{prefix}.{name}"].shape), math.inf, math.inf, math.inf, atol, rtol,
+                                    math.inf, False, "not produced by our model"))
+                continue
+            checks.append(compare(label, ours[name], io[f"{prefix}.{name}"], atol, rtol, rel_l2_max))
+    return checks
+
+
+def format_checks(checks: List[Check]) -> str:
+    width = max(len(c.name) for c in checks)
+    lines = [f"{'output':<{width}}  {'max_abs':>9}  {'max_rel':>9}  {'rel_l2':>9}  {'atol':>7}  {'rtol':>7}  {'worst/tol':>9}  result"]
+    for c in checks:
+        lines.append(
+            f"{c.name:<{width}}  {c.max_abs:9.2e}  {c.max_rel:9.2e}  {c.rel_l2:9.2e}  {c.atol:7.0e}  {c.rtol:7.0e}  "
+            f"{c.worst:9.3f}  {'PASS' if c.passed else 'FAIL'}{'  (' + c.note + ')' if c.note else ''}"
+        )
+    return "\n".join(lines)
+
+
+def verify_checkpoint(path: str, arch: str) -> int:
+    try:
+        cfg = VGGTConfig.named(arch)
+    except ConfigError as exc:
+        raise UserError(str(exc))
+    with torch.device("meta"):
+        net = model.VGGT(cfg)
+    state = model.checkpoint.read_state_dict(path)
+    missing, unexpected, mismatched = model.checkpoint.compare(net, state)
+    if missing or unexpected or mismatched:
+        for line in [f"missing: {k}" for k in missing] + [f"unexpected: {k}" for k in unexpected] + [f"shape: {m}" for m in mismatched]:
+            print("  " + line)
+        print(f"FAIL: {path} does not load strictly into {arch}: {len(missing)} missing, {len(unexpected)} unexpected, "
+              f"{len(mismatched)} shape mismatches")
+        return 1
+    params = sum(t.numel() for t in state.values())
+    dtypes = sorted({str(t.dtype).replace("torch.", "") for t in state.values()})
+    print(f"PASS: {path} loads strictly into {arch}: {len(state)} tensors, {params:,} parameters ({', '.join(dtypes)})")
+    return 0
+
+
+def main(cfg) -> int:
+    try:
+        if cfg.case is None and cfg.checkpoint is None:
+            raise UserError("give case=DIR (a reference case directory) or checkpoint=PATH")
+        if cfg.checkpoint is not None:
+            code = verify_checkpoint(cfg.checkpoint, cfg.arch)
+            if cfg.case is None:
+                return code
+        device = resolve_device(cfg.device)
+        checks = verify_case(cfg.case, device, cfg.model, float(cfg.tolerance_scale))
+    except (CaseError, UserError, model.checkpoint.CheckpointError, ConfigError) as exc:
+        print(f"vggt_bench: error: {exc}", file=sys.stderr)
+        return 2
+    except model.attention.BackendUnavailable as exc:
+        print(f"vggt_bench: error: {exc}", file=sys.stderr)
+        return 2
+    m = cfg.model
+    print(f"case {cfg.case} on {device}: dtype={m.dtype} attention={m.attention} frame_exec={m.frame_exec} "
+          f"prune_depth={m.prune_depth}")
+    print(format_checks(checks))
+    failed = [c for c in checks if not c.passed]
+    if failed:
+        why = " (prune_depth > 0 changes the function: this is its drift)" if m.prune_depth > 0 else ""
+        print(f"FAIL: {len(failed)} of {len(checks)} outputs outside tolerance{why}")
+        return 1
+    print(f"PASS: all {len(checks)} outputs within tolerance")
+    return 0
