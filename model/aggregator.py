@@ -106,7 +106,8 @@ class Aggregator(nn.Module):
         p = self.cfg.patch_size
         ranges = self.ranges
         with ranges("patch_embed"):
-            x = ((images - self._resnet_mean) / self._resnet_std).reshape(B * S, 3, H, W)
+            # normalised in fp32 whatever the input dtype (the constants stay fp32)
+            x = ((images.float() - self._resnet_mean) / self._resnet_std).to(images.dtype).reshape(B * S, 3, H, W)
             if isinstance(self.patch_embed, DinoV2):
                 patches = self.patch_embed(x, self.attend, ranges)
             else:

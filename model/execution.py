@@ -22,6 +22,10 @@ def set_precision(model: VGGT, precision: str, tf32: bool = False) -> VGGT:
         raise ConfigError(f"unknown precision {precision!r}; choose one of {list(PRECISIONS)}")
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}
     model.to(dtype=half.get(precision, torch.float32))
+    # The ImageNet constants are not weights: keep them exact in fp32.
+    agg = model.aggregator
+    agg._resnet_mean, agg._resnet_std = agg._resnet_mean.float(), agg._resnet_std.float()
+    agg.reset_buffers()
     model.precision = precision
     torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
     torch.backends.cudnn.allow_tf32 = bool(tf32)

@@ -184,3 +184,19 @@ def test_bf16_and_fp16_run_and_stay_close_to_fp32():
             out = net.aggregate(images)[0][-1].float()
             assert (out - ref).norm() / ref.norm() < 3e-2, precision
         model.set_precision(net, "fp32")
+
+
+def test_precision_round_trip_keeps_normalisation_constants_exact():
+    # Regression: casting the whole model to bf16 and back rounded the ImageNet mean/std buffers,
+    # which the checkpoint does not hold, so reloading the weights did not restore fp32 outputs.
+    net = model.build(VGGTConfig.small(), "cpu", seed=0)
+    images = torch.rand(1, 2, 3, 28, 42)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    with torch.inference_mode():
+        ref = net.aggregate(images)[0][-1]
+        model.set_precision(net, "bf16")
+        model.set_precision(net, "fp32")
+        net.load_state_dict(state)
+        out = net.aggregate(images)[0][-1]
+    assert torch.equal(out, ref)
+    assert net.aggregator._resnet_mean.dtype == torch.float32

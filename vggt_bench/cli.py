@@ -85,7 +85,7 @@ def main(argv=None) -> int:
 
     from .config import register
 
-    if command in ("run", "sweep") and not any(a.startswith("out=") for a in rest) and "--help" not in rest:
+    if command in ("run", "sweep", "profile") and not any(a.startswith("out=") for a in rest) and "--help" not in rest:
         from .sweep import stamped_out
 
         rest += stamped_out()
