@@ -21,10 +21,10 @@ from .config import (
     VGGTConfig,
 )
 from .vggt import VGGT, InputError, build, init_random_
-from .execution import COMPILE_MODES, PRECISIONS, apply_compile, set_precision
+from .execution import COMPILE_MODES, PRECISIONS, GraphedForward, apply_compile, set_precision
 
 __all__ = [
     "AggregatorConfig", "CameraHeadConfig", "ConfigError", "DinoV2Config", "DPTHeadConfig", "ExecutionConfig",
     "TrackerConfig", "TrackHeadConfig", "VGGTConfig", "PRECISIONS", "VGGT", "InputError", "build",
-    "init_random_", "set_precision", "apply_compile", "COMPILE_MODES", "attention", "checkpoint",
+    "init_random_", "set_precision", "apply_compile", "GraphedForward", "COMPILE_MODES", "attention", "checkpoint",
 ]

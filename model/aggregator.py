@@ -56,6 +56,7 @@ class Aggregator(nn.Module):
         self.execution = ExecutionConfig()
         self.ranges: Ranges = OFF
         self.attend = None  # set by configure()
+        self._rope_cache = {}
 
     def reset_buffers(self):
         """(Re)fill the normalisation constants, e.g. after ``to_empty``."""
@@ -80,12 +81,21 @@ class Aggregator(nn.Module):
         return torch.cat((per_frame(self.camera_token), per_frame(self.register_token)), dim=1)
 
     def rope_tables(self, rows: int, cols: int, device) -> Optional[Rope2D]:
-        """RoPE for one frame: specials at (0, 0) (no rotation), patch (r, c) at (r+1, c+1)."""
+        """RoPE for one frame: specials at (0, 0) (no rotation), patch (r, c) at (r+1, c+1).
+
+        Cached per grid and device: the tables depend on the shape only, and building them
+        each forward would add kernels (and, done naively, a host sync) to every call.
+        """
         if self.cfg.rope_freq <= 0:
             return None
-        grid = torch.cartesian_prod(torch.arange(rows, device=device), torch.arange(cols, device=device)) + 1
-        special = torch.zeros(self.patch_start_idx, 2, dtype=grid.dtype, device=device)
-        return Rope2D(torch.cat((special, grid)), self.cfg.head_dim, self.cfg.rope_freq)
+        key = (rows, cols, str(device))
+        if key not in self._rope_cache:
+            grid = torch.cartesian_prod(torch.arange(rows, device=device), torch.arange(cols, device=device)) + 1
+            special = torch.zeros(self.patch_start_idx, 2, dtype=grid.dtype, device=device)
+            self._rope_cache[key] = Rope2D(
+                torch.cat((special, grid)), self.cfg.head_dim, self.cfg.rope_freq, max(rows, cols) + 1
+            )
+        return self._rope_cache[key]
 
     def run_per_frame(self, block: Block, x: torch.Tensor, rope) -> torch.Tensor:
         """Apply ``block`` within each frame of ``x [B*S, P, C]`` as ``execution.frame_exec`` says."""

@@ -90,12 +90,16 @@ def flex(q, k, v):
 def _run_probe(fn: AttnFn, device: torch.device, dtype: torch.dtype, head_dim: int, context=contextlib.nullcontext) -> Optional[str]:
     try:
         q = torch.randn(1, 2, 32, head_dim, device=device, dtype=dtype)
-        with context():
+        with context(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # SDPA explains its refusal in warnings; the exception is the reason
             out = fn(q, q, q)
         if not torch.isfinite(out.float()).all():
             return "probe gave non-finite output"
     except Exception as exc:  # the kernel's own refusal is the reason
-        return _first_line(exc)
+        reason = _first_line(exc)
+        if "No available kernel" in reason and dtype == torch.float32:
+            reason += " (this kernel needs fp16 or bf16)"
+        return reason
     return None
 
 

@@ -49,3 +49,32 @@ def apply_compile(model: VGGT, mode: str) -> VGGT:
         block.compile(mode=None if mode == "default" else mode, dynamic=False)
     model.compile_mode = mode
     return model
+
+
+class GraphedForward:
+    """One CUDA graph of ``fn(images)`` for a fixed input shape, replayed on every call.
+
+    For few frames the aggregator is launch-bound (thousands of small kernels); a graph
+    replays them without the CPU in the loop. The input is copied into a static buffer and
+    the returned outputs are the graph's static tensors (overwritten by the next call).
+    """
+
+    def __init__(self, fn, example: torch.Tensor, warmup: int = 2):
+        if not example.is_cuda:
+            raise ConfigError("CUDA graphs need a CUDA device (device=cuda)")
+        self.fn = fn
+        self.static_input = example.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # cuBLAS/cuDNN pick algorithms and workspaces outside capture
+            for _ in range(warmup):
+                fn(self.static_input)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.static_output = fn(self.static_input)
+
+    def __call__(self, images: torch.Tensor):
+        self.static_input.copy_(images)
+        self.graph.replay()
+        return self.static_output

@@ -43,27 +43,27 @@ class Rope2D:
 
     The first half of each head is rotated by the token's row, the second half by its
     column, each by rotate-half with ``inv_freq = base^(-2k/(D/2))``. ``cos``/``sin`` are
-    ``[P, D]`` for the ``P`` tokens of one frame; the sign of rotate-half is folded into
-    ``sin``. A sequence of ``N = S * P`` tokens (global attention) reuses the same tables
-    frame by frame, as upstream gives every frame the same positions.
+    ``[P, 1, D]`` for the ``P`` tokens of one frame (broadcast over heads); the sign of
+    rotate-half is folded into ``sin``. A sequence of ``N = S * P`` tokens (global
+    attention) reuses the same tables frame by frame, as upstream gives every frame the
+    same positions.
     """
 
-    def __init__(self, positions: torch.Tensor, head_dim: int, base: float):
-        # positions: [P, 2] integer (row, col)
-        quarter = head_dim // 4
-        half = head_dim // 2
-        exponents = torch.arange(0, half, 2, device=positions.device).float() / half
+    def __init__(self, positions: torch.Tensor, head_dim: int, base: float, max_position: int):
+        # positions: [P, 2] integer (row, col), all < max_position (known on the host: no sync)
+        device = positions.device
+        quarter, half = head_dim // 4, head_dim // 2
+        exponents = torch.arange(0, half, 2, device=device).float() / half
         inv_freq = 1.0 / (base**exponents)  # [D/4]
-        max_pos = int(positions.max()) + 1
-        angles = torch.outer(torch.arange(max_pos, device=positions.device, dtype=inv_freq.dtype), inv_freq)
-        angles = torch.cat((angles, angles), dim=-1)  # [max_pos, D/2]
+        angles = torch.outer(torch.arange(max_position, device=device, dtype=inv_freq.dtype), inv_freq)
+        angles = torch.cat((angles, angles), dim=-1)  # [max_position, D/2]
         cos_t, sin_t = angles.cos(), angles.sin()
         rows, cols = positions[:, 0], positions[:, 1]
-        self.cos = torch.cat((cos_t[rows], cos_t[cols]), dim=-1)  # [P, D]
-        sign = torch.ones(head_dim, device=positions.device)
+        sign = torch.ones(head_dim, device=device)
         sign[:quarter] = -1
         sign[half : half + quarter] = -1
-        self.sin = torch.cat((sin_t[rows], sin_t[cols]), dim=-1) * sign
+        self.cos = torch.cat((cos_t[rows], cos_t[cols]), dim=-1).unsqueeze(1)  # [P, 1, D]
+        self.sin = (torch.cat((sin_t[rows], sin_t[cols]), dim=-1) * sign).unsqueeze(1)
         self.tokens_per_frame = positions.shape[0]
         self._by_dtype = {}
 
@@ -73,13 +73,13 @@ class Rope2D:
         return self._by_dtype[dtype]
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
-        """Rotate ``x`` of shape ``[B, H, N, D]`` with ``N`` a multiple of the frame's token count."""
-        B, H, N, D = x.shape
+        """Rotate ``x`` of shape ``[B, N, H, D]``, ``N`` a multiple of the frame's token count."""
+        B, N, H, D = x.shape
         cos, sin = self._tables(x.dtype)
-        xf = x.unflatten(2, (N // self.tokens_per_frame, self.tokens_per_frame))
+        xf = x.unflatten(1, (N // self.tokens_per_frame, self.tokens_per_frame))  # [B, S, P, H, D]
         # rotate-half within each half of D: quarters (a, b, c, e) -> (b, a, e, c); signs are in sin
         swapped = xf.unflatten(-1, (2, 2, D // 4)).flip(-2).flatten(-3)
-        return (xf * cos + swapped * sin).flatten(2, 3)
+        return (xf * cos + swapped * sin).flatten(1, 2)
 
 
 class Attention(nn.Module):
@@ -100,11 +100,13 @@ class Attention(nn.Module):
 
     def forward(self, x, attend, rope: Optional[Rope2D] = None):
         B, N, C = x.shape
-        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        # Norm and RoPE work token-major ([B, N, H, D]); the kernel gets [B, H, N, D] views of
+        # that memory, and its output comes back token-major, so no transpose copies are made.
+        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).unbind(2)
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = rope.apply(q), rope.apply(k)
-        x = attend(q, k, v)
+        x = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return self.proj(x.transpose(1, 2).reshape(B, N, C))
 
 

@@ -27,6 +27,7 @@ class ModelSettings:
     dtype: str = "auto"                # auto | fp32 | bf16_autocast | bf16 | fp16
     tf32: bool = False
     compile: str = "off"               # off | default | reduce-overhead | max-autotune
+    cuda_graph: bool = False           # replay the timed forward as one CUDA graph (GPU only)
     nvtx: bool = False
 
 

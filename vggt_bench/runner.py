@@ -54,6 +54,7 @@ class Point:
     dtype: str
     tf32: bool
     compile: str
+    cuda_graph: bool
     inputs: str
     checkpoint: Optional[str]
     seed: int
@@ -110,6 +111,8 @@ def resolve(cfg) -> Point:
         raise UserError(f"unknown part {cfg.part!r}; use part=aggregator or part=full")
     if dtype not in model.PRECISIONS:
         raise UserError(f"unknown model.dtype {dtype!r}; choose one of {list(model.PRECISIONS)} or auto")
+    if m.cuda_graph and not on_gpu:
+        raise UserError("model.cuda_graph=true needs a CUDA GPU (device=cuda); CUDA graphs do not exist on the CPU")
     if m.compile not in model.COMPILE_MODES:
         raise UserError(f"unknown model.compile {m.compile!r}; choose one of {list(model.COMPILE_MODES)}")
     try:
@@ -125,6 +128,7 @@ def resolve(cfg) -> Point:
         arch=arch, device=device, frames=int(cfg.frames), batch=int(i.batch), height=int(height), width=int(width),
         part=cfg.part, frame_exec=m.frame_exec, frame_chunk=int(m.frame_chunk), prune_depth=int(m.prune_depth),
         prune_weights=m.prune_weights, attention=m.attention, dtype=dtype, tf32=bool(m.tf32), compile=m.compile,
+        cuda_graph=bool(m.cuda_graph),
         inputs=os.path.abspath(i.image_dir) if i.image_dir else "synthetic", checkpoint=m.checkpoint, seed=int(m.seed),
         nvtx=bool(m.nvtx), query_points=int(i.query_points), image_mode=i.mode, input_seed=int(i.seed),
     )
@@ -186,8 +190,14 @@ def make_inputs(point: Point):
 # ---- timing ----------------------------------------------------------------------------------
 def forward_fn(net: model.VGGT, point: Point, images, queries) -> Callable[[], object]:
     if point.part == "aggregator":
-        return lambda: net.aggregate(images)
-    return lambda: net(images, queries)
+        step = net.aggregate
+    else:
+        def step(x):
+            return net(x, queries)
+    if point.cuda_graph:
+        graphed = model.GraphedForward(step, images)
+        return lambda: graphed(images)
+    return lambda: step(images)
 
 
 def _sync(device: str):
@@ -280,7 +290,6 @@ def measure(point: Point, warmup: int, repeats: int, drift: bool = False) -> dic
             return {"status": "unavailable", "message": reason}
         net.configure(point.execution())
         images, queries = make_inputs(point)
-        fn = forward_fn(net, point, images, queries)
         free_memory()
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats(device)
@@ -288,6 +297,8 @@ def measure(point: Point, warmup: int, repeats: int, drift: bool = False) -> dic
         else:
             static = math.nan
         _reset_peak_rss()
+        # Built after the reset: a CUDA graph's capture allocates its memory pool here.
+        fn = forward_fn(net, point, images, queries)
         times = time_forward(fn, device, warmup, repeats)
         row = {
             "status": "ok", "message": "", "warmup": warmup, "repeats": repeats,

@@ -21,6 +21,7 @@ KNOBS = [
     "dtype",           # fp32 | bf16_autocast | bf16 | fp16
     "tf32",            # bool
     "compile",         # off | default | reduce-overhead | max-autotune
+    "cuda_graph",      # bool: the timed forward replayed as one CUDA graph
     "inputs",          # synthetic | <image_dir>
 ]
 

@@ -5,6 +5,8 @@
 #   baseline   fused vs sequential at 1, 10, 100 frames (bf16 autocast, sdpa)
 #   backends   every backend at 100 frames (eager and sdpa_math run out of memory there: recorded)
 #   dtypes     pure bf16 weights vs bf16 autocast, cuDNN vs flash, at 1 and 100 frames
+#   ladder     the optimisation ladder: bf16 autocast vs bf16 weights, cuDNN vs flash, CUDA graphs,
+#              torch.compile, at 1/10/100/200 frames
 #   wall       the scaling wall, fused, best backend, up to the memory limit
 #   pruning    k = 0..12 at 10, 100 frames, with drift
 #   nsys       Nsight Systems profiles, fused vs sequential at 8 and 32 frames
@@ -18,6 +20,11 @@ for stage in "$@"; do
     backends) $S out=$OUT/backends experiment=backends frames=100 ;;
     dtypes)   $S out=$OUT/dtypes frames=1,100 model.frame_exec=fused model.prune_depth=0 \
                  model.dtype=bf16,bf16_autocast model.attention=sdpa_cudnn,sdpa_flash ;;
+    ladder)   timeout 150 $S out=$OUT/ladder frames=1,10,100 model.dtype=bf16_autocast,bf16 model.attention=sdpa_cudnn,sdpa_flash measure.warmup=2 measure.repeats=3
+              timeout 60 $S out=$OUT/ladder frames=1,10 model.dtype=bf16 model.attention=sdpa_cudnn,sdpa_flash model.cuda_graph=true measure.warmup=2 measure.repeats=5
+              timeout 100 $S out=$OUT/ladder frames=200 model.dtype=bf16,bf16_autocast model.attention=sdpa_cudnn measure.warmup=1 measure.repeats=2
+              timeout 200 $S out=$OUT/ladder frames=1,100 model.dtype=bf16 model.attention=sdpa_cudnn model.compile=default model.cuda_graph=false measure.warmup=2 measure.repeats=3
+              timeout 100 $S out=$OUT/ladder frames=1,10 model.dtype=bf16 model.attention=sdpa_cudnn model.compile=default model.cuda_graph=true measure.warmup=2 measure.repeats=5 ;;
     wall)     $S out=$OUT/wall experiment=scaling_wall ${WALL_OVERRIDES:-} ;;
     pruning)  $S out=$OUT/pruning experiment=pruning ${PRUNING_OVERRIDES:-} ;;
     nsys)     for f in 8 32; do for e in fused sequential; do
