@@ -98,7 +98,12 @@ def _capture(cfg, point, profiler: str, trace_path: Optional[str]):
 
 
 def _run_nsys(cfg, point, directory: str) -> str:
-    nsys = find_nsys(cfg.nsys)
+    try:
+        nsys = find_nsys(cfg.nsys)
+    except UserError:
+        if not cfg.dry_run:
+            raise
+        nsys = "nsys"  # a dry run only prints the command
     report = os.path.join(directory, "report")
     child = [sys.executable, "-m", "vggt_bench", "profile", *_user_overrides(), "profiler=none", f"out={cfg.out}"]
     command = [nsys, "profile", *cfg.nsys_args, "--capture-range=cudaProfilerApi", "--capture-range-end=stop",
@@ -216,7 +221,7 @@ def main(cfg) -> int:
         point = resolve(cfg)
         if int(cfg.iterations) < 1:
             raise UserError(f"iterations must be >= 1, got {cfg.iterations}")
-        if cfg.profiler == "nsys" and not point.device.startswith("cuda"):
+        if cfg.profiler == "nsys" and not point.device.startswith("cuda") and not cfg.dry_run:
             raise UserError("profiler=nsys traces CUDA work: it needs device=cuda (use profiler=torch on the CPU)")
         point.nvtx = True
         tag = _tag(cfg, point)

@@ -22,6 +22,8 @@ KNOBS = [
     "tf32",            # bool
     "compile",         # off | default | reduce-overhead | max-autotune
     "cuda_graph",      # bool: the timed forward replayed as one CUDA graph
+    "nvtx",            # bool: NVTX / profiler ranges emitted (their overhead is measurable)
+    "query_points",    # tracks the track head follows (part=full)
     "inputs",          # synthetic | <image_dir>
 ]
 

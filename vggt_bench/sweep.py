@@ -102,7 +102,8 @@ def grid_size(config: DictConfig) -> int:
     """Number of jobs of a multirun: the product of the sweep lengths, command line over preset."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    params = dict(OmegaConf.to_container(config.hydra.sweeper.get("params") or {}, resolve=False))
+    preset = config.hydra.sweeper.get("params")
+    params = dict(OmegaConf.to_container(preset, resolve=False)) if preset else {}
     for text in config.hydra.overrides.task:
         key, _, value = text.partition("=")
         params[key.lstrip("+~")] = value

@@ -8,7 +8,8 @@
 #              torch.compile, at 1/10/100/200 frames
 #   wall       the scaling wall: fused vs sequential up to 200 frames, fused to 1000, and past the limit
 #   pruning    k = 0..12 at 10 and 100 frames, with drift
-#   compile    torch.compile at 10/200 frames, k=9 vs k=0 at 100 frames, NVTX on/off overhead
+#   compile    torch.compile at 10/200 frames, k=9 vs k=0 at 100 frames
+#   nvtx       NVTX ranges on vs off with no profiler attached (their overhead), at 1 and 100 frames
 #   backends32 every backend at 32 frames in bf16
 #   nsys       Nsight Systems profiles, fused vs sequential at 8 and 32 frames, and 2-frame fixtures
 # The fastest exact configuration found: model.dtype=bf16 model.attention=sdpa_cudnn (+ compile, and
@@ -34,7 +35,8 @@ for stage in "$@"; do
     pruning)  timeout 240 $S out=$OUT/pruning $BEST frames=10,100 model.prune_depth=0,1,2,3,4,6,8,9,10,12 measure.drift=true measure.warmup=1 measure.repeats=3 ;;
     compile)  timeout 150 $S out=$OUT/compile $BEST model.compile=default frames=100 model.prune_depth=0,9 measure.warmup=2 measure.repeats=3
               timeout 150 $S out=$OUT/compile $BEST model.compile=default frames=10,200 measure.warmup=1 measure.repeats=2
-              timeout 60 $S out=$OUT/compile $BEST frames=1,100 model.nvtx=false,true measure.warmup=2 measure.repeats=5 ;;
+              ;;
+    nvtx)     timeout 90 $S out=$OUT/nvtx $BEST frames=1,100 model.nvtx=false,true measure.warmup=2 measure.repeats=5 ;;
     backends32) timeout 150 python3 -m vggt_bench sweep report=false experiment=backends out=$OUT/backends32 frames=32 model.dtype=bf16 ;;
     nsys)     for f in 8 32; do for e in fused sequential; do
                 timeout 90 python3 -m vggt_bench profile profiler=nsys out=$OUT/nsys $BEST frames=$f model.frame_exec=$e iterations=2 | tail -n 12
