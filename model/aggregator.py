@@ -131,12 +131,13 @@ class Aggregator(nn.Module):
         step = self.cfg.aa_block_size
         for group in range(self.cfg.depth // step):
             kept = {}
-            for kind in self.cfg.aa_order:
-                kept[kind] = []
-                for i in range(group * step, (group + 1) * step):
-                    with ranges(f"layer_{i:02d}"):
+            # one range per layer (per group of aa_block_size layers), frame and global inside
+            with ranges(f"layer_{group * step:02d}"):
+                for kind in self.cfg.aa_order:
+                    kept[kind] = []
+                    for i in range(group * step, (group + 1) * step):
                         tokens = self._layer(kind, i, i < k, tokens, B, S, P, C, rope)
-                    kept[kind].append(tokens)
+                        kept[kind].append(tokens)
             for j in range(step):
                 if len(outputs) in self.cached:
                     frame_out, global_out = kept["frame"][j], kept["global"][j]

@@ -29,7 +29,11 @@ from vggt_bench.schema import (
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "nsys"
-WITH_DATA = ["vggt_report_A40", "vggt_100report_A40", "vggt_optimized100report_A40"]
+WITH_DATA = [
+    "vggt_report_A40", "vggt_100report_A40", "vggt_optimized100report_A40",
+    # our own VGGT-1B captures (H100, nsys 2025.3.1, bf16, 2 frames, one forward), with our `vggt` NVTX domain
+    "vggt1b_fused_S2_H100", "vggt1b_sequential_S2_H100",
+]
 EMPTY = "vggt_20report_A40"
 REL = 0.01  # agreement required with nsys; the tables are in fact exact to the ns (asserts below)
 
@@ -170,7 +174,7 @@ def test_kernels_without_nsys_summary_are_consistent(report):
     assert kernels["pct"].sum() == pytest.approx(100.0)
     assert kernels["total_ms"].is_monotonic_decreasing
     # kernels launched inside the outermost range cannot exceed all kernels
-    outer = row_of(tables["nvtx_ranges"], ":VGGT_Aggregator")
+    outer = tables["nvtx_ranges"].sort_values("kernels").iloc[-1]  # the outermost range
     assert 0 < outer["kernels"] <= kernels["calls"].sum()
     assert outer["kernels"] <= outer["gpu_ops"]
 

@@ -224,12 +224,12 @@ def main(cfg) -> int:
         if cfg.profiler == "nsys" and not point.device.startswith("cuda") and not cfg.dry_run:
             raise UserError("profiler=nsys traces CUDA work: it needs device=cuda (use profiler=torch on the CPU)")
         point.nvtx = True
-        tag = _tag(cfg, point)
-        directory = os.path.join(cfg.out, "profiles", tag)
-        os.makedirs(directory, exist_ok=True)
         if cfg.profiler == "none":
             _capture(cfg, point, "none", None)
             return 0
+        tag = _tag(cfg, point)
+        directory = os.path.join(cfg.out, "profiles", tag)
+        os.makedirs(directory, exist_ok=True)
         if cfg.profiler == "nsys":
             source = _run_nsys(cfg, point, directory)
             if not source:
