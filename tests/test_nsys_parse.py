@@ -336,6 +336,10 @@ def test_domains_nesting_and_projection_rules(tmp_path):
     assert by["", "step"].gpu_ms == by["vggt", "vggt"].gpu_ms  # nesting ignores domains
     # overlap inside a range: one span (500..900), not a sum (100 + 350)
     assert by["vggt", "layer_00"].gpu_ms == pytest.approx(400 / 1e6)
+    # ... while gpu_busy_ms is the work itself: the summed op durations
+    assert by["vggt", "layer_00"].gpu_busy_ms == pytest.approx((100 + 350) / 1e6)
+    assert by["vggt", "layer_01"].gpu_busy_ms == pytest.approx((50 + 100) / 1e6)  # idle 1000..2000 not counted
+    assert by["vggt", "vggt"].gpu_busy_ms == pytest.approx((100 + 350 + 50 + 100) / 1e6)
     # the call 490-510 ends after layer_01/attention [410, 500]: not its, but layer_01's
     assert by["vggt", "layer_01"].gpu_ms == pytest.approx((2100 - 950) / 1e6)
     assert by["vggt", "layer_01"].kernels == 1 and by["vggt", "layer_01"].gpu_ops == 2

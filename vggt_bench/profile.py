@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 
 from .profiling import NoProfileData, read_report, read_trace
+from .env import environment
 from .runner import UserError, forward_fn, get_model, make_inputs, resolve
 from .schema import KNOBS
 from .sweep import fail
@@ -163,8 +164,9 @@ def summary_row(ranges: pd.DataFrame, activity: pd.DataFrame, iterations: int) -
     frame = ranges[ranges["range"] == "frame_block"]
     row["kernels_per_frame_layer"] = float(frame["kernels"].sum() / frame["calls"].sum()) if len(frame) and frame["calls"].sum() else float("nan")
     for stage in STAGES:
-        row[f"{stage}_gpu_ms"] = _per_iteration(ranges, stage, "gpu_ms", iterations)
-        row[f"{stage}_cpu_ms"] = _per_iteration(ranges, stage, "cpu_ms", iterations)
+        for column in ("gpu_ms", "gpu_busy_ms", "cpu_ms"):
+            if column in ranges:
+                row[f"{stage}_{column}"] = _per_iteration(ranges, stage, column, iterations)
     return row
 
 
@@ -240,7 +242,7 @@ def main(cfg) -> int:
         tables = read_any(source)
         write_tables(tables, directory)
         meta = {**{k: v for k, v in point.knobs().items() if k in KNOBS}, "tag": tag, "profiler": cfg.profiler,
-                "iterations": int(cfg.iterations), "source": source}
+                "iterations": int(cfg.iterations), "source": source, **environment(torch.device(point.device))}
         with open(os.path.join(directory, "point.json"), "w") as f:
             json.dump(meta, f, indent=1, default=str)
         rebuild_combined(cfg.out)

@@ -70,6 +70,8 @@ NVTX_RANGE_COLUMNS = [
     "calls",
     "cpu_ms",       # total wall time of the range's instances on their thread
     "gpu_ms",       # total GPU-projected time: first GPU op start to last GPU op end, per instance, summed
+                    # (nsys's nvtx_gpu_proj_sum; includes GPU idle time inside the span)
+    "gpu_busy_ms",  # summed durations of the GPU ops launched inside (the GPU work itself)
     "kernels",      # kernels launched inside the range (all instances)
     "gpu_ops",      # GPU operations (kernels + memcpy + memset) launched inside
     "cpu_gpu_ratio",  # cpu_ms / gpu_ms

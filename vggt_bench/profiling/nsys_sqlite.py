@@ -200,9 +200,9 @@ class _Export:
         """API calls that launched GPU work, with the span and count of what each launched
         (the ``calls`` input of :func:`project_ranges`), linked by (process, correlationId)."""
         ops = self.gpu_ops[self.gpu_ops["correlation"] >= 0]
-        launched = ops.groupby(["pid", "correlation"]).agg(
+        launched = ops.assign(dur_ns=ops["end_ns"] - ops["start_ns"]).groupby(["pid", "correlation"]).agg(
             gpu_start_ns=("start_ns", "min"), gpu_end_ns=("end_ns", "max"),
-            kernels=("is_kernel", "sum"), gpu_ops=("is_kernel", "size"),
+            kernels=("is_kernel", "sum"), gpu_ops=("is_kernel", "size"), gpu_busy_ns=("dur_ns", "sum"),
         )
         calls = self.api_calls[["thread", "start_ns", "end_ns", "pid", "correlation"]]
         return calls.join(launched, on=["pid", "correlation"], how="inner")
@@ -234,10 +234,14 @@ def project_ranges(ranges: pd.DataFrame, calls: pd.DataFrame) -> pd.DataFrame:
         (``thread`` NaN/None: never projected, e.g. a StartEnd range ended on another thread).
     calls: one row per API call that launched GPU work, columns ``thread``, ``start_ns``,
         ``end_ns``, ``gpu_start_ns`` (first op start), ``gpu_end_ns`` (last op end),
-        ``kernels`` and ``gpu_ops`` (how many it launched).
+        ``kernels`` and ``gpu_ops`` (how many it launched), and optionally ``gpu_busy_ns``
+        (the summed durations of what it launched).
 
     Returns a frame on ``ranges.index`` with ``gpu_start_ns``, ``gpu_end_ns``, ``gpu_ms``
-    (NaN where the instance launched nothing), ``kernels`` and ``gpu_ops`` (0 there).
+    (NaN where the instance launched nothing), ``kernels`` and ``gpu_ops`` (0 there), and
+    ``gpu_busy_ms``: the summed durations of the instance's GPU ops. The projected span
+    counts the GPU idle time between them (a launch-bound range spans its CPU time);
+    ``gpu_busy_ms`` is the GPU work itself.
     A call belongs to an instance when ``range.start <= call.start`` and
     ``call.end <= range.end`` on the same thread. Calls are sorted per thread and each
     instance takes its slice with ``np.searchsorted``; the (instance, call) pairs this
@@ -247,6 +251,8 @@ def project_ranges(ranges: pd.DataFrame, calls: pd.DataFrame) -> pd.DataFrame:
     gpu_end = np.full(len(ranges), np.nan)
     kernels = np.zeros(len(ranges), dtype="int64")
     gpu_ops = np.zeros(len(ranges), dtype="int64")
+    busy = np.zeros(len(ranges), dtype="float64")
+    has_busy = "gpu_busy_ns" in calls.columns
     thread_of = ranges["thread"].to_numpy() if len(ranges) else np.array([])
     for thread, thread_calls in calls.groupby("thread", sort=False):
         rows = np.flatnonzero(thread_of == thread)  # positions of this thread's instances
@@ -275,10 +281,13 @@ def project_ranges(ranges: pd.DataFrame, calls: pd.DataFrame) -> pd.DataFrame:
         gpu_end[target] = np.maximum.reduceat(thread_calls["gpu_end_ns"].to_numpy()[call], first)
         kernels[target] = np.add.reduceat(thread_calls["kernels"].to_numpy()[call], first)
         gpu_ops[target] = np.add.reduceat(thread_calls["gpu_ops"].to_numpy()[call], first)
+        if has_busy:
+            busy[target] = np.add.reduceat(thread_calls["gpu_busy_ns"].to_numpy(dtype="float64")[call], first)
     return pd.DataFrame(
         {
             "gpu_start_ns": gpu_start, "gpu_end_ns": gpu_end,
-            "gpu_ms": (gpu_end - gpu_start) / 1e6, "kernels": kernels, "gpu_ops": gpu_ops,
+            "gpu_ms": (gpu_end - gpu_start) / 1e6, "gpu_busy_ms": busy / 1e6 if has_busy else np.nan,
+            "kernels": kernels, "gpu_ops": gpu_ops,
         },
         index=ranges.index,
     )
@@ -333,6 +342,7 @@ def range_table(instances: pd.DataFrame, gpu_known: bool = True) -> pd.DataFrame
             calls=("cpu_ms", "size"),
             cpu_ms=("cpu_ms", "sum"),
             gpu_ms=("gpu_ms", lambda s: s.sum(min_count=1)),
+            gpu_busy_ms=("gpu_busy_ms", "sum"),
             kernels=("kernels", "sum"),
             gpu_ops=("gpu_ops", "sum"),
         )
@@ -341,7 +351,7 @@ def range_table(instances: pd.DataFrame, gpu_known: bool = True) -> pd.DataFrame
     if gpu_known:
         table["gpu_ms"] = table["gpu_ms"].fillna(0.0)
     else:
-        table["gpu_ms"] = np.nan
+        table["gpu_ms"] = table["gpu_busy_ms"] = np.nan
     with np.errstate(divide="ignore", invalid="ignore"):
         table["cpu_gpu_ratio"] = table["cpu_ms"] / table["gpu_ms"]
     ratio = table["cpu_gpu_ratio"]
@@ -439,12 +449,12 @@ def nvtx_instances(path_or_conn: PathOrConn) -> pd.DataFrame:
     Columns: ``domain`` ("" = default), ``range`` (name without the domain), ``style``
     (PushPop | StartEnd), ``thread`` (nsys globalTid; NaN for a StartEnd range ended on
     another thread), ``start_ns``, ``end_ns``, ``cpu_ms``, ``gpu_start_ns``, ``gpu_end_ns``,
-    ``gpu_ms`` (NaN: launched no GPU work), ``kernels``, ``gpu_ops``, ``level`` (0 =
+    ``gpu_ms`` (NaN: launched no GPU work), ``gpu_busy_ms``, ``kernels``, ``gpu_ops``, ``level`` (0 =
     outermost on its thread), ``path`` ("vggt/aggregator/layer_03" style, by nesting).
     Ranges never ended (``end`` NULL) are left out; ``attrs["notes"]`` says how many.
     """
     columns = ["domain", "range", "style", "thread", "start_ns", "end_ns", "cpu_ms",
-               "gpu_start_ns", "gpu_end_ns", "gpu_ms", "kernels", "gpu_ops", "level", "path"]
+               "gpu_start_ns", "gpu_end_ns", "gpu_ms", "gpu_busy_ms", "kernels", "gpu_ops", "level", "path"]
     with _opened(path_or_conn) as export:
         if _NVTX not in export.tables:
             table = pd.DataFrame(columns=columns)

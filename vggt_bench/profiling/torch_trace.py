@@ -82,10 +82,10 @@ def _launch_calls(events: pd.DataFrame) -> pd.DataFrame:
     """API calls that launched GPU ops, with the span and count of what each launched."""
     ops = events[events["cat"].isin(_GPU_OP_CATS) & events["correlation"].notna()]
     launched = (
-        ops.assign(is_kernel=ops["cat"] == "kernel")
+        ops.assign(is_kernel=ops["cat"] == "kernel", dur_ns=ops["end_ns"] - ops["start_ns"])
         .groupby("correlation")
         .agg(gpu_start_ns=("start_ns", "min"), gpu_end_ns=("end_ns", "max"),
-             kernels=("is_kernel", "sum"), gpu_ops=("name", "size"))
+             kernels=("is_kernel", "sum"), gpu_ops=("name", "size"), gpu_busy_ns=("dur_ns", "sum"))
     )
     calls = events[events["cat"].isin(_API_CATS) & events["correlation"].notna()]
     return calls[["thread", "start_ns", "end_ns", "correlation"]].join(

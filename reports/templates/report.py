@@ -1,0 +1,127 @@
+# %% [markdown]
+# # vggt-bench report
+#
+# Where VGGT's aggregator spends time and memory as the number of frames S grows. Its global
+# attention runs over all S × ~1000 tokens at once, so its cost grows as S²: the *scaling wall*.
+# Every number below is computed from this directory's tidy tables (`results.parquet`, and
+# `profile_summary.csv` / `profile_ranges.csv` where present); figures are also written to
+# `figures/` as PNG and SVG.
+#
+# Built by `vggt_bench.report` from `reports/templates/report.py` (jupytext percent format).
+
+# %% tags=["parameters"]
+RESULTS_DIR = "reports/runs/latest"  # a results directory
+REFERENCE = "upstream_h100"          # published reference points on the scaling wall; None: none
+REPO_ROOT = None                     # where vggt_bench lives, when it is not installed
+
+# %%
+import sys
+
+if REPO_ROOT and REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+import pandas as pd
+from IPython.display import Markdown, display
+
+from vggt_bench.report import notebook as report
+from vggt_bench.report import plots
+
+pd.set_option("display.max_columns", 40)
+pd.set_option("display.width", 200)
+pd.set_option("display.max_colwidth", 120)
+tables = plots.load_tables(RESULTS_DIR)
+results = tables.results
+found = report.findings(results)
+display(Markdown(f"Results: `{RESULTS_DIR}`"))
+
+# %% [markdown]
+# ## Summary
+
+# %%
+if found:
+    display(Markdown("\n\n".join(f.markdown() for f in found)))
+else:
+    display(Markdown("The results table is empty: no point was measured, so there is nothing to summarise."))
+
+# %% [markdown]
+# ## Environment
+
+# %%
+display(report.environment_table(results))
+
+# %% [markdown]
+# ## Figures
+#
+# Lines use only points that ran (`status == ok`). The exact model (no global-to-frame conversion)
+# is drawn everywhere except in the conversion figure.
+
+# %%
+for plot in plots.figures(tables, REFERENCE):
+    base = plot.name.split("__")[0]
+    context = plot.name.split("__")[1] if "__" in plot.name else ""
+    display(Markdown(f"### {base.replace('_', ' ')}" + (f" ({context})" if context else "")
+                     + f"\n\n{report.CAPTIONS.get(base, '')}"))
+    if plot.figure is None:
+        display(Markdown(f"*Not drawn: {plot.note}.*"))
+    else:
+        report.show(plot.figure)
+        if plot.note:
+            display(Markdown(f"*Note: {plot.note}.*"))
+
+# %% [markdown]
+# ## Latency by frame count and configuration
+#
+# Median latency of each point; `OOM` ran out of memory, `n/a` means the attention backend is not
+# available on this machine.
+
+# %%
+if not found:
+    display(Markdown("No points."))
+for f, (label, rows) in zip(found, report.workloads(results)):
+    display(Markdown(f"**{label}**"))
+    display(report.latency_pivot(rows))
+
+# %% [markdown]
+# ### Fastest exact configuration per frame count
+
+# %%
+for f in found:
+    if f.fastest.empty:
+        display(Markdown(f"**{f.workload}**: no configuration of the exact model ran."))
+        continue
+    table = f.fastest.assign(
+        latency=f.fastest["latency_ms"].map(report.fmt_ms),
+        vs_slowest=(f.fastest["slowest_ms"] / f.fastest["latency_ms"]).map(report.fmt_x),
+    )[["frames", "configuration", "latency", "vs_slowest", "configurations"]]
+    display(Markdown(f"**{f.workload}**"))
+    display(table.set_index("frames"))
+
+# %% [markdown]
+# ### Fused over sequential, and global-to-frame conversion
+
+# %%
+pairs = plots.speedup_pairs(results)
+if pairs.empty:
+    display(Markdown("No frame count was measured both fused and sequential."))
+else:
+    display(pairs[["frames", "attention", "prune_depth", "dtype", "latency_ms_slow", "latency_ms_fast", "speedup"]]
+            .astype({"frames": int, "prune_depth": int})
+            .sort_values(["attention", "prune_depth", "frames"]).round(3).reset_index(drop=True))
+conversion = plots.conversion_table(results)
+if conversion.empty:
+    display(Markdown("No global-to-frame conversion was measured (no `prune_depth > 0` points)."))
+else:
+    display(conversion[["frames", "frame_exec", "attention", "prune_depth", "prune_weights", "status",
+                        "latency_ms", "latency_ms_k0", "speedup", "drift_rel"]]
+            .astype({"frames": int, "prune_depth": int})
+            .sort_values(["frame_exec", "attention", "frames", "prune_depth"]).round(4).reset_index(drop=True))
+
+# %% [markdown]
+# ## Points that did not run
+
+# %%
+failed = report.status_table(results)
+if failed.empty:
+    display(Markdown("Every point ran."))
+else:
+    display(failed)

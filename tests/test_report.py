@@ -1,0 +1,427 @@
+"""The report: figures from results tables (real CPU sweep, synthetic GPU-like tables, degenerate
+ones) and the executed notebook."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from vggt_bench.report import main as report_main
+from vggt_bench.report import notebook, plots, render
+from vggt_bench.report.plots import render_figures
+from vggt_bench.schema import KNOBS, RESULT_COLUMNS
+
+REPO = Path(__file__).resolve().parents[1]
+H100_GIB = 79.1
+
+
+# ---- synthetic GPU-like tables ------------------------------------------------------------------
+def _row(**values) -> dict:
+    row = {c: None for c in RESULT_COLUMNS}
+    row.update(
+        point_id="p", experiment="synthetic", arch="vggt1b", device="cuda", batch=1, height=336, width=518,
+        part="aggregator", frame_exec="fused", frame_chunk=8, prune_depth=0, prune_weights="global",
+        attention="sdpa", dtype="bf16_autocast", tf32=False, compile="off", cuda_graph=False, inputs="synthetic",
+        gpu_name="NVIDIA H100 80GB HBM3", gpu_mem_gib=H100_GIB, driver="550.54", torch_version="2.6.0+cu124",
+        cuda_version="12.4", cudnn_version="90100", python_version="3.11.7", cpu="x", git_commit="abc1234",
+        host="gpu-node", timestamp="2026-01-02T03:04:05+00:00", random_weights=True, checkpoint="",
+        status="ok", message="", warmup=1, repeats=3, tokens_per_frame=893, peak_tflops=989.4,
+        peak_source="NVIDIA H100 SXM5 datasheet, dense, bf16", drift_rel=math.nan,
+    )
+    row.update(values)
+    return row
+
+
+# Per backend: seconds per frame (linear part), per frame² (global attention), memory GiB per frame
+# and per frame² (a backend that materialises the attention matrix).
+BACKENDS = {"sdpa_flash": (0.010, 0.00020, 0.19, 0.0), "sdpa_efficient": (0.011, 0.00028, 0.22, 0.0),
+            "eager": (0.012, 0.00060, 0.19, 0.0009)}
+FRAMES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+
+
+def _point(frames, backend, exec_, k=0, **extra):
+    lin, quad, mem, mem2 = BACKENDS[backend]
+    depth = 24
+    latency = lin * frames + quad * frames**2 * (depth - k) / depth + (0.004 * frames if exec_ == "sequential" else 0)
+    peak = 2.0 + mem * frames + mem2 * frames**2
+    if peak > H100_GIB:
+        return _row(frames=frames, attention=backend, frame_exec=exec_, prune_depth=k, status="oom",
+                    message="CUDA out of memory. Tried to allocate 20.00 GiB", **extra)
+    flops = 2.2e12 * frames + 4.0e9 * frames**2
+    ms = latency * 1e3
+    return _row(frames=frames, attention=backend, frame_exec=exec_, prune_depth=k, latency_ms_median=ms,
+                latency_ms_p10=ms * 0.97, latency_ms_p90=ms * 1.04, latency_ms_mean=ms, latency_ms_min=ms * 0.96,
+                peak_alloc_gib=peak, peak_reserved_gib=peak * 1.1 + 0.5, static_gib=1.9, peak_rss_gib=3.0,
+                device_mem_gib=H100_GIB, fps=frames / latency, flops=flops, achieved_tflops=flops / latency / 1e12,
+                frac_of_peak=flops / latency / 1e12 / 989.4, **extra)
+
+
+def synthetic_gpu_results() -> pd.DataFrame:
+    """A scaling wall over three backends (eager OOMs from 256 frames, every backend at 512),
+    two unavailable backends, a conversion sweep with drift."""
+    rows = []
+    for backend in BACKENDS:
+        for exec_ in ("fused", "sequential"):
+            rows += [_point(s, backend, exec_) for s in FRAMES]
+    for backend, reason in (("sdpa_cudnn", "cuDNN attention needs head_dim <= 128 on sm90 and cuDNN >= 9"),
+                            ("flash_attn", "flash_attn is not installed")):
+        rows.append(_row(frames=32, attention=backend, status="unavailable", message=reason))
+    for s in (8, 32, 100):
+        for k in (0, 2, 4, 8):
+            rows.append(_point(s, "sdpa_flash", "fused", k=k, drift_rel=0.004 * k * (1 + s / 100) if k else math.nan))
+    frame = pd.DataFrame(rows)
+    frame["point_id"] = [f"p{i:03d}" for i in range(len(frame))]
+    return frame.drop_duplicates(KNOBS, keep="last").reset_index(drop=True)
+
+
+def synthetic_profiles() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(profile_summary, profile_ranges) of nsys profiles at 8/32/128 frames, fused and sequential."""
+    summary, ranges = [], []
+    iterations = 3
+    for s in (8, 32, 128):
+        for exec_ in ("fused", "sequential"):
+            knobs = {k: v for k, v in _row(frames=s, frame_exec=exec_, attention="sdpa_flash").items() if k in KNOBS}
+            tag = f"s{s}_{exec_}"
+            per_layer = 14 if exec_ == "fused" else 14 * s
+            frame_ms, global_ms, patch_ms = 0.4 * s, 0.02 * s * s + 0.3 * s, 0.15 * s
+            window = iterations * (patch_ms + 24 * (frame_ms + global_ms)) * (1.4 if exec_ == "sequential" else 1.02)
+            busy = iterations * (patch_ms + 24 * (frame_ms + global_ms))
+            summary.append({**knobs, "tag": tag, "profiler": "nsys", "iterations": iterations, "window_ms": window,
+                            "busy_ms": busy, "idle_frac": 1 - busy / window, "kernels": per_layer * 48 * iterations,
+                            "gap_median_us": 3.0 if exec_ == "fused" else 9.0, "gap_p90_us": 20.0,
+                            "kernels_per_frame_layer": per_layer})
+            stage = {"vggt": busy / iterations, "aggregator": busy / iterations, "patch_embed": patch_ms,
+                     "frame_block": 24 * frame_ms, "global_block": 24 * global_ms}
+            for name, ms in stage.items():
+                calls = 24 * iterations if name.endswith("_block") else iterations
+                ranges.append({**knobs, "tag": tag, "profiler": "nsys", "iterations": iterations, "range": name,
+                               "domain": "vggt", "calls": calls, "cpu_ms": ms * iterations * 0.5,
+                               "gpu_ms": ms * iterations, "kernels": 100, "gpu_ops": 110, "cpu_gpu_ratio": 0.5,
+                               "disagree": False})
+    return pd.DataFrame(summary), pd.DataFrame(ranges)
+
+
+def write_results(folder: Path, frame: pd.DataFrame, profiles=None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(folder / "results.parquet", index=False)
+    frame.to_csv(folder / "results.csv", index=False)
+    if profiles is not None:
+        summary, ranges = profiles
+        summary.to_csv(folder / "profile_summary.csv", index=False)
+        ranges.to_csv(folder / "profile_ranges.csv", index=False)
+    return folder
+
+
+def cpu_profiles(results: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Profile tables as a torch-profiler run on the CPU leaves them: gpu_ms NaN, no kernels."""
+    knobs = results.iloc[0].reindex(KNOBS).to_dict()
+    summary = pd.DataFrame([{**knobs, "tag": "cpu", "profiler": "torch", "iterations": 2, "window_ms": math.nan,
+                             "busy_ms": math.nan, "idle_frac": math.nan, "kernels": 0, "gap_median_us": math.nan,
+                             "gap_p90_us": math.nan, "kernels_per_frame_layer": math.nan}])
+    ranges = pd.DataFrame([{**knobs, "tag": "cpu", "profiler": "torch", "iterations": 2, "range": name,
+                            "domain": "", "calls": 2, "cpu_ms": ms, "gpu_ms": math.nan, "kernels": 0, "gpu_ops": 0,
+                            "cpu_gpu_ratio": math.nan, "disagree": False}
+                           for name, ms in (("aggregator", 40.0), ("patch_embed", 6.0), ("frame_block", 14.0),
+                                            ("global_block", 16.0))])
+    return summary, ranges
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+def texts(fig) -> list[str]:
+    """Every text drawn in a figure (titles, labels, legend entries, annotations)."""
+    from matplotlib.text import Text
+
+    return [t.get_text() for t in fig.findobj(Text) if t.get_text()]
+
+
+def notebook_text(path: Path) -> str:
+    """All markdown and plain-text outputs of an executed notebook, joined."""
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    out = []
+    for cell in nb.cells:
+        for o in cell.get("outputs", []):
+            data = o.get("data", {})
+            out.append(data.get("text/markdown", "") + data.get("text/plain", "") + o.get("text", ""))
+    return "\n".join(out)
+
+
+def error_outputs(path: Path) -> list:
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    return [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+
+
+def pngs(paths) -> set[str]:
+    return {Path(p).stem for p in paths if p.endswith(".png")}
+
+
+def assert_files(paths) -> None:
+    assert paths
+    for p in paths:
+        assert os.path.getsize(p) > 0, p
+
+
+# ---- a real CPU sweep ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cpu_sweep(tmp_path_factory):
+    """The smoke sweep plus a converted layer with drift (8 points, ~10 s), rendered once."""
+    out = tmp_path_factory.mktemp("cpu_sweep")
+    run = subprocess.run(
+        [sys.executable, "-m", "vggt_bench", "sweep", "experiment=smoke", f"out={out}", "report=false",
+         "model.prune_depth=0,2", "measure.drift=true"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    logged = []
+    written = render(str(out), log=logged.append)
+    return out, written, logged
+
+
+def test_cpu_sweep_renders_every_figure_with_data_and_an_executed_notebook(cpu_sweep):
+    out, written, logged = cpu_sweep
+    assert_files(written)
+    assert pngs(written) == {"scaling_wall", "fused_speedup", "memory", "conversion", "backends"}
+    assert {Path(p).stem for p in written if p.endswith(".svg")} == pngs(written)
+    assert str(out / "report.ipynb") in written and str(out / "report.html") in written
+    assert error_outputs(out / "report.ipynb") == []
+    # No profile tables in a sweep: those figures are skipped with a note, not a crash.
+    assert any(line.startswith("report: profile_stages: skipped:") for line in logged)
+    assert any(line.startswith("report: profile_launches: skipped:") for line in logged)
+
+
+def test_cpu_notebook_states_the_numbers_computed_from_the_table(cpu_sweep):
+    out, _, _ = cpu_sweep
+    from vggt_bench.results import load_results
+
+    (found,) = notebook.findings(load_results(str(out)))
+    text = notebook_text(out / "report.ipynb")
+    assert found.largest_ok["frames"] == 2 and found.first_oom is None
+    assert "The wall was not reached" in text and "S=2" in text
+    assert found.fusing is not None and found.fusing["pairs"] == 2
+    assert notebook.fmt_x(found.fusing["min"]) in text and notebook.fmt_x(found.fusing["max"]) in text
+    assert found.conversion["k"] == 2 and not math.isnan(found.conversion["drift_max"])
+    assert "at k=2 converted layers" in text
+    assert notebook.fmt_frac(found.conversion["drift_max"]) in text
+    assert re.search(r"^device\s+CPU$", text, re.M)          # environment table
+    assert re.search(r"^random weights\s+yes$", text, re.M)
+    assert re.search(r"^CUDA\s+— \(CPU build\)$", text, re.M)
+    html = (out / "report.html").read_text()
+    assert "Fastest exact configuration" in html and "data:image/png;base64" in html
+
+
+def test_cpu_figures_never_show_the_gpu_reference(cpu_sweep):
+    from vggt_bench.results import load_results
+
+    table = load_results(str(cpu_sweep[0]))
+    for fn in (plots.scaling_wall, plots.memory):
+        fig, _ = fn(table, "upstream_h100")
+        drawn = " ".join(texts(fig))
+        assert "reference" not in drawn and "upstream" not in drawn
+        assert "CPU" in fig._suptitle.get_text()
+    fig, _ = plots.memory(table)
+    assert any("peak resident set" in t for t in texts(fig))  # CPU memory is the process RSS
+
+
+# ---- synthetic GPU-like tables ------------------------------------------------------------------
+def test_gpu_table_with_profiles_draws_all_seven_figures(tmp_path):
+    out = write_results(tmp_path / "gpu", synthetic_gpu_results(), synthetic_profiles())
+    written, notes = render_figures(str(out))
+    assert_files(written)
+    assert pngs(written) == set(plots.FIGURE_NAMES)
+    assert not [n for n in notes if "skipped" in n]
+
+
+def test_gpu_scaling_wall_marks_oom_and_labels_the_reference():
+    table = synthetic_gpu_results()
+    fig, note = plots.scaling_wall(table, "upstream_h100")
+    drawn = texts(fig)
+    assert "OOM" in drawn and "out of memory (top strip)" in drawn
+    assert any("published, not measured here" in t for t in drawn)
+    assert "NVIDIA H100 80GB HBM3" in fig._suptitle.get_text() and "bf16_autocast" in fig._suptitle.get_text()
+    assert "336×518" in fig._suptitle.get_text()
+    assert any("(s, log scale)" in t for t in drawn)
+    # Not at another resolution, nor when asked for none.
+    other = table.assign(height=252, width=378)
+    assert not any("published" in t for t in texts(plots.scaling_wall(other, "upstream_h100").figure))
+    assert not any("published" in t for t in texts(plots.scaling_wall(table, None).figure))
+
+
+def test_gpu_memory_backends_and_conversion_figures_say_what_they_show():
+    table = synthetic_gpu_results()
+    mem = texts(plots.memory(table).figure)
+    assert any("79.1 GiB" in t for t in mem) and "peak reserved" in mem and "out of memory" in mem
+    fig, _ = plots.backends(table)
+    drawn = texts(fig)
+    # eager runs out of memory at 256 frames: 128 is the largest count every backend ran.
+    assert "S = 128" in fig._suptitle.get_text()
+    assert drawn.count("n/a") == 2                         # sdpa_cudnn, flash_attn
+    assert any("% of peak" in t for t in drawn)
+    fig, note = plots.conversion(table)
+    drawn = texts(fig)
+    assert "output drift vs k=0" in drawn and "1.29×" in drawn
+    speedups = plots.conversion_table(table).dropna(subset=["speedup"])
+    assert set(speedups["prune_depth"]) == {2, 4, 8}
+
+
+def test_profile_figures_from_gpu_and_cpu_profiles():
+    summary, ranges = synthetic_profiles()
+    stages = plots.stage_times(ranges)
+    s8 = stages[(stages["frames"] == 8) & (stages["frame_exec"] == "fused")].set_index("stage")["ms_per_forward"]
+    assert s8["global_block"] == pytest.approx(24 * (0.02 * 64 + 0.3 * 8))   # per forward, not per 3 iterations
+    fig, _ = plots.profile_stages(ranges)
+    assert any("GPU-projected time per forward (ms)" in t for t in texts(fig))  # synthetic tables: no gpu_busy_ms
+    fig, _ = plots.profile_launches(summary, ranges)
+    assert any("kernel launches per frame layer" in t for t in texts(fig))
+    # A CPU torch-profiler run: stage times from CPU wall time, said on the axis; no launch figure.
+    cpu_summary, cpu_ranges = cpu_profiles(synthetic_gpu_results().assign(device="cpu", gpu_name=""))
+    fig, _ = plots.profile_stages(cpu_ranges)
+    assert any("CPU wall time" in t for t in texts(fig))
+    fig, note = plots.profile_launches(cpu_summary, cpu_ranges)
+    assert fig is None and "no GPU kernels" in note
+
+
+def test_gpu_notebook_narrative(tmp_path):
+    table = synthetic_gpu_results()
+    out = write_results(tmp_path / "gpu", table, synthetic_profiles())
+    written = render(str(out), log=lambda _: None)
+    assert pngs(written) == set(plots.FIGURE_NAMES)
+    assert error_outputs(out / "report.ipynb") == []
+    (found,) = notebook.findings(table)
+    text = notebook_text(out / "report.ipynb")
+    assert found.first_oom["frames"] == 256 and found.largest_ok["frames"] == 256
+    assert "the first out-of-memory is at S=256" in text
+    assert "fused · sdpa_flash · bf16_autocast (S=1–256)" in text
+    assert f"{notebook.fmt_x(found.fusing['min'])} (S=128, eager)" in text
+    assert "at k=8 converted layers" in text and "1.29×" in text and "6.4%" in text
+    assert "NVIDIA H100 80GB HBM3" in text and "OOM" in text and "n/a" in text
+
+
+# ---- degenerate tables --------------------------------------------------------------------------
+def test_empty_table_skips_every_figure_with_a_note(tmp_path):
+    out = write_results(tmp_path / "empty", pd.DataFrame(columns=RESULT_COLUMNS))
+    written, notes = render_figures(str(out))
+    assert written == []
+    assert len(notes) == len(plots.FIGURE_NAMES) and all(": skipped: " in n for n in notes)
+    assert "scaling_wall: skipped: no result rows" in notes
+    assert notebook.findings(pd.DataFrame(columns=RESULT_COLUMNS)) == []
+
+
+def test_all_oom_table_skips_lines_but_reports_the_wall(tmp_path):
+    table = pd.DataFrame([_row(frames=s, attention=b, status="oom", message="CUDA out of memory")
+                          for s in (512, 1024) for b in ("sdpa", "eager")])
+    written, notes = render_figures(str(write_results(tmp_path / "oom", table)))
+    assert written == []
+    assert "scaling_wall: skipped: no ok latency to draw (statuses: {'oom': 4})" in notes
+    (found,) = notebook.findings(table)
+    assert found.first_oom["frames"] == 512 and found.largest_ok is None
+    assert "No exact point ran; the first out-of-memory is at S=512." in found.lines
+
+
+def test_single_row_table(tmp_path):
+    table = pd.DataFrame([_point(8, "sdpa_flash", "fused")])
+    written, notes = render_figures(str(write_results(tmp_path / "one", table)))
+    assert pngs(written) == {"scaling_wall", "memory", "backends"}
+    assert any(n.startswith("fused_speedup: skipped: no frame count measured (ok) both fused and sequential")
+               for n in notes)
+    assert any(n.startswith("conversion: skipped: no global-to-frame conversion measured") for n in notes)
+
+
+def test_csv_only_cpu_table_and_cpu_profiles(tmp_path):
+    """A directory with results.csv only (all-missing GPU columns come back as NaN/empty strings)."""
+    from vggt_bench.results import load_results
+
+    table = synthetic_gpu_results().assign(
+        device="cpu", gpu_name="", gpu_mem_gib=math.nan, peak_alloc_gib=math.nan, peak_reserved_gib=math.nan,
+        peak_tflops=math.nan, frac_of_peak=math.nan, peak_source="no GPU (CPU peak not tabulated)",
+        device_mem_gib=23.5, arch="small", dtype="fp32", height=126, width=196)
+    out = tmp_path / "csv"
+    out.mkdir()
+    table.to_csv(out / "results.csv", index=False)
+    summary, ranges = cpu_profiles(table)
+    summary.to_csv(out / "profile_summary.csv", index=False)
+    ranges.to_csv(out / "profile_ranges.csv", index=False)
+    written, notes = render_figures(str(out))
+    assert pngs(written) == set(plots.FIGURE_NAMES) - {"profile_launches"}
+    assert any(n.startswith("profile_launches: skipped: profiles hold no GPU kernels") for n in notes)
+    loaded = plots.load_tables(str(out)).results
+    assert plots.device_label(loaded) == "CPU"
+    fig, _ = plots.backends(loaded)
+    assert not any("% of peak" in t for t in texts(fig))  # no CPU peak: no fraction claimed
+    assert any("dense peak unknown" in t for t in texts(fig))
+
+
+def test_mixed_dtypes_get_one_figure_each(tmp_path):
+    table = pd.concat([synthetic_gpu_results(), synthetic_gpu_results().assign(dtype="fp16")])
+    written, notes = render_figures(str(write_results(tmp_path / "mixed", table)))
+    walls = sorted(p for p in pngs(written) if p.startswith("scaling_wall"))
+    assert walls == ["scaling_wall__bf16_autocast", "scaling_wall__fp16"]
+    # A figure function handed both draws one and says so.
+    fig, note = plots.scaling_wall(table)
+    assert "mixes 2 settings" in note
+
+
+# ---- failures and the CLI -----------------------------------------------------------------------
+def test_a_failing_notebook_keeps_the_figures(tmp_path, monkeypatch, capsys):
+    broken = tmp_path / "broken.py"
+    broken.write_text('# %% tags=["parameters"]\nRESULTS_DIR = None\n\n# %%\nraise RuntimeError("boom in cell")\n')
+    monkeypatch.setattr(notebook, "TEMPLATE", str(broken))
+    out = write_results(tmp_path / "gpu", synthetic_gpu_results())
+    (out / "report.html").write_text("stale")
+    written = render(str(out), log=lambda _: None)
+    assert pngs(written) == {"scaling_wall", "fused_speedup", "memory", "conversion", "backends"}
+    assert not any(p.endswith((".ipynb", ".html")) for p in written)
+    err = capsys.readouterr().err
+    assert "notebook failed" in err and "boom in cell" in err
+    assert (out / "report.failed.ipynb").exists() and not (out / "report.html").exists()
+
+
+def test_cli_requires_results_and_renders_figures(tmp_path):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"results": None, "notebook": True, "execute": True, "reference": "upstream_h100"})
+    assert report_main(cfg) == 2
+    cfg.results = str(tmp_path / "missing")
+    assert report_main(cfg) == 2
+    out = write_results(tmp_path / "gpu", synthetic_gpu_results())
+    run = subprocess.run([sys.executable, "-m", "vggt_bench", "report", f"results={out}", "notebook=false"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert (out / "figures" / "scaling_wall.png").stat().st_size > 0
+    assert not (out / "report.ipynb").exists()
+    run = subprocess.run([sys.executable, "-m", "vggt_bench", "report"], cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        "vggt_bench: error: results=DIR is required: the directory a sweep wrote (with results.parquet)"]
+
+
+def test_profiles_read_with_analyze_have_no_configuration(tmp_path):
+    """`profile analyze=` of a foreign trace: no knobs, upstream's range names. Skipped, saying why."""
+    summary, ranges = synthetic_profiles()
+    ranges = ranges.assign(range=ranges["range"].map({"frame_block": "Frame_Attention",
+                                                      "global_block": "Global_Attention"}).fillna("VGGT_Aggregator"))
+    for table in (summary, ranges):
+        table[[k for k in KNOBS]] = None
+        table["profiler"] = "analyze"
+    summary["kernels_per_frame_layer"] = math.nan
+    out = write_results(tmp_path / "foreign", synthetic_gpu_results(), (summary, ranges))
+    written, notes = render_figures(str(out))
+    assert not any("profile_" in p for p in written)
+    assert any(n.startswith("profile_stages: skipped: profile ranges hold none of our stage ranges") and
+               "Frame_Attention" in n for n in notes)
+    assert any(n.startswith("profile_launches: skipped: no profile has a frame count") for n in notes)
+    # Our own range names without a configuration: one bar per profile, named by its tag.
+    _, ours = synthetic_profiles()
+    ours[[k for k in KNOBS]] = None
+    fig, _ = plots.profile_stages(ours)
+    assert {"s8_fused", "s128_sequential"} <= set(texts(fig))

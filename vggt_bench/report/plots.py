@@ -1,0 +1,1180 @@
+"""Figures of a results directory, each made from a tidy DataFrame (never from raw traces).
+
+One function per figure. Each takes the table(s) it reads and returns a ``Plot``: a matplotlib
+``Figure``, or ``None`` and the reason it was skipped (no data of that kind). ``render_figures``
+writes every figure of a results directory as PNG and SVG into ``<out>/figures/``.
+
+Tables mixing settings are split, never averaged:
+
+* A *context* is what makes two measurements incomparable (device, arch, resolution, batch,
+  part, dtype, TF32, compile, CUDA graph, inputs). ``render_figures`` draws each figure once per context;
+  the file names then carry what varies (``scaling_wall__bf16_autocast.png``). A figure function
+  handed several contexts draws the one with the most ``ok`` rows and says so in its note.
+* Within a context each figure fixes what it does not plot: the exact model (``prune_depth``
+  0, or the smallest depth measured) everywhere except the conversion figure; ``fused`` frame
+  execution for the backend shoot-out.
+* Lines and bars use only ``status == "ok"`` rows; ``oom`` rows are drawn as markers,
+  ``unavailable`` backends as hatched n/a bars, ``error`` rows are named in a footnote.
+
+Figures and the columns they read:
+
+==================  ==============================================================================
+scaling_wall        frames, latency_ms_median/p10/p90, frame_exec, attention, status (+ reference)
+fused_speedup       frames, latency_ms_median, frame_exec, attention
+memory              frames, peak_alloc_gib, peak_reserved_gib (GPU) or peak_rss_gib (CPU),
+                    device_mem_gib (else gpu_mem_gib), status (+ reference memory)
+conversion          frames, prune_depth, latency_ms_median, drift_rel, frame_exec, attention
+backends            attention, frames, achieved_tflops, peak_tflops, frac_of_peak, status, message
+profile_stages      profile_ranges: range, gpu_ms (cpu_ms without a GPU), iterations, frames, frame_exec
+profile_launches    profile_summary: kernels_per_frame_layer, idle_frac, frames, frame_exec, attention
+==================  ==============================================================================
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+from matplotlib import colors as mcolors
+from matplotlib import ticker
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+from ..schema import GPU_ACTIVITY_COLUMNS, KNOBS, MEASUREMENTS, NVTX_RANGE_COLUMNS, RESULT_COLUMNS
+from . import reference as references
+
+FIGURES_DIR = "figures"
+PROFILE_SUMMARY = "profile_summary.csv"
+PROFILE_RANGES = "profile_ranges.csv"
+
+# What makes two rows incomparable: one figure per combination present.
+CONTEXT = ["device", "gpu_name", "arch", "height", "width", "batch", "part", "dtype", "tf32", "compile", "cuda_graph",
+           "inputs"]
+FRAME_EXEC_ORDER = ["fused", "sequential", "chunked"]
+FRAME_EXEC_LINE = {"fused": "-", "sequential": "--", "chunked": ":"}
+FRAME_EXEC_MARKER = {"fused": "o", "sequential": "s", "chunked": "^"}
+STAGES = ["patch_embed", "frame_block", "global_block", "converted_block", "heads", "other"]
+HEADS = ["camera_head", "depth_head", "point_head", "track_head"]
+STAGE_COLORS = {
+    "patch_embed": "#8c6d31", "frame_block": "#1f77b4", "global_block": "#d62728",
+    "converted_block": "#ff7f0e", "heads": "#2ca02c", "other": "#bdbdbd",
+}
+_INT_COLUMNS = ["frames", "batch", "height", "width", "frame_chunk", "prune_depth", "iterations"]
+_TEXT_COLUMNS = [
+    "point_id", "experiment", "arch", "device", "part", "frame_exec", "prune_weights", "attention", "dtype",
+    "compile", "inputs", "gpu_name", "driver", "torch_version", "cuda_version", "cudnn_version", "python_version",
+    "cpu", "git_commit", "host", "timestamp", "checkpoint", "status", "message", "peak_source", "tag", "profiler",
+    "range", "domain",
+]
+_BOOL_COLUMNS = ["tf32", "cuda_graph", "random_weights", "disagree"]
+_BOOL_KNOBS = ["tf32", "cuda_graph"]  # absent (older tables) means off
+
+
+class Plot(NamedTuple):
+    """A drawn figure and an optional remark, or ``figure=None`` and why it was skipped."""
+
+    figure: Optional[Figure]
+    note: str = ""
+
+
+# ---- tables -------------------------------------------------------------------------------------
+@dataclass
+class Tables:
+    """The tidy tables of one results directory (empty frames where a table is absent)."""
+
+    results: pd.DataFrame
+    profile_summary: pd.DataFrame = field(default_factory=pd.DataFrame)
+    profile_ranges: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+def _coerce(frame: pd.DataFrame) -> pd.DataFrame:
+    """Types the report relies on, whatever Parquet/CSV made of all-missing columns."""
+    frame = frame.copy()
+    numeric = set(MEASUREMENTS) | set(GPU_ACTIVITY_COLUMNS) | set(NVTX_RANGE_COLUMNS) | {
+        "gpu_mem_gib", "kernels_per_frame_layer", *_INT_COLUMNS}
+    numeric -= set(_TEXT_COLUMNS) | set(_BOOL_COLUMNS)
+    for col in frame.columns:
+        if col in numeric:
+            frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
+        elif col in _BOOL_COLUMNS:
+            frame[col] = frame[col].map(_as_bool).astype("object")
+        elif col in _TEXT_COLUMNS:
+            frame[col] = frame[col].map(lambda v: "" if _missing(v) else str(v)).astype("object")
+    return frame
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
+
+
+def _as_bool(value):
+    if _missing(value):
+        return None
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes")
+    return bool(value)
+
+
+def tidy_results(frame: pd.DataFrame) -> pd.DataFrame:
+    """The results table with every RESULT_COLUMNS column present and numeric columns as floats."""
+    frame = frame.copy()
+    for col in RESULT_COLUMNS:
+        if col not in frame.columns:
+            frame[col] = None
+    frame = _coerce(frame)
+    for col in _BOOL_KNOBS:
+        frame[col] = frame[col].map(lambda v: False if v is None else v).astype(object)
+    return frame
+
+
+def tidy_profile(frame: pd.DataFrame) -> pd.DataFrame:
+    """A profile table (summary or ranges) with knob columns present and typed."""
+    frame = frame.copy()
+    for col in KNOBS + ["tag", "profiler", "iterations"]:
+        if col not in frame.columns:
+            frame[col] = None
+    frame = _coerce(frame)
+    for col in _BOOL_KNOBS:
+        frame[col] = frame[col].map(lambda v: False if v is None else v).astype(object)
+    frame["iterations"] = frame["iterations"].fillna(1.0).clip(lower=1.0)
+    return frame
+
+
+def _read_csv(path: str) -> pd.DataFrame:
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return pd.DataFrame()
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+
+
+def load_tables(out_dir: str) -> Tables:
+    """Results and (where present) profile tables of ``out_dir``.
+
+    Profile tables are looked for in ``<out>/`` and then ``<out>/profiles/``.
+    Raises FileNotFoundError when there is no results table.
+    """
+    from ..results import load_results
+
+    results = tidy_results(load_results(out_dir))
+    profiles = {}
+    for name in (PROFILE_SUMMARY, PROFILE_RANGES):
+        for folder in (out_dir, os.path.join(out_dir, "profiles")):
+            table = _read_csv(os.path.join(folder, name))
+            if len(table):
+                break
+        profiles[name] = tidy_profile(table) if len(table) else pd.DataFrame()
+    return Tables(results, profiles[PROFILE_SUMMARY], profiles[PROFILE_RANGES])
+
+
+def ok_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows that measured a latency (``status == "ok"``)."""
+    if frame.empty:
+        return frame
+    return frame[(frame["status"] == "ok") & frame["latency_ms_median"].notna()]
+
+
+def contexts(frame: pd.DataFrame) -> List[Tuple[dict, pd.DataFrame]]:
+    """``[(context, rows)]``, one per combination of CONTEXT values, most ``ok`` rows first."""
+    if frame.empty:
+        return []
+    cols = [c for c in CONTEXT if c in frame.columns]
+    keyed = frame.assign(**{f"_ctx_{c}": frame[c].map(lambda v: "" if _missing(v) else v) for c in cols})
+    groups = []
+    for key, rows in keyed.groupby([f"_ctx_{c}" for c in cols], sort=True, dropna=False):
+        rows = rows.drop(columns=[f"_ctx_{c}" for c in cols])
+        n_ok = int((rows["status"] == "ok").sum()) if "status" in rows else len(rows)
+        groups.append((dict(zip(cols, key)), rows, n_ok))
+    groups.sort(key=lambda g: -g[2])
+    return [(ctx, rows) for ctx, rows, _ in groups]
+
+
+def context_slug(context: dict, varying: Sequence[str]) -> str:
+    """File-name suffix naming the context values that vary across a directory."""
+    parts = []
+    if "height" in varying or "width" in varying:
+        parts.append(f"{_int(context.get('height'))}x{_int(context.get('width'))}")
+    for col in varying:
+        if col in ("height", "width", "device"):
+            continue
+        value = context.get(col)
+        if col == "gpu_name":
+            value = value or "cpu"
+        elif col == "batch":
+            value = f"b{_int(value)}"
+        elif col == "tf32":
+            value = "tf32" if value else "notf32"
+        elif col == "compile":
+            value = f"compile-{value}"
+        elif col == "cuda_graph":
+            value = "cudagraph" if value else "nocudagraph"
+        parts.append(str(value))
+    slug = "_".join(parts)
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", slug).strip("-")
+
+
+def _one_context(frame: pd.DataFrame) -> Tuple[pd.DataFrame, str]:
+    groups = contexts(frame)
+    if len(groups) <= 1:
+        return frame, ""
+    ctx, rows = groups[0]
+    return rows, f"table mixes {len(groups)} settings; drew {context_line(rows)} (render_figures draws each)"
+
+
+def _int(value) -> str:
+    try:
+        return str(int(value))
+    except (TypeError, ValueError):
+        return "?"
+
+
+def device_label(frame: pd.DataFrame) -> str:
+    """The GPU's name, or "CPU"."""
+    names = sorted({n for n in frame.get("gpu_name", pd.Series(dtype=object)) if isinstance(n, str) and n})
+    if names:
+        return " / ".join(names)
+    devices = {d for d in frame.get("device", pd.Series(dtype=object)) if isinstance(d, str)}
+    return "GPU (name not recorded)" if any(d.startswith("cuda") for d in devices) else "CPU"
+
+
+def context_line(frame: pd.DataFrame) -> str:
+    """``device · arch · dtype · HxW`` (+ batch, compile, TF32 where not default) of the rows."""
+
+    def values(col, fmt=str):
+        if col not in frame:
+            return []
+        return sorted({fmt(v) for v in frame[col] if not _missing(v) and v != ""})
+
+    parts = [device_label(frame)]
+    parts += [" / ".join(values("arch"))] if values("arch") else []
+    parts += [" / ".join(values("dtype")) or "dtype ?"]
+    res = sorted({f"{_int(h)}×{_int(w)}" for h, w in zip(frame.get("height", []), frame.get("width", []))})
+    parts += [" / ".join(res) + " px"] if res else []
+    batches = values("batch", _int)
+    if batches and batches != ["1"]:
+        parts.append("batch " + " / ".join(batches))
+    compiles = values("compile")
+    if compiles and compiles != ["off"]:
+        parts.append("compile " + " / ".join(compiles))
+    if True in set(frame.get("tf32", [])) and "fp32" in values("dtype"):
+        parts.append("TF32")
+    if True in set(frame.get("cuda_graph", [])):
+        parts.append("CUDA graph")
+    parts += [" / ".join(values("part"))] if values("part") and values("part") != ["aggregator"] else []
+    return " · ".join(p for p in parts if p)
+
+
+def _baseline_depth(frame: pd.DataFrame) -> Optional[int]:
+    """The exact model's prune depth: 0 when measured, else the smallest depth present."""
+    depths = frame["prune_depth"].dropna()
+    if depths.empty:
+        return None
+    return 0 if (depths == 0).any() else int(depths.min())
+
+
+def _exact(frame: pd.DataFrame) -> Tuple[pd.DataFrame, str]:
+    k = _baseline_depth(frame)
+    if k is None:
+        return frame.iloc[0:0], ""
+    note = "" if k == 0 else f"no prune_depth=0 rows; drew prune_depth={k}"
+    return frame[frame["prune_depth"] == k], note
+
+
+def _order_exec(values) -> List[str]:
+    values = [v for v in dict.fromkeys(values) if v]
+    return sorted(values, key=lambda v: (FRAME_EXEC_ORDER.index(v) if v in FRAME_EXEC_ORDER else 9, v))
+
+
+def backend_colors(names) -> dict:
+    """A fixed colour per backend name (sorted, tab10) so every figure agrees."""
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+               "#bcbd22", "#17becf"]
+    return {name: palette[i % len(palette)] for i, name in enumerate(sorted(set(names)))}
+
+
+# ---- axes helpers -------------------------------------------------------------------------------
+def _plain_log(axis, lo: Optional[float] = None, hi: Optional[float] = None) -> None:
+    """Log scale with 1-2-5 ticks (1-3 or decades over a wide range) written as plain numbers."""
+    decades = math.log10(hi / lo) if lo and hi and lo > 0 and hi > lo else 2.0
+    subs = (1.0, 2.0, 5.0) if decades <= 2.6 else (1.0, 3.0) if decades <= 4.2 else (1.0,)
+    axis.set_major_locator(ticker.LogLocator(base=10, subs=subs))
+    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _frames_axis(ax, frames) -> None:
+    """Log x axis of frame counts, ticked at the measured counts when there are few."""
+    frames = sorted({int(f) for f in frames if not _missing(f)})
+    ax.set_xscale("log")
+    if not frames:
+        pass
+    elif len(frames) <= 9:
+        ax.xaxis.set_major_locator(ticker.FixedLocator(frames))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_locator(ticker.NullLocator())
+    else:
+        _plain_log(ax.xaxis, frames[0], frames[-1])
+    if len(frames) == 1:
+        ax.set_xlim(frames[0] / 1.6, frames[0] * 1.6)
+    elif frames:
+        ax.set_xlim(frames[0] / 1.25, frames[-1] * 1.25)
+    ax.set_xlabel("frames S (log scale)")
+
+
+def _new_figure(width: float, height: float, ncols: int = 1, sharey: bool = False,
+                legend: float = 0.0) -> Tuple[Figure, list, Optional[object]]:
+    """A constrained-layout figure with ``ncols`` axes in a row and, when ``legend`` > 0, a
+    legend column of that relative width on the right (an axes of its own, so the layout keeps
+    the legend clear of the title and the plots). Returns (figure, axes, legend axes or None)."""
+    fig = Figure(figsize=(width, height), layout="constrained")
+    ratios = [1.0] * ncols + ([legend] if legend else [])
+    grid = fig.add_gridspec(1, len(ratios), width_ratios=ratios)
+    axes = []
+    for i in range(ncols):
+        ax = fig.add_subplot(grid[0, i], sharey=axes[0] if sharey and axes else None)
+        ax.grid(True, which="major", alpha=0.3)
+        axes.append(ax)
+    if sharey:
+        for ax in axes[1:]:
+            ax.tick_params(labelleft=False)
+    lax = None
+    if legend:
+        lax = fig.add_subplot(grid[0, -1])
+        lax.axis("off")
+    return fig, axes, lax
+
+
+def _side_legend(lax, handles, labels=None, title: Optional[str] = None) -> None:
+    kw = dict(loc="upper left", fontsize=8.5, title=title, title_fontsize=8.5, borderaxespad=0.0, frameon=False)
+    if labels is None:
+        lax.legend(handles=handles, **kw)
+    else:
+        lax.legend(handles, labels, **kw)
+
+
+def _suptitle(fig: Figure, what: str, frame: pd.DataFrame, extra: str = "") -> None:
+    line = context_line(frame) + (f" · {extra}" if extra else "")
+    fig.suptitle(f"{what}\n{line}", fontsize=11)
+
+
+def _footnote(fig: Figure, lines: Sequence[str]) -> None:
+    lines = [s for s in lines if s]
+    if lines:
+        text = "\n".join(_shorten(s, 150) for s in lines[:6])
+        if len(lines) > 6:
+            text += f"\n(+{len(lines) - 6} more)"
+        fig.text(0.0, 0.0, text, fontsize=7.5, color="#555555", ha="left", va="top",
+                 transform=fig.transFigure, wrap=True)
+
+
+def _shorten(text: str, n: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _latency_unit(ms_values) -> Tuple[str, float]:
+    """("s", 1e-3) when the largest latency is a second or more, else ("ms", 1)."""
+    top = np.nanmax(np.asarray(ms_values, dtype=float)) if len(ms_values) else 0.0
+    return ("s", 1e-3) if top >= 1000 else ("ms", 1.0)
+
+
+def _failures(frame: pd.DataFrame, statuses=("error",)) -> List[str]:
+    out = []
+    for _, row in frame[frame["status"].isin(statuses)].iterrows():
+        out.append(f"{row['status']}: S={_int(row['frames'])} {row['frame_exec']} {row['attention']} "
+                   f"k={_int(row['prune_depth'])}: {row['message']}")
+    return out
+
+
+def _unavailable(frame: pd.DataFrame) -> List[str]:
+    rows = frame[frame["status"] == "unavailable"]
+    seen = {}
+    for _, row in rows.iterrows():
+        seen.setdefault(row["attention"], row["message"])
+    return [f"{name} not available here: {msg}" for name, msg in sorted(seen.items())]
+
+
+# ---- 1. the scaling wall ------------------------------------------------------------------------
+def scaling_wall(results: pd.DataFrame, reference: Optional[str] = "upstream_h100") -> Plot:
+    """Latency of the timed part vs frames (log-log): colour = attention backend, line style =
+    frame execution (fused solid, sequential dashed, chunked dotted), p10-p90 shaded.
+
+    Rows: the exact model (prune_depth 0, else the smallest measured), ``ok`` rows for lines.
+    ``oom`` rows are x markers in a strip at the top of the axes at the frame count that failed.
+    Faint guides ∝ S and ∝ S² through the largest measured point show where the curve turns
+    quadratic. ``reference`` (a name in ``reference.REFERENCES``) adds upstream's published points,
+    only for GPU aggregator results at upstream's resolution.
+    """
+    frame, note = _one_context(tidy_results(results))
+    if frame.empty:
+        return Plot(None, "no result rows")
+    rows, depth_note = _exact(frame)
+    ok = ok_rows(rows)
+    if ok.empty:
+        counts = rows["status"].value_counts().to_dict() if len(rows) else {}
+        return Plot(None, f"no ok latency to draw (statuses: {counts or 'none'})")
+    ooms = rows[rows["status"] == "oom"]
+    ref = None
+    if reference:
+        first = ok.iloc[0]
+        if references.applies(reference, gpu_name=first["gpu_name"], arch=first["arch"], height=int(first["height"]),
+                              width=int(first["width"]), part=first["part"]):
+            ref = references.REFERENCES[reference]()
+    unit, scale = _latency_unit(list(ok["latency_ms_median"]) + ([1000.0] if ref is not None else []))
+    colors = backend_colors(rows["attention"])
+    fig, (ax,), lax = _new_figure(10.0, 5.4, legend=0.28)
+    execs = _order_exec(ok["frame_exec"])
+    foot: List[str] = []
+    for (backend, exec_), series in ok.groupby(["attention", "frame_exec"], sort=True):
+        series = series.sort_values("frames")
+        x = series["frames"].to_numpy()
+        ax.plot(x, series["latency_ms_median"] * scale, color=colors[backend], ls=FRAME_EXEC_LINE.get(exec_, "-."),
+                marker=FRAME_EXEC_MARKER.get(exec_, "d"), ms=4, lw=1.6)
+        ax.fill_between(x, series["latency_ms_p10"] * scale, series["latency_ms_p90"] * scale,
+                        color=colors[backend], alpha=0.12, lw=0)
+    _frames_axis(ax, list(rows["frames"]) + (list(ref["frames"]) if ref is not None else []))
+    ax.set_yscale("log")
+    ys = ok["latency_ms_median"] * scale
+    _plain_log(ax.yaxis, float(ys.min()), float(ys.max()))
+    handles = [Line2D([], [], color=colors[b], lw=2.5, label=b) for b in sorted(set(ok["attention"]))]
+    handles += [Line2D([], [], color="black", ls=FRAME_EXEC_LINE.get(e, "-."), marker=FRAME_EXEC_MARKER.get(e, "d"),
+                       ms=4, label=e) for e in execs]
+    # Guides through the fastest point at the largest frame count.
+    top = ok[ok["frames"] == ok["frames"].max()].sort_values("latency_ms_median").iloc[0]
+    x0, y0 = float(top["frames"]), float(top["latency_ms_median"]) * scale
+    lo = max(float(ok["frames"].min()), x0 / 16)
+    if x0 / lo >= 4:  # over less than two octaves the guides say nothing and crowd the points
+        xs = np.geomspace(lo, x0, 20)
+        for power, style in ((1, (0, (1, 2))), (2, (0, (4, 2)))):
+            ax.plot(xs, y0 * (xs / x0) ** power, color="#888888", lw=0.9, ls=style, zorder=0)
+            handles.append(Line2D([], [], color="#888888", lw=0.9, ls=style,
+                                  label=f"∝ S{'²' if power == 2 else ''} (guide)"))
+    if ref is not None:
+        ax.plot(ref["frames"], ref["latency_s"] * 1e3 * scale, color="black", ls=":", marker="*", ms=9, lw=1)
+        handles.append(Line2D([], [], color="black", ls=":", marker="*", ms=9,
+                              label=references.REFERENCE_LABELS[reference]))
+        foot.append("reference: " + str(ref["source"].iloc[0]))
+    if len(ooms):
+        trans = ax.get_xaxis_transform()
+        series_keys = sorted(set(zip(ooms["attention"], ooms["frame_exec"])))
+        for i, (backend, exec_) in enumerate(series_keys):
+            s = ooms[(ooms["attention"] == backend) & (ooms["frame_exec"] == exec_)]
+            ax.plot(s["frames"], [0.95 - 0.035 * i] * len(s), transform=trans, ls="none", marker="x", ms=8, mew=2,
+                    color=colors[backend], clip_on=False)
+        ax.annotate("OOM", xy=(float(ooms["frames"].min()), 0.95), xycoords=trans, xytext=(-8, 0),
+                    textcoords="offset points", ha="right", va="center", fontsize=9, fontweight="bold")
+        ax.set_ylim(top=ax.get_ylim()[1] * (1 + 0.6 * len(series_keys)))  # room for the OOM strip
+        handles.append(Line2D([], [], color="black", ls="none", marker="x", ms=8, mew=2,
+                              label="out of memory (top strip)"))
+    ax.set_ylabel(f"{_part_name(ok)} latency, median ({unit}, log scale)")
+    _side_legend(lax, handles, title="backend / execution")
+    _suptitle(fig, f"Scaling wall: {_part_name(ok)} latency vs frames", ok,
+              extra="" if _baseline_depth(rows) == 0 else f"prune_depth={_baseline_depth(rows)}")
+    _footnote(fig, _unavailable(rows) + _failures(rows) + foot)
+    return Plot(fig, "; ".join(n for n in (note, depth_note) if n))
+
+
+def _part_name(frame: pd.DataFrame) -> str:
+    parts = sorted(set(frame["part"]) - {""})
+    return "aggregator" if parts == ["aggregator"] else ("full model" if parts == ["full"] else "forward")
+
+
+# ---- 2. fused over sequential -------------------------------------------------------------------
+def speedup_pairs(results: pd.DataFrame, slow: str = "sequential", fast: str = "fused") -> pd.DataFrame:
+    """``speedup = latency(slow) / latency(fast)`` for every point measured both ways (ok rows),
+    matched on every knob except frame_exec and frame_chunk. Columns: the knobs, latency_ms_slow,
+    latency_ms_fast, speedup."""
+    ok = ok_rows(tidy_results(results))
+    keys = [k for k in KNOBS if k not in ("frame_exec", "frame_chunk")] + ["gpu_name"]
+    a = ok[ok["frame_exec"] == slow].groupby(keys, dropna=False)["latency_ms_median"].median().rename("latency_ms_slow")
+    b = ok[ok["frame_exec"] == fast].groupby(keys, dropna=False)["latency_ms_median"].median().rename("latency_ms_fast")
+    pairs = pd.concat([a, b], axis=1, join="inner").reset_index()
+    pairs["speedup"] = pairs["latency_ms_slow"] / pairs["latency_ms_fast"]
+    return pairs
+
+
+def fused_speedup(results: pd.DataFrame) -> Plot:
+    """Fused-over-sequential speedup (sequential latency / fused latency) vs frames, one line per
+    backend, on the exact model (prune_depth 0); a dotted 1× line marks no gain."""
+    frame, note = _one_context(tidy_results(results))
+    if frame.empty:
+        return Plot(None, "no result rows")
+    rows, depth_note = _exact(frame)
+    pairs = speedup_pairs(rows)
+    if pairs.empty:
+        have = sorted(set(ok_rows(rows)["frame_exec"]))
+        return Plot(None, "no frame count measured (ok) both fused and sequential "
+                          f"(frame_exec with ok rows: {have or 'none'})")
+    colors = backend_colors(rows["attention"])
+    fig, (ax,), _ = _new_figure(7.6, 4.6)
+    for backend, series in pairs.groupby("attention"):
+        series = series.sort_values("frames")
+        ax.plot(series["frames"], series["speedup"], color=colors[backend], marker="o", ms=4, lw=1.6, label=backend)
+        last = series.iloc[-1]
+        ax.annotate(f"{last['speedup']:.2f}×", (last["frames"], last["speedup"]), xytext=(5, 0),
+                    textcoords="offset points", va="center", fontsize=8, color=colors[backend])
+    ax.axhline(1.0, color="black", ls=":", lw=1, label="1× (no gain)")
+    _frames_axis(ax, pairs["frames"])
+    lo, hi = float(pairs["speedup"].min()), float(pairs["speedup"].max())
+    if hi / max(lo, 1e-9) > 8:
+        ax.set_yscale("log")
+        _plain_log(ax.yaxis)
+        ax.set_ylabel("speedup, sequential / fused latency (×, log scale)")
+    else:
+        ax.set_ylim(min(lo, 1.0) * 0.9, max(hi, 1.0) * 1.1)
+        ax.set_ylabel("speedup, sequential / fused latency (×)")
+    ax.xaxis.set_tick_params(which="both")
+    ax.set_xlim(right=ax.get_xlim()[1] * 1.35)  # room for the end labels
+    ax.legend(loc="best", fontsize=8.5, title="attention backend", title_fontsize=8.5)
+    _suptitle(fig, "What fusing frame attention buys: sequential / fused latency", rows)
+    only = _one_sided(rows)
+    _footnote(fig, only)
+    return Plot(fig, "; ".join(n for n in (note, depth_note) if n))
+
+
+def _one_sided(rows: pd.DataFrame) -> List[str]:
+    out = []
+    for backend, s in rows.groupby("attention"):
+        for frames, t in s.groupby("frames"):
+            st = dict(zip(t["frame_exec"], t["status"]))
+            if st.get("fused") == "ok" and st.get("sequential") not in (None, "ok"):
+                out.append(f"{backend} S={_int(frames)}: sequential {st['sequential']}, fused ran")
+            if st.get("sequential") == "ok" and st.get("fused") not in (None, "ok"):
+                out.append(f"{backend} S={_int(frames)}: fused {st['fused']}, sequential ran")
+    return out
+
+
+# ---- 3. memory ----------------------------------------------------------------------------------
+def device_memory_gib(frame: pd.DataFrame) -> float:
+    """Total memory of the device the rows ran on (GiB): device_mem_gib, else gpu_mem_gib."""
+    for col in ("device_mem_gib", "gpu_mem_gib"):
+        values = frame[col].dropna() if col in frame else pd.Series(dtype=float)
+        if len(values):
+            return float(values.max())
+    return math.nan
+
+
+def memory(results: pd.DataFrame, reference: Optional[str] = "upstream_h100") -> Plot:
+    """Peak memory vs frames (log-log), one panel per frame execution, colour = backend.
+
+    GPU rows: peak allocated (solid) and peak reserved (dashed) by the caching allocator.
+    CPU rows: the process's peak resident set (includes the interpreter and weights).
+    The device's memory is a horizontal line; ``oom`` rows are x markers on it. Exact model only.
+    """
+    frame, note = _one_context(tidy_results(results))
+    if frame.empty:
+        return Plot(None, "no result rows")
+    rows, depth_note = _exact(frame)
+    ok = rows[rows["status"] == "ok"]
+    gpu = ok["peak_alloc_gib"].notna().any()
+    column = "peak_alloc_gib" if gpu else "peak_rss_gib"
+    ok = ok[ok[column].notna()]
+    if ok.empty:
+        counts = rows["status"].value_counts().to_dict() if len(rows) else {}
+        return Plot(None, f"no ok row with a memory measurement (statuses: {counts or 'none'})")
+    execs = _order_exec(list(ok["frame_exec"]) + list(rows.loc[rows["status"] == "oom", "frame_exec"]))
+    colors = backend_colors(rows["attention"])
+    device_gib = device_memory_gib(rows)
+    ref = None
+    first = ok.iloc[0]
+    if reference and references.applies(reference, gpu_name=first["gpu_name"], arch=first["arch"],
+                                        height=int(first["height"]), width=int(first["width"]), part=first["part"]):
+        ref = references.REFERENCES[reference]()
+    fig, axes, lax = _new_figure(4.4 * len(execs) + 2.6, 4.8, ncols=len(execs), sharey=True,
+                                 legend=0.55 / len(execs))
+    for ax, exec_ in zip(axes, execs):
+        sub = ok[ok["frame_exec"] == exec_]
+        for backend, series in sub.groupby("attention"):
+            series = series.sort_values("frames")
+            ax.plot(series["frames"], series[column], color=colors[backend], marker="o", ms=4, lw=1.6)
+            if gpu and series["peak_reserved_gib"].notna().any():
+                ax.plot(series["frames"], series["peak_reserved_gib"], color=colors[backend], ls="--", lw=1.1)
+        if not math.isnan(device_gib):
+            ax.axhline(device_gib, color="#b2182b", ls="-.", lw=1.2)
+        oom = rows[(rows["status"] == "oom") & (rows["frame_exec"] == exec_)]
+        if len(oom) and not math.isnan(device_gib):
+            for backend, s in oom.groupby("attention"):
+                ax.plot(s["frames"], [device_gib] * len(s), ls="none", marker="x", ms=8, mew=2, color=colors[backend])
+        if ref is not None and exec_ == execs[0]:
+            ax.plot(ref["frames"], ref["memory_gb"], color="black", ls=":", marker="*", ms=9, lw=1)
+        _frames_axis(ax, list(rows["frames"]) + (list(ref["frames"]) if ref is not None and exec_ == execs[0] else []))
+        ax.set_yscale("log")
+        _plain_log(ax.yaxis)
+        ax.set_title(f"frame_exec = {exec_}", fontsize=10)
+    axes[0].set_ylabel(("GPU memory, peak (GiB, log scale)" if gpu else
+                        "CPU memory: process peak resident set (GiB, log scale)"))
+    handles = [Line2D([], [], color=colors[b], lw=2.5, label=b) for b in sorted(set(ok["attention"]))]
+    if gpu:
+        handles += [Line2D([], [], color="black", lw=1.6, marker="o", ms=4, label="peak allocated"),
+                    Line2D([], [], color="black", lw=1.1, ls="--", label="peak reserved")]
+    else:
+        handles += [Line2D([], [], color="black", lw=1.6, marker="o", ms=4, label="peak RSS")]
+    if not math.isnan(device_gib):
+        what = f"{device_label(rows)} memory" if gpu or device_label(rows) != "CPU" else "machine memory"
+        handles.append(Line2D([], [], color="#b2182b", ls="-.", lw=1.2, label=f"{what}: {device_gib:.1f} GiB"))
+    if (rows["status"] == "oom").any():
+        handles.append(Line2D([], [], color="black", ls="none", marker="x", ms=8, mew=2, label="out of memory"))
+    if ref is not None:
+        handles.append(Line2D([], [], color="black", ls=":", marker="*", ms=9,
+                              label=f"reference (GB, {execs[0]} panel): upstream H100, FA3, published"))
+    _side_legend(lax, handles)
+    _suptitle(fig, "Peak memory vs frames", ok)
+    return Plot(fig, "; ".join(n for n in (note, depth_note) if n))
+
+
+# ---- 4. global-to-frame conversion --------------------------------------------------------------
+def conversion_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Every ok point with prune_depth k > 0 matched to its k = 0 point (same knobs otherwise).
+
+    Columns: the knobs, latency_ms (at k), latency_ms_k0, speedup (k=0 latency / k latency),
+    drift_rel, status (of the k point), status_k0.
+    """
+    frame = tidy_results(results)
+    keys = [k for k in KNOBS if k not in ("prune_depth", "prune_weights")] + ["gpu_name"]
+    base = frame[frame["prune_depth"] == 0].drop_duplicates(keys, keep="last")
+    base = base[keys + ["latency_ms_median", "status"]].rename(
+        columns={"latency_ms_median": "latency_ms_k0", "status": "status_k0"})
+    conv = frame[frame["prune_depth"] > 0].rename(columns={"latency_ms_median": "latency_ms"})
+    table = conv.merge(base, on=keys, how="left")
+    ok = (table["status"] == "ok") & (table["status_k0"] == "ok")
+    table["speedup"] = np.where(ok, table["latency_ms_k0"] / table["latency_ms"], np.nan)
+    return table[KNOBS + ["gpu_name", "status", "status_k0", "latency_ms", "latency_ms_k0", "speedup", "drift_rel"]]
+
+
+def conversion(results: pd.DataFrame) -> Plot:
+    """Global-to-frame conversion: heatmaps of frames (rows) x k converted global layers
+    (columns). One speedup-over-k=0 panel per frame execution, then the output drift
+    (relative L2 of the last layer's tokens vs k=0) where it was measured.
+
+    Fixed: the backend with most k > 0 points (ties: ``sdpa``), and ``prune_weights=global``
+    when both weight choices were measured (the note says what was left out).
+    """
+    frame, note = _one_context(tidy_results(results))
+    if frame.empty:
+        return Plot(None, "no result rows")
+    table = conversion_table(frame)
+    if table.empty:
+        return Plot(None, "no global-to-frame conversion measured (no prune_depth > 0 rows)")
+    notes = [note]
+    counts = table.groupby("attention").size()
+    backend = sorted(counts.index, key=lambda b: (-counts[b], b != "sdpa", b))[0]
+    if len(counts) > 1:
+        notes.append(f"drew attention={backend}; also measured: {', '.join(sorted(set(counts.index) - {backend}))}")
+    table = table[table["attention"] == backend]
+    weights = sorted(set(table["prune_weights"]))
+    if len(weights) > 1:
+        keep = "global" if "global" in weights else weights[0]
+        notes.append(f"drew prune_weights={keep}; also measured: {', '.join(w for w in weights if w != keep)}")
+        table = table[table["prune_weights"] == keep]
+    execs = _order_exec(table["frame_exec"])
+    frames = sorted(table["frames"].unique())
+    depths = sorted(table["prune_depth"].unique())
+    drift = table[table["drift_rel"].notna() & (table["status"] == "ok")]
+    panels = len(execs) + (1 if len(drift) else 0)
+    width = max(3.0, 0.55 * len(depths) + 1.6)
+    height = max(2.8, 0.38 * len(frames) + 1.9)
+    fig, axes, _ = _new_figure(width * panels + 0.6, height, ncols=panels)
+    finite = table["speedup"].dropna()
+    span = max(abs(np.log2(finite)).max(), np.log2(1.25)) if len(finite) else 1.0
+    norm = mcolors.Normalize(vmin=-span, vmax=span)
+    cmap = plt_cmap("RdYlGn")
+    for ax, exec_ in zip(axes, execs):
+        sub = table[table["frame_exec"] == exec_]
+        grid = np.full((len(frames), len(depths)), np.nan)
+        labels = [["" for _ in depths] for _ in frames]
+        for _, row in sub.iterrows():
+            i, j = frames.index(row["frames"]), depths.index(row["prune_depth"])
+            if row["status"] != "ok":
+                labels[i][j] = row["status"].upper() if row["status"] == "oom" else row["status"]
+            elif row["status_k0"] != "ok":
+                labels[i][j] = "k=0 OOM" if row["status_k0"] == "oom" else "no k=0"
+            else:
+                grid[i, j] = np.log2(row["speedup"])
+                labels[i][j] = f"{row['speedup']:.2f}×"
+        image = _heatmap(ax, grid, labels, cmap, norm, frames, depths)
+        ax.set_title(f"speedup over k=0 ({exec_})", fontsize=10)
+    bar = fig.colorbar(image, ax=axes[: len(execs)], shrink=0.9, pad=0.02)
+    ticks = _speedup_ticks(span)
+    bar.set_ticks([math.log2(t) for t in ticks])
+    bar.set_ticklabels([f"{t:.3g}×" for t in ticks])
+    bar.set_label("speedup over k=0 (×)")
+    if len(drift):
+        ax = axes[-1]
+        by_cell = drift.sort_values("frame_exec", key=lambda s: s.map(lambda v: FRAME_EXEC_ORDER.index(v)
+                                                                    if v in FRAME_EXEC_ORDER else 9))
+        by_cell = by_cell.drop_duplicates(["frames", "prune_depth"], keep="first")
+        grid = np.full((len(frames), len(depths)), np.nan)
+        labels = [["" for _ in depths] for _ in frames]
+        for _, row in by_cell.iterrows():
+            i, j = frames.index(row["frames"]), depths.index(row["prune_depth"])
+            grid[i, j] = row["drift_rel"]
+            labels[i][j] = _percent(row["drift_rel"])
+        positive = grid[np.isfinite(grid) & (grid > 0)]
+        dnorm = (mcolors.LogNorm(vmin=positive.min(), vmax=max(positive.max(), positive.min() * 10))
+                 if len(positive) else mcolors.Normalize(0, 1))
+        image = _heatmap(ax, np.where(grid > 0, grid, np.nan), labels, plt_cmap("magma_r"), dnorm, frames, depths)
+        ax.set_title("output drift vs k=0", fontsize=10)
+        dbar = fig.colorbar(image, ax=ax, shrink=0.9, pad=0.02)
+        dbar.set_label("relative L2 drift of the last layer")
+        if isinstance(dnorm, mcolors.LogNorm):
+            dbar.locator = ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0))
+            dbar.formatter = ticker.FuncFormatter(lambda v, _: _percent(v))
+            dbar.ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+            dbar.update_ticks()
+    foot = [] if len(drift) else ["output drift not measured: sweep with measure.drift=true (experiment=pruning does)"]
+    _suptitle(fig, "Global-to-frame conversion: first k global layers as frame attention", table,
+              extra=f"attention {backend}")
+    _footnote(fig, foot)
+    return Plot(fig, "; ".join(n for n in notes if n))
+
+
+def _speedup_ticks(span: float) -> List[float]:
+    """A few readable speedup values inside [2**-span, 2**span]: powers of two beyond 2x,
+    finer steps near 1x."""
+    if span > 1.0:
+        n = int(math.floor(span))
+        step = max(1, math.ceil(n / 3))
+        return [2.0 ** e for e in range(-n, n + 1) if e % step == 0]
+    nice = [0.5, 0.67, 0.8, 0.9, 1, 1.1, 1.25, 1.5, 2]
+    inside = [t for t in nice if abs(math.log2(t)) <= span + 1e-9]
+    while len(inside) > 7:
+        inside = [t for i, t in enumerate(inside) if t == 1 or i % 2 == 0]
+    return inside
+
+
+def _percent(value: float) -> str:
+    """0.034 -> '3.4%'; tiny drifts in scientific notation (they are rounding noise); 0 -> '0'."""
+    if value == 0:
+        return "0"
+    if value >= 0.1:
+        return f"{value:.0%}"
+    if value >= 0.001:
+        return f"{value:.1%}"
+    return f"{value:.0e}"
+
+
+def plt_cmap(name: str):
+    import matplotlib
+
+    return matplotlib.colormaps[name].with_extremes(bad="#eeeeee")
+
+
+def _heatmap(ax, grid, labels, cmap, norm, frames, depths):
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, norm=norm, aspect="auto", origin="lower")
+    for i in range(len(frames)):
+        for j in range(len(depths)):
+            text = labels[i][j] or "—"
+            value = grid[i, j]
+            if np.isfinite(value):
+                r, g, b, _ = cmap(norm(value))
+                color = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+            else:
+                color = "#555555"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7.5 if len(text) > 5 else 8.5, color=color)
+    ax.set_xticks(range(len(depths)), [str(int(d)) for d in depths])
+    ax.set_yticks(range(len(frames)), [str(int(f)) for f in frames])
+    ax.set_xlabel("k (converted global layers)")
+    ax.set_ylabel("frames S")
+    ax.grid(False)
+    return image
+
+
+# ---- 5. backend shoot-out -----------------------------------------------------------------------
+def backends(results: pd.DataFrame) -> Plot:
+    """Achieved TFLOP/s per attention backend at one shape: a bar per backend, annotated with
+    the fraction of the device's dense peak when known; unavailable backends are hatched
+    ``n/a`` bars, backends that ran out of memory hatched ``OOM``.
+
+    Fixed: the exact model, ``fused`` frame execution when measured, and the largest frame count
+    at which every backend that ran at all ran ``ok`` (else the frame count most backends ran at).
+    """
+    frame, note = _one_context(tidy_results(results))
+    if frame.empty:
+        return Plot(None, "no result rows")
+    rows, depth_note = _exact(frame)
+    if rows.empty:
+        return Plot(None, "no result rows")
+    execs = _order_exec(rows["frame_exec"])
+    exec_ = "fused" if "fused" in execs else execs[0]
+    rows = rows[rows["frame_exec"] == exec_]
+    names = sorted(set(rows["attention"]))
+    ok = rows[(rows["status"] == "ok") & rows["achieved_tflops"].notna()]
+    if ok.empty:
+        return Plot(None, f"no backend measured an ok achieved_tflops ({exec_}; statuses: "
+                          f"{rows['status'].value_counts().to_dict()})")
+    ran = {b: set(s["frames"]) for b, s in ok.groupby("attention")}
+    common = set.intersection(*ran.values())
+    if common:
+        frames = max(common)
+    else:
+        counts = ok.groupby("frames")["attention"].nunique()
+        frames = max(counts[counts == counts.max()].index)
+    at = rows[rows["frames"] == frames]
+    peak = ok.loc[ok["frames"] == frames, "peak_tflops"].dropna()
+    peak = float(peak.iloc[0]) if len(peak) else math.nan
+    source = ok.loc[ok["frames"] == frames, "peak_source"].iloc[0] if len(ok) else ""
+    fig, (ax,), lax = _new_figure(max(7.5, 1.1 * len(names) + 5.0), 4.8, legend=0.45 if len(names) > 2 else 0.8)
+    values = {}
+    for b in names:
+        s = at[(at["attention"] == b) & (at["status"] == "ok") & at["achieved_tflops"].notna()]
+        values[b] = float(s["achieved_tflops"].median()) if len(s) else math.nan
+    measured = [v for v in values.values() if not math.isnan(v)]
+    # The peak line is drawn only where the bars reach a third of it; otherwise it would flatten
+    # them, and the "% of peak" labels carry the comparison.
+    show_peak = not math.isnan(peak) and max(measured) >= peak / 3
+    ymax = max(measured + ([peak] if show_peak else [])) * 1.25
+    placeholder = ymax * 0.04
+    colors = backend_colors(rows["attention"])
+    for i, b in enumerate(names):
+        v = values[b]
+        if not math.isnan(v):
+            ax.bar(i, v, color=colors[b], width=0.65)
+            label = f"{v:.3g}"
+            frac = at.loc[(at["attention"] == b) & (at["status"] == "ok"), "frac_of_peak"].dropna()
+            if len(frac):
+                label += f"\n{frac.median():.0%} of peak"
+            ax.text(i, v + ymax * 0.01, label, ha="center", va="bottom", fontsize=8.5)
+        else:
+            statuses = set(at.loc[at["attention"] == b, "status"]) or set(rows.loc[rows["attention"] == b, "status"])
+            text = ("n/a" if "unavailable" in statuses else "OOM" if "oom" in statuses
+                    else "error" if "error" in statuses else f"not run\nat S={frames:g}")
+            ax.bar(i, placeholder, color="none", edgecolor="#888888", hatch="///", width=0.65)
+            ax.text(i, placeholder + ymax * 0.01, text, ha="center", va="bottom", fontsize=8.5, color="#555555")
+    if show_peak:
+        ax.axhline(peak, color="#b2182b", ls="-.", lw=1.2)
+    ax.set_xticks(range(len(names)), names, rotation=25 if len(names) > 4 else 0,
+                  ha="right" if len(names) > 4 else "center")
+    ax.set_ylim(0, ymax)
+    ax.set_xlim(-0.6 - 0.5 * (len(names) < 3), len(names) - 0.4 + 0.5 * (len(names) < 3))
+    ax.set_axisbelow(True)
+    ax.grid(axis="x", visible=False)
+    ax.set_ylabel(f"achieved TFLOP/s ({_part_name(ok)} FLOPs / median latency)")
+    ax.set_xlabel("attention backend")
+    handles = [Patch(color="#777777", label="measured")]
+    if len(measured) < len(names):
+        handles.append(Patch(facecolor="none", edgecolor="#888888", hatch="///",
+                             label="no measurement\n(n/a, OOM, error)"))
+    if not math.isnan(peak):
+        handles.append(Line2D([], [], color="#b2182b", ls="-.",
+                              label=f"dense peak {peak:.4g} TFLOP/s" + ("" if show_peak else "\n(above the axis)")))
+    _side_legend(lax, handles)
+    _suptitle(fig, f"Attention backends at S = {frames:g} frames ({exec_}, largest frame count all ran)"
+              if common else f"Attention backends at S = {frames:g} frames ({exec_}, most backends ran here)", ok)
+    foot = _unavailable(rows)
+    foot.append(f"dense peak: {source}" if not math.isnan(peak)
+                else f"dense peak unknown ({source or 'not tabulated'}): no fraction of peak")
+    _footnote(fig, foot)
+    return Plot(fig, "; ".join(n for n in (note, depth_note) if n))
+
+
+# ---- 6. profiles --------------------------------------------------------------------------------
+PROFILE_KEYS = ["frames", "frame_exec", "prune_depth", "attention", "tag", "profiler"]
+
+
+def stage_times(ranges: pd.DataFrame) -> pd.DataFrame:
+    """Per-forward time of each stage per profile, from the NVTX range table.
+
+    One row per (profile, stage): PROFILE_KEYS + context, stage (STAGES), ms_per_forward, basis
+    (``gpu`` when every range of the profile has a GPU time, else ``cpu``). ``heads`` sums the
+    four heads; ``other`` is the top range (``vggt``, else ``aggregator``) less the named stages.
+    Where nsys and torch profiles exist of one configuration, nsys (GPU times) is kept.
+    """
+    if ranges is None or ranges.empty:
+        return pd.DataFrame()
+    ranges = tidy_profile(ranges)
+    ctx = [c for c in CONTEXT if c in ranges.columns and c != "gpu_name"]
+    keys = [k for k in PROFILE_KEYS if k in ranges.columns] + [c for c in ctx if c not in PROFILE_KEYS]
+    out = []
+    for key, prof in ranges.groupby(keys, dropna=False, sort=True):
+        named = prof.set_index("range")
+        gpu = prof["gpu_ms"].notna().all() and (prof["gpu_ms"] > 0).any()
+        # The GPU work itself (summed op durations) where the table has it: a projected span
+        # also counts the GPU idle time inside a launch-bound range.
+        busy = gpu and "gpu_busy_ms" in prof and prof["gpu_busy_ms"].notna().all()
+        col = "gpu_busy_ms" if busy else "gpu_ms" if gpu else "cpu_ms"
+        per = named[col] / prof["iterations"].iloc[0]
+        per = per.groupby(level=0).sum()
+        stage = {s: float(per.get(s, 0.0)) for s in STAGES[:4]}
+        stage["heads"] = float(sum(per.get(h, 0.0) for h in HEADS))
+        top = per.get("vggt", per.get("aggregator", math.nan))
+        named_sum = sum(stage.values())
+        stage["other"] = max(float(top) - named_sum, 0.0) if not _missing(top) else 0.0
+        for name, ms in stage.items():
+            out.append({**dict(zip(keys, key)), "stage": name, "ms_per_forward": ms, "basis": "gpu" if gpu else "cpu",
+                        "gpu_column": col,
+                        "gpu_name": prof["gpu_name"].iloc[0] if "gpu_name" in prof else None,
+                        "total_ms_per_forward": float(top) if not _missing(top) else named_sum})
+    table = pd.DataFrame(out)
+    # One profile per configuration: prefer GPU times (nsys) over CPU-only ones. A profile read
+    # with analyze= carries no configuration: it stays itself, named by its tag.
+    config = [k for k in keys if k not in ("tag", "profiler")]
+    table["config_id"] = [
+        "|".join(str(r[c]) for c in config) if not _missing(r["frames"]) else f"tag:{r['tag']}"
+        for _, r in table.iterrows()
+    ]
+    best = (table.assign(_gpu=table["basis"] == "gpu")
+            .sort_values(["_gpu"], ascending=False, kind="stable")
+            .drop_duplicates(["config_id", "stage"], keep="first").drop(columns="_gpu"))
+    return best.reset_index(drop=True)
+
+
+def profile_stages(ranges: pd.DataFrame) -> Plot:
+    """Per-forward time per stage, stacked: one bar per profiled (frames, frame_exec[, k]);
+    left in ms, right as a share of the forward. GPU-projected times where the profile has
+    them; CPU-only profiles (torch profiler on CPU) use wall time and the axis says so."""
+    times = stage_times(ranges)
+    if times.empty:
+        return Plot(None, "no profile ranges (run `python -m vggt_bench profile` into this directory)")
+    notes = []
+    groups = contexts(times.assign(status="ok")) if any(c in times for c in CONTEXT) else [({}, times)]
+    if len(groups) > 1:
+        notes.append(f"profiles mix {len(groups)} settings; drew the largest")
+    times = groups[0][1]
+    if (times["basis"] == "gpu").any() and (times["basis"] == "cpu").any():
+        notes.append("CPU-only profiles left out next to GPU ones")
+        times = times[times["basis"] == "gpu"]
+    gpu = (times["basis"] == "gpu").all()
+    varying_k = times["prune_depth"].nunique() > 1
+    varying_b = times["attention"].nunique() > 1
+
+    def label(r) -> str:
+        if _missing(r["frames"]):
+            return str(r["tag"])
+        text = f"S={r['frames']:g}\n{r['frame_exec']}"
+        text += f"\nk={r['prune_depth']:g}" if varying_k and not _missing(r["prune_depth"]) else ""
+        return text + (f"\n{r['attention']}" if varying_b else "")
+
+    def sort_key(r) -> tuple:
+        exec_rank = FRAME_EXEC_ORDER.index(r["frame_exec"]) if r["frame_exec"] in FRAME_EXEC_ORDER else 9
+        return (math.inf if _missing(r["frames"]) else r["frames"], exec_rank,
+                -1 if _missing(r["prune_depth"]) else r["prune_depth"], str(r["attention"]), str(r["tag"]))
+
+    times = times.assign(bar=[label(r) for _, r in times.iterrows()],
+                         _order=[sort_key(r) for _, r in times.iterrows()])
+    order = list(dict.fromkeys(times.sort_values("_order")["bar"]))
+    bars = times.pivot_table(index="bar", columns="stage", values="ms_per_forward", aggfunc="first")
+    bars = bars.reindex(index=order, columns=[s for s in STAGES if s in bars.columns]).fillna(0.0)
+    bars = bars.loc[:, (bars > 0).any(axis=0)]
+    if bars.empty or float(bars.to_numpy().sum()) == 0.0:
+        found = sorted(set(tidy_profile(ranges)["range"]) - {""})
+        return Plot(None, f"profile ranges hold none of our stage ranges ({', '.join(STAGES[:4])}, heads); found: "
+                          f"{_shorten(', '.join(found), 120) or 'none'}")
+    labels = order
+    fig, (ax, share), lax = _new_figure(max(9.0, 0.9 * len(order) * 2 + 3.0), 5.0, ncols=2, legend=0.35)
+    x = np.arange(len(order))
+    bottom = np.zeros(len(order))
+    total = bars.sum(axis=1).to_numpy()
+    for stage in bars.columns:
+        v = bars[stage].to_numpy()
+        ax.bar(x, v, bottom=bottom, color=STAGE_COLORS[stage], width=0.7, label=_stage_label(stage))
+        share.bar(x, 100 * v / np.where(total > 0, total, 1), bottom=100 * bottom / np.where(total > 0, total, 1),
+                  color=STAGE_COLORS[stage], width=0.7)
+        bottom += v
+    for i, t in enumerate(total):
+        ax.text(i, t, f"{t:,.0f}" if t >= 100 else f"{t:.3g}", ha="center", va="bottom", fontsize=8)
+    busy = gpu and (times.get("gpu_column", pd.Series(dtype=object)) == "gpu_busy_ms").all()
+    basis = ("GPU busy time (summed kernel durations)" if busy else "GPU-projected time") if gpu \
+        else "CPU wall time (no GPU times: CPU profile)"
+    ax.set_ylabel(f"{basis} per forward (ms)")
+    share.set_ylabel(f"share of the forward's {'GPU' if gpu else 'CPU'} time (%)")
+    share.set_ylim(0, 100)
+    for a in (ax, share):
+        a.set_xticks(x, labels, fontsize=8)
+        a.grid(axis="x", visible=False)
+        a.set_axisbelow(True)
+    ax.set_title("time per stage", fontsize=10)
+    share.set_title("share per stage", fontsize=10)
+    handles, names = ax.get_legend_handles_labels()
+    _side_legend(lax, handles[::-1], names[::-1], title="stage (NVTX range)")
+    profiler = " / ".join(sorted(set(times.get("profiler", pd.Series(dtype=object))) - {""})) or "profile"
+    _suptitle(fig, f"Where a forward's time goes, per stage ({profiler})", times)
+    return Plot(fig, "; ".join(notes))
+
+
+def _stage_label(stage: str) -> str:
+    return {"heads": "heads (camera, depth, point, track)", "other": "other (outside named stages)",
+            "converted_block": "converted_block (global→frame)"}.get(stage, stage)
+
+
+def launch_table(summary: pd.DataFrame, ranges: Optional[pd.DataFrame] = None) -> pd.DataFrame:
+    """One row per profiled configuration: knobs, kernels_per_frame_layer, idle_frac,
+    gap_median_us. kernels_per_frame_layer falls back to the ``frame_block`` range's
+    kernels / calls when the summary lacks it."""
+    if summary is None or summary.empty:
+        return pd.DataFrame()
+    summary = tidy_profile(summary)
+    if "kernels_per_frame_layer" not in summary:
+        summary["kernels_per_frame_layer"] = np.nan
+    for col in ("idle_frac", "gap_median_us", "kernels"):
+        if col not in summary:
+            summary[col] = np.nan
+    if ranges is not None and len(ranges) and summary["kernels_per_frame_layer"].isna().any():
+        r = tidy_profile(ranges)
+        fb = r[r["range"] == "frame_block"]
+        keys = [k for k in KNOBS + ["tag", "profiler"] if k in fb and k in summary]
+        per = fb.assign(_k=fb["kernels"] / fb["calls"]).groupby(keys, dropna=False)["_k"].sum().rename("_kpl")
+        summary = summary.merge(per.reset_index(), on=keys, how="left")
+        summary["kernels_per_frame_layer"] = summary["kernels_per_frame_layer"].fillna(summary["_kpl"])
+        summary = summary.drop(columns="_kpl")
+    return summary
+
+
+def profile_launches(summary: pd.DataFrame, ranges: Optional[pd.DataFrame] = None) -> Plot:
+    """Launch overhead, sequential vs fused: kernel launches per frame layer (log-log) and the
+    GPU's idle fraction of the captured window, vs frames; colour = backend, line style =
+    frame execution. Needs GPU profiles (CPU torch-profiler runs launch no kernels)."""
+    table = launch_table(summary, ranges)
+    if table.empty:
+        return Plot(None, "no profile summary (run `python -m vggt_bench profile` into this directory)")
+    unplaced = table[table["frames"].isna()]
+    table = table[table["frames"].notna()]
+    if table.empty:
+        return Plot(None, f"no profile has a frame count to plot against (profiles {', '.join(unplaced['tag'])} "
+                          "were read with analyze= and carry no configuration)")
+    groups = contexts(table.assign(status="ok"))
+    note = f"profiles mix {len(groups)} settings; drew the largest" if len(groups) > 1 else ""
+    table = groups[0][1]
+    have_k = table["kernels_per_frame_layer"].fillna(0) > 0
+    have_idle = table["idle_frac"].notna() & (table["kernels"].fillna(0) > 0)
+    if not have_k.any() and not have_idle.any():
+        return Plot(None, "profiles hold no GPU kernels (CPU-only torch-profiler runs): no launch counts or idle time")
+    table = table.sort_values(["frame_exec", "attention", "frames"])
+    colors = backend_colors(table["attention"])
+    fig, (ax, idle), lax = _new_figure(11.5, 4.6, ncols=2, legend=0.3)
+    for (backend, exec_), s in table.groupby(["attention", "frame_exec"]):
+        style = dict(color=colors[backend], ls=FRAME_EXEC_LINE.get(exec_, "-."),
+                     marker=FRAME_EXEC_MARKER.get(exec_, "d"), ms=5, lw=1.6)
+        k = s[s["kernels_per_frame_layer"].fillna(0) > 0]
+        ax.plot(k["frames"], k["kernels_per_frame_layer"], **style)
+        i = s[s["idle_frac"].notna()]
+        idle.plot(i["frames"], 100 * i["idle_frac"], **style)
+    _frames_axis(ax, table["frames"])
+    _frames_axis(idle, table["frames"])
+    ax.set_yscale("log")
+    _plain_log(ax.yaxis)
+    ax.set_ylabel("kernel launches per frame layer (log scale)")
+    ax.set_title("launches inside one frame_block", fontsize=10)
+    idle.set_ylabel("GPU idle, % of captured window")
+    idle.set_ylim(0, max(5.0, float(np.nanmax(100 * table["idle_frac"].to_numpy(dtype=float)))
+                         * 1.15 if table["idle_frac"].notna().any() else 100))
+    idle.set_title("GPU idle fraction", fontsize=10)
+    handles = [Line2D([], [], color=colors[b], lw=2.5, label=b) for b in sorted(set(table["attention"]))]
+    handles += [Line2D([], [], color="black", ls=FRAME_EXEC_LINE.get(e, "-."), marker=FRAME_EXEC_MARKER.get(e, "d"),
+                       ms=5, label=e) for e in _order_exec(table["frame_exec"])]
+    _side_legend(lax, handles, title="backend / execution")
+    profiler = " / ".join(sorted(set(table["profiler"]) - {""})) or "profile"
+    _suptitle(fig, f"Launch overhead: sequential vs fused frame attention ({profiler})", table)
+    return Plot(fig, note)
+
+
+# ---- all figures --------------------------------------------------------------------------------
+RESULT_FIGURES: List[Tuple[str, Callable[..., Plot]]] = [
+    ("scaling_wall", scaling_wall),
+    ("fused_speedup", fused_speedup),
+    ("memory", memory),
+    ("conversion", conversion),
+    ("backends", backends),
+]
+PROFILE_FIGURES = ["profile_stages", "profile_launches"]
+FIGURE_NAMES = [name for name, _ in RESULT_FIGURES] + PROFILE_FIGURES
+
+
+class NamedPlot(NamedTuple):
+    name: str           # file stem: figure name, plus the context when a table mixes settings
+    figure: Optional[Figure]
+    note: str
+
+
+def _split(frame: pd.DataFrame) -> List[Tuple[str, pd.DataFrame]]:
+    groups = contexts(frame if "status" in frame else frame.assign(status="ok"))
+    if len(groups) <= 1:
+        return [("", frame if not groups else groups[0][1])]
+    varying = [c for c in CONTEXT if len({g[0].get(c) for g in groups}) > 1]
+    return [(context_slug(ctx, varying), rows) for ctx, rows in groups]
+
+
+def figures(tables: Tables, reference: Optional[str] = "upstream_h100") -> List[NamedPlot]:
+    """Every figure of the tables, one per figure and context, in FIGURE_NAMES order."""
+    out: List[NamedPlot] = []
+    result_parts = _split(tables.results) if len(tables.results) else [("", tables.results)]
+    for name, fn in RESULT_FIGURES:
+        for slug, rows in result_parts:
+            stem = f"{name}__{slug}" if slug else name
+            try:
+                plot = fn(rows, reference) if name in ("scaling_wall", "memory") else fn(rows)
+            except Exception as exc:  # one broken figure must not cost the others
+                plot = Plot(None, f"failed: {type(exc).__name__}: {exc}")
+            out.append(NamedPlot(stem, *plot))
+    ranges = _with_gpu_name(tables.profile_ranges, tables.results)
+    summary = _with_gpu_name(tables.profile_summary, tables.results)
+    for name in PROFILE_FIGURES:
+        table = ranges if name == "profile_stages" else summary
+        parts = _split(table) if len(table) else [("", table)]
+        for slug, rows in parts:
+            stem = f"{name}__{slug}" if slug else name
+            try:
+                plot = profile_stages(rows) if name == "profile_stages" else profile_launches(rows, ranges)
+            except Exception as exc:
+                plot = Plot(None, f"failed: {type(exc).__name__}: {exc}")
+            out.append(NamedPlot(stem, *plot))
+    return out
+
+
+def _with_gpu_name(profile: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
+    """Profile tables carry knobs but not always the GPU's name: take it from the results of
+    the same device when those name exactly one GPU."""
+    if profile.empty or results.empty:
+        return profile
+    if "gpu_name" in profile and (profile["gpu_name"].fillna("") != "").all():
+        return profile
+    names = results.loc[results["device"].str.startswith("cuda"), "gpu_name"]
+    names = sorted(set(names) - {""})
+    if len(names) != 1:
+        return profile
+    profile = profile.copy()
+    current = profile["gpu_name"].fillna("") if "gpu_name" in profile else pd.Series("", index=profile.index)
+    cuda = profile["device"].fillna("").str.startswith("cuda")
+    profile["gpu_name"] = np.where(cuda & (current == ""), names[0], current).astype(object)
+    return profile
+
+
+def save(fig: Figure, path_stem: str) -> List[str]:
+    """Write ``<stem>.png`` (150 dpi) and ``<stem>.svg``; return both paths."""
+    paths = []
+    for ext, kw in (("png", {"dpi": 150}), ("svg", {})):
+        path = f"{path_stem}.{ext}"
+        fig.savefig(path, bbox_inches="tight", pad_inches=0.15, **kw)
+        paths.append(path)
+    return paths
+
+
+def render_figures(out_dir: str, reference: Optional[str] = "upstream_h100") -> Tuple[List[str], List[str]]:
+    """Write every figure with data into ``<out>/figures/`` (PNG + SVG).
+
+    Returns ``(written_paths, notes)``: a note per skipped figure (``"<name>: skipped: why"``)
+    and per remark on a drawn one. Figures of an earlier render are removed first, so a figure
+    whose data is gone does not linger. Raises FileNotFoundError when there is no results table.
+    """
+    tables = load_tables(out_dir)
+    folder = os.path.join(out_dir, FIGURES_DIR)
+    os.makedirs(folder, exist_ok=True)
+    for old in os.listdir(folder):
+        stem, ext = os.path.splitext(old)
+        if ext in (".png", ".svg") and stem.split("__")[0] in FIGURE_NAMES:
+            os.unlink(os.path.join(folder, old))
+    written, notes = [], []
+    for plot in figures(tables, reference):
+        if plot.figure is None:
+            notes.append(f"{plot.name}: skipped: {plot.note}")
+            continue
+        written += save(plot.figure, os.path.join(folder, plot.name))
+        if plot.note:
+            notes.append(f"{plot.name}: {plot.note}")
+    return written, notes
