@@ -65,15 +65,15 @@ STAGE_COLORS = {
     "patch_embed": "#8c6d31", "frame_block": "#1f77b4", "global_block": "#d62728",
     "converted_block": "#ff7f0e", "heads": "#2ca02c", "other": "#bdbdbd",
 }
-_INT_COLUMNS = ["frames", "batch", "height", "width", "frame_chunk", "prune_depth", "iterations"]
+_INT_COLUMNS = ["frames", "batch", "height", "width", "frame_chunk", "prune_depth", "query_points", "iterations"]
 _TEXT_COLUMNS = [
     "point_id", "experiment", "arch", "device", "part", "frame_exec", "prune_weights", "attention", "dtype",
     "compile", "inputs", "gpu_name", "driver", "torch_version", "cuda_version", "cudnn_version", "python_version",
     "cpu", "git_commit", "host", "timestamp", "checkpoint", "status", "message", "peak_source", "tag", "profiler",
     "range", "domain",
 ]
-_BOOL_COLUMNS = ["tf32", "cuda_graph", "random_weights", "disagree"]
-_BOOL_KNOBS = ["tf32", "cuda_graph"]  # absent (older tables) means off
+_BOOL_COLUMNS = ["tf32", "cuda_graph", "nvtx", "random_weights", "disagree"]
+_BOOL_KNOBS = ["tf32", "cuda_graph", "nvtx"]  # absent (older tables) means off
 
 
 class Plot(NamedTuple):
