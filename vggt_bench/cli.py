@@ -69,6 +69,19 @@ def list_backends() -> int:
     return 0
 
 
+def _unwritable(path: str):
+    """None if ``path`` can be created and written, else the reason."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, ".write-test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.unlink(probe)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -88,7 +101,15 @@ def main(argv=None) -> int:
     if command in ("run", "sweep", "profile") and not any(a.startswith("out=") for a in rest) and "--help" not in rest:
         from .sweep import stamped_out
 
-        rest += stamped_out()
+        rest = stamped_out() + rest  # first: Hydra takes overrides before its own flags
+    out = next((a.split("=", 1)[1] for a in reversed(rest) if a.startswith("out=")), None)
+    if out is not None and "--help" not in rest:
+        # Hydra writes its own logs under out/ before our code runs: check it first, in one line.
+        problem = _unwritable(out)
+        if problem:
+            print(f"vggt_bench: error: cannot write results to out={out} ({problem}); choose a writable directory "
+                  f"with out=PATH", file=sys.stderr)
+            return 2
     if command == "sweep":
         rest = ["--multirun"] + rest
     register()

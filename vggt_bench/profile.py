@@ -223,6 +223,8 @@ def main(cfg) -> int:
         point = resolve(cfg)
         if int(cfg.iterations) < 1:
             raise UserError(f"iterations must be >= 1, got {cfg.iterations}")
+        if cfg.profiler == "nsys" and not cfg.dry_run:
+            find_nsys(cfg.nsys)  # first: the fix for a missing nsys is the more useful message
         if cfg.profiler == "nsys" and not point.device.startswith("cuda") and not cfg.dry_run:
             raise UserError("profiler=nsys traces CUDA work: it needs device=cuda (use profiler=torch on the CPU)")
         point.nvtx = True

@@ -1,0 +1,241 @@
+"""The harness as a user drives it: `python -m vggt_bench ...`, its tables, resume, failures as data."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from vggt_bench import runner
+from vggt_bench.results import ResultStore, load_results
+from vggt_bench.schema import KNOBS, RESULT_COLUMNS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")
+
+
+def cli(*args, timeout=300):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "vggt_bench", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env=env)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    done = cli("sweep", "experiment=smoke", f"out={out}", "report=false")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out, done
+
+
+def test_sweep_writes_every_column_for_every_point(smoke):
+    out, done = smoke
+    table = load_results(str(out))
+    assert list(table.columns[: len(RESULT_COLUMNS)]) == RESULT_COLUMNS
+    assert len(table) == 4  # frames 1,2 x fused,sequential
+    assert set(table["status"]) == {"ok"}
+    assert sorted(table["frames"]) == [1, 1, 2, 2]
+    assert set(table["frame_exec"]) == {"fused", "sequential"}
+    for col in ("latency_ms_median", "latency_ms_p10", "latency_ms_p90", "peak_rss_gib", "fps", "flops", "achieved_tflops"):
+        assert (pd.to_numeric(table[col]) > 0).all(), col
+    assert (table["latency_ms_p10"] <= table["latency_ms_median"]).all()
+    assert (table["latency_ms_median"] <= table["latency_ms_p90"]).all()
+    assert (table["repeats"] == 2).all() and (table["warmup"] == 1).all()
+    assert table["random_weights"].all()  # no checkpoint: every row says so
+    assert (table["device"] == "cpu").all() and (table["torch_version"] == torch.__version__).all()
+    assert table["git_commit"].str.len().gt(0).all() and table["timestamp"].str.len().gt(0).all()
+    assert os.path.exists(out / "results.csv") and len(pd.read_csv(out / "results.csv")) == 4
+    assert "4 points" in done.stdout
+
+
+def test_rerun_with_same_out_measures_nothing_again(smoke):
+    out, _ = smoke
+    before = {p: os.path.getmtime(out / "points" / p) for p in os.listdir(out / "points")}
+    again = cli("sweep", "experiment=smoke", f"out={out}", "report=false")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("skip") == 4
+    after = {p: os.path.getmtime(out / "points" / p) for p in os.listdir(out / "points")}
+    assert before == after
+    assert len(load_results(str(out))) == 4  # no duplicate rows
+
+
+def test_resume_false_measures_again_without_duplicating(smoke, tmp_path):
+    out, _ = smoke
+    again = cli("run", "model.arch=small", "inputs.height=56", "inputs.width=84", "frames=1", "measure.repeats=2",
+                "measure.warmup=1", "experiment=smoke", "resume=false", f"out={out}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "skip" not in again.stdout
+    assert len(load_results(str(out))) == 4
+
+
+def _point(**changes):
+    base = dict(
+        arch="small", device="cpu", frames=2, batch=1, height=28, width=42, part="aggregator", frame_exec="fused",
+        frame_chunk=8, prune_depth=0, prune_weights="global", attention="sdpa", dtype="fp32", tf32=False,
+        compile="off", cuda_graph=False, inputs="synthetic", checkpoint=None, seed=0, nvtx=False, query_points=0,
+        image_mode="crop", input_seed=0,
+    )
+    base.update(changes)
+    return runner.Point(**base)
+
+
+def test_out_of_memory_is_a_result_and_the_next_point_runs(tmp_path, monkeypatch):
+    real = runner.time_forward
+    freed, calls = [], []
+
+    def flaky(fn, device, warmup, repeats):
+        calls.append(1)
+        if len(calls) == 1:  # the first point "runs out of memory" mid-forward
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 475.32 GiB.")
+        return real(fn, device, warmup, repeats)
+
+    monkeypatch.setattr(runner, "time_forward", flaky)
+    monkeypatch.setattr(runner, "free_memory", lambda: freed.append("freed"))
+    store = ResultStore(str(tmp_path))
+    store.ensure_writable()
+    for frames in (4, 2):
+        store.add(runner.run_point(_point(frames=frames), warmup=0, repeats=1))
+    table = store.table().set_index("frames")
+    assert table.loc[4, "status"] == "oom" and "Tried to allocate" in table.loc[4, "message"]
+    assert pd.isna(table.loc[4, "latency_ms_median"])
+    assert table.loc[2, "status"] == "ok" and table.loc[2, "latency_ms_median"] > 0
+    assert "freed" in freed  # memory released after the failure
+    assert not store.is_done("nope") and store.is_done(table.loc[4, "point_id"])  # oom is final: resume skips it
+
+
+def test_an_error_is_recorded_with_its_message(monkeypatch, tmp_path):
+    def broken(*a, **k):
+        raise RuntimeError("kernel exploded\nsecond line")
+
+    monkeypatch.setattr(runner, "time_forward", broken)
+    row = runner.run_point(_point(), warmup=0, repeats=1)
+    assert row["status"] == "error" and row["message"] == "RuntimeError: kernel exploded"
+    store = ResultStore(str(tmp_path))
+    store.ensure_writable()
+    store.add(row)
+    assert not store.is_done(row["point_id"])  # errors are measured again on resume
+
+
+def test_unavailable_backend_is_recorded_with_the_reason():
+    row = runner.run_point(_point(attention="sdpa_cudnn"), warmup=0, repeats=1)
+    assert row["status"] == "unavailable" and "CUDA" in row["message"]
+
+
+def test_point_id_depends_on_every_knob():
+    base = _point()
+    changed = {
+        "frames": 3, "frame_exec": "sequential", "prune_depth": 1, "attention": "eager", "dtype": "bf16",
+        "compile": "default", "nvtx": True, "query_points": 4, "part": "full", "height": 56,
+    }
+    ids = {base.point_id}
+    for key, value in changed.items():
+        assert key in KNOBS
+        ids.add(_point(**{key: value}).point_id)
+    assert len(ids) == len(changed) + 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["frames=0"], "frames must be >= 1"),
+        (["model.attention=flashy"], "unknown attention backend 'flashy'"),
+        (["model.frame_exec=parallel"], "frame_exec"),
+        (["model.prune_depth=30"], "prune_depth must be in 0..8"),
+        (["device=cuda"], "no CUDA GPU"),
+        (["inputs.height=50"], "multiples of 14"),
+        (["model.checkpoint=/nonexistent/model.pt"], "checkpoint not found"),
+        (["model.dtype=fp8"], "unknown model.dtype"),
+        (["out=/proc/vggt-bench-cannot-write"], "cannot write results"),
+    ],
+)
+def test_bad_input_is_one_line_naming_the_fix(args, message, tmp_path):
+    if not any(a.startswith("out=") for a in args):
+        args = args + [f"out={tmp_path}"]
+    if torch.cuda.is_available() and args[0] == "device=cuda":
+        pytest.skip("this machine has a GPU")
+    done = cli("run", "experiment=smoke", *args)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    lines = [l for l in done.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("vggt_bench: error:"), done.stderr
+    assert message in lines[0]
+    assert "Traceback" not in done.stderr
+
+
+def test_unknown_command_and_help():
+    assert "sweep" in cli("--help").stdout and "verify" in cli("--help").stdout
+    bad = cli("benchmark")
+    assert bad.returncode == 2 and "unknown command" in bad.stderr
+    for command in ("run", "verify", "profile", "report"):
+        done = cli(command, "--help")
+        assert done.returncode == 0 and "== Config ==" in done.stdout, command
+
+
+def test_grid_size_counts_preset_and_command_line():
+    from omegaconf import OmegaConf
+
+    from vggt_bench.sweep import grid_size
+
+    def size(params, task):
+        return grid_size(OmegaConf.create({"hydra": {"sweeper": {"params": params}, "overrides": {"task": task}}}))
+
+    assert size({"frames": "1,2", "model.prune_depth": "0,4"}, []) == 4
+    assert size({"frames": "1,2", "model.prune_depth": "0,4"}, ["frames=1,2,4,8"]) == 8  # command line wins
+    assert size({}, ["frames=1,2,3", "model.frame_exec=fused,sequential", "out=x"]) == 6
+
+
+def test_submitit_local_runs_each_point_in_its_own_process(tmp_path):
+    done = cli("sweep", "experiment=smoke", "hydra/launcher=submitit_local", f"out={tmp_path}", "report=false",
+               "frames=1", timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = load_results(str(tmp_path))
+    assert len(table) == 2 and set(table["status"]) == {"ok"}
+    assert os.path.isdir(tmp_path / "hydra" / ".submitit")  # the launcher's own job folders
+
+
+def test_image_folder_input_uses_upstream_preprocessing(tmp_path):
+    from model.inputs import image_folder, load_images
+
+    folder = os.path.join(FIXTURES, "images")
+    files = sorted(os.path.join(folder, f) for f in os.listdir(folder))
+    crop = load_images(files, "crop")
+    assert crop.shape == (2, 3, 392, 518)  # width 518, height 384*518/512 rounded to 14
+    assert 0.0 <= float(crop.min()) and float(crop.max()) <= 1.0
+    pad = load_images(files, "pad")
+    assert pad.shape == (2, 3, 518, 518)
+    assert torch.all(pad[:, :, :63] == 1.0) and torch.all(pad[:, :, -63:] == 1.0)  # white padding, centred
+    cycled = image_folder(folder, frames=3)
+    assert cycled.shape == (1, 3, 3, 392, 518) and torch.equal(cycled[0, 2], cycled[0, 0])
+    done = cli("run", f"inputs.image_dir={folder}", "frames=2", "measure.repeats=1", "measure.warmup=0",
+               f"out={tmp_path}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = load_results(str(tmp_path)).iloc[0]
+    assert row["height"] == 392 and row["width"] == 518 and row["inputs"] == folder
+
+
+def test_run_full_model_with_tracks(tmp_path):
+    done = cli("run", "part=full", "inputs.query_points=4", "frames=2", "inputs.height=56", "inputs.width=84",
+               "measure.repeats=1", "measure.warmup=0", f"out={tmp_path}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = load_results(str(tmp_path)).iloc[0]
+    assert row["status"] == "ok" and row["part"] == "full" and row["query_points"] == 4
+    from vggt_bench.flops import aggregator_flops
+    from model.config import VGGTConfig
+
+    assert row["flops"] > aggregator_flops(VGGTConfig.small(), 56, 84, 2)["total"]  # heads counted
+
+
+def test_default_preset_shows_the_effects_it_promises():
+    # the default CPU grid must contain what its claims need: frames growing, fused and sequential
+    from hydra import compose, initialize_config_dir
+
+    from vggt_bench.config import register
+
+    register()
+    with initialize_config_dir(config_dir=os.path.join(ROOT, "experiments"), version_base=None):
+        cfg = compose("bench", return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert len(str(params["frames"]).split(",")) >= 4
+    assert set(str(params["model.frame_exec"]).split(",")) == {"fused", "sequential"}
