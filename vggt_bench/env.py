@@ -16,14 +16,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @functools.lru_cache(maxsize=None)
 def git_commit() -> str:
+    """The checkout's commit (``-dirty`` with uncommitted changes). Where the code runs from a
+    copy without ``.git`` (a lent GPU machine), the caller can say it in VGGT_BENCH_GIT_COMMIT."""
+    stated = os.environ.get("VGGT_BENCH_GIT_COMMIT")
     try:
         sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=5)
         if sha.returncode != 0:
-            return "unknown"
+            return stated or "unknown"
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True, timeout=5)
         return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return stated or "unknown"
 
 
 @functools.lru_cache(maxsize=None)

@@ -9,6 +9,7 @@
 #   wall       the scaling wall: fused vs sequential up to 200 frames, fused to 1000, and past the limit
 #   pruning    k = 0..12 at 10 and 100 frames, with drift
 #   compile    torch.compile at 10/200 frames, k=9 vs k=0 at 100 frames
+#   final      the fastest exact configuration (bf16, cuDNN, torch.compile, CUDA graph) at upstream's frame counts
 #   nvtx       NVTX ranges on vs off with no profiler attached (their overhead), at 1 and 100 frames
 #   backends32 every backend at 32 frames in bf16
 #   nsys       Nsight Systems profiles, fused vs sequential at 8 and 32 frames, and 2-frame fixtures
@@ -36,6 +37,7 @@ for stage in "$@"; do
     compile)  timeout 150 $S out=$OUT/compile $BEST model.compile=default frames=100 model.prune_depth=0,9 measure.warmup=2 measure.repeats=3
               timeout 150 $S out=$OUT/compile $BEST model.compile=default frames=10,200 measure.warmup=1 measure.repeats=2
               ;;
+    final)    timeout 570 $S out=$OUT/final $BEST model.compile=default model.cuda_graph=true frames=1,2,4,8,10,20,50,100,200 measure.warmup=1 measure.repeats=3 ;;
     nvtx)     timeout 90 $S out=$OUT/nvtx $BEST frames=1,100 model.nvtx=false,true measure.warmup=2 measure.repeats=5 ;;
     backends32) timeout 150 python3 -m vggt_bench sweep report=false experiment=backends out=$OUT/backends32 frames=32 model.dtype=bf16 ;;
     nsys)     for f in 8 32; do for e in fused sequential; do
