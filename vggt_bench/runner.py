@@ -289,6 +289,11 @@ def measure(point: Point, warmup: int, repeats: int, drift: bool = False) -> dic
         if reason is not None:
             return {"status": "unavailable", "message": reason}
         net.configure(point.execution())
+        if point.compile != "off":
+            # Compiled code is cached per code object, shared by every point of the process:
+            # without a reset, new shapes recompile until dynamo's recompile limit and then
+            # silently run eager. Each point compiles afresh (in its warm-up, untimed).
+            torch._dynamo.reset()
         images, queries = make_inputs(point)
         free_memory()
         if device.startswith("cuda"):
