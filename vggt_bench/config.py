@@ -2,7 +2,7 @@
 
 A value of ``auto`` is resolved at run time from the machine: with a CUDA GPU the
 default is VGGT-1B in bf16 autocast on 336 x 518 frames (upstream's published setting);
-without one it is the ``small`` architecture in fp32 on 126 x 196 frames, sized so the
+without one it is the ``small`` architecture in fp32 on 70 x 112 frames, sized so the
 default sweep finishes in minutes on 2 CPU cores.
 """
 
@@ -33,8 +33,8 @@ class ModelSettings:
 
 @dataclass
 class InputSettings:
-    height: Optional[int] = None       # None: 336 on GPU, 126 on CPU
-    width: Optional[int] = None        # None: 518 on GPU, 196 on CPU
+    height: Optional[int] = None       # None: 336 on GPU, 70 on CPU
+    width: Optional[int] = None        # None: 518 on GPU, 112 on CPU
     batch: int = 1
     image_dir: Optional[str] = None    # real images instead of synthetic ones
     mode: str = "crop"                 # upstream preprocessing for image_dir: crop | pad
