@@ -103,9 +103,9 @@ class Aggregator(nn.Module):
         if ex.frame_exec == "fused":
             return block(x, self.attend, rope, self.ranges)
         step = 1 if ex.frame_exec == "sequential" else ex.frame_chunk
-        out = torch.empty_like(x) if step < x.shape[0] else None
-        if out is None:
+        if step >= x.shape[0]:
             return block(x, self.attend, rope, self.ranges)
+        out = torch.empty_like(x)
         for start in range(0, x.shape[0], step):
             out[start : start + step] = block(x[start : start + step], self.attend, rope, self.ranges)
         return out

@@ -13,7 +13,7 @@ import importlib
 import importlib.util
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -196,6 +196,3 @@ def get(name: str, device=None, dtype: Optional[torch.dtype] = None, head_dim: O
             )
     return BACKENDS[name]
 
-
-def names() -> Tuple[str, ...]:
-    return tuple(BACKENDS)

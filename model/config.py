@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 
 class ConfigError(ValueError):
@@ -349,6 +349,3 @@ class ExecutionConfig:
             raise ConfigError(f"unknown attention backend {self.attention!r}; choose one of {list(BACKENDS)}")
         return self
 
-
-def replace(cfg: Any, **changes) -> Any:
-    return dataclasses.replace(cfg, **changes)

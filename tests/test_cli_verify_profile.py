@@ -3,24 +3,19 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
 import torch
 
 import model
+from conftest import run_cli as cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = os.path.join(ROOT, "tests", "fixtures", "reference")
 NSYS = os.path.join(ROOT, "tests", "fixtures", "nsys")
 
 
-def cli(*args, timeout=300):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "vggt_bench", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env=env)
 
 
 def one_line_error(done, code=2):

@@ -1,14 +1,12 @@
 """The harness as a user drives it: `python -m vggt_bench ...`, its tables, resume, failures as data."""
 
-import json
 import os
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
 import torch
 
+from conftest import run_cli as cli
 from vggt_bench import runner
 from vggt_bench.results import ResultStore, load_results
 from vggt_bench.schema import KNOBS, RESULT_COLUMNS
@@ -17,10 +15,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 
 
-def cli(*args, timeout=300):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "vggt_bench", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env=env)
 
 
 @pytest.fixture(scope="module")

@@ -338,8 +338,6 @@ def test_single_row_table(tmp_path):
 
 def test_csv_only_cpu_table_and_cpu_profiles(tmp_path):
     """A directory with results.csv only (all-missing GPU columns come back as NaN/empty strings)."""
-    from vggt_bench.results import load_results
-
     table = synthetic_gpu_results().assign(
         device="cpu", gpu_name="", gpu_mem_gib=math.nan, peak_alloc_gib=math.nan, peak_reserved_gib=math.nan,
         peak_tflops=math.nan, frac_of_peak=math.nan, peak_source="no GPU (CPU peak not tabulated)",

@@ -69,19 +69,6 @@ def list_backends() -> int:
     return 0
 
 
-def _unwritable(path: str):
-    """None if ``path`` can be created and written, else the reason."""
-    try:
-        os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, ".write-test")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.unlink(probe)
-    except OSError as exc:
-        return exc.strerror or str(exc)
-    return None
-
-
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -105,7 +92,9 @@ def main(argv=None) -> int:
     out = next((a.split("=", 1)[1] for a in reversed(rest) if a.startswith("out=")), None)
     if out is not None and "--help" not in rest:
         # Hydra writes its own logs under out/ before our code runs: check it first, in one line.
-        problem = _unwritable(out)
+        from .results import unwritable
+
+        problem = unwritable(out)
         if problem:
             print(f"vggt_bench: error: cannot write results to out={out} ({problem}); choose a writable directory "
                   f"with out=PATH", file=sys.stderr)

@@ -9,7 +9,7 @@ default sweep finishes in minutes on 2 CPU cores.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import List, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -99,8 +99,3 @@ def register() -> None:
     cs.store(name="profile_schema", node=ProfileConfig)
     cs.store(name="report_schema", node=ReportConfig)
 
-
-def to_plain(cfg: Any) -> dict:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(cfg, resolve=True)

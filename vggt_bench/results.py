@@ -44,6 +44,19 @@ def _atomic_write(path: str, write) -> None:
         raise
 
 
+def unwritable(path: str) -> Optional[str]:
+    """None if directory ``path`` can be created and written, else the reason."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, ".write-test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.unlink(probe)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
 class ResultStore:
     def __init__(self, out: str):
         self.out = out
@@ -51,11 +64,9 @@ class ResultStore:
 
     def ensure_writable(self) -> None:
         """Create ``out``; raise OSError with a one-line reason if it cannot be written."""
-        os.makedirs(self.points_dir, exist_ok=True)
-        probe = os.path.join(self.out, ".write-test")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.unlink(probe)
+        problem = unwritable(self.points_dir)
+        if problem:
+            raise OSError(problem)
 
     @contextlib.contextmanager
     def _lock(self):

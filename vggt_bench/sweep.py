@@ -36,7 +36,7 @@ def open_store(out: str) -> ResultStore:
     try:
         store.ensure_writable()
     except OSError as exc:
-        fail(f"cannot write results to out={out} ({exc.strerror or exc}); choose a writable directory with out=PATH")
+        fail(f"cannot write results to out={out} ({exc}); choose a writable directory with out=PATH")
     return store
 
 
