@@ -12,8 +12,8 @@ synchronised call; numbers for the record live in docs/BENCHMARKS.md, not in ass
 import pytest
 import torch
 
-import model
-from model.layers import Block
+import vggt_model
+from vggt_model.layers import Block
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -29,18 +29,18 @@ def sync():
 
 
 def _available(name):
-    return model.attention.why_unavailable(name, DEVICE, DTYPE, HEAD_DIM)
+    return vggt_model.attention.why_unavailable(name, DEVICE, DTYPE, HEAD_DIM)
 
 
 @pytest.mark.parametrize("layout", ["frame", "global"])
-@pytest.mark.parametrize("name", list(model.attention.BACKENDS))
+@pytest.mark.parametrize("name", list(vggt_model.attention.BACKENDS))
 def test_attention_backend(benchmark, name, layout):
     reason = _available(name)
     if reason:
         pytest.skip(reason)
     batch, seq = (FRAMES, TOKENS) if layout == "frame" else (1, FRAMES * TOKENS)
     q, k, v = (torch.randn(batch, HEADS, seq, HEAD_DIM, device=DEVICE, dtype=DTYPE) for _ in range(3))
-    backend = model.attention.BACKENDS[name]
+    backend = vggt_model.attention.BACKENDS[name]
     benchmark.extra_info.update(device=DEVICE, dtype=str(DTYPE), batch=batch, seq=seq, heads=HEADS, head_dim=HEAD_DIM)
 
     def run():
@@ -55,12 +55,12 @@ def test_attention_backend(benchmark, name, layout):
 def test_aggregator_block(benchmark, layout):
     dim = HEADS * HEAD_DIM
     block = Block(dim, HEADS, init_values=0.01, qk_norm=True).to(DEVICE, DTYPE).eval()
-    agg = model.build(model.VGGTConfig.small(), "cpu").aggregator
+    agg = vggt_model.build(vggt_model.VGGTConfig.small(), "cpu").aggregator
     rows, cols = (24, 37) if CUDA else (5, 8)
     rope = agg.rope_tables(rows, cols, DEVICE)
     shape = (FRAMES, TOKENS, dim) if layout == "frame" else (1, FRAMES * TOKENS, dim)
     x = torch.randn(*shape, device=DEVICE, dtype=DTYPE)
-    attend = model.attention.BACKENDS["sdpa"].fn
+    attend = vggt_model.attention.BACKENDS["sdpa"].fn
 
     def run():
         with torch.inference_mode():

@@ -309,13 +309,78 @@ def _strict(kind, args: dict, where: str):
     return kind(**args)
 
 
+# ---- execution knobs -----------------------------------------------------------------------------
+# Every execution knob is one field of ExecutionConfig, declared with ``knob()``. Its metadata is the
+# one definition the rest of the project derives from: the harness's Hydra schema inherits the fields,
+# the results table's knob columns and point ids list them, the report reads ``fidelity`` to tell
+# exact settings from approximations, and ``validate_fields`` checks every value the same way.
+
 FRAME_EXEC = ("fused", "sequential", "chunked")
 PRUNE_WEIGHTS = ("global", "frame")
+PRECISIONS = ("fp32", "bf16_autocast", "bf16", "fp16")
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+# fidelity of a knob: what changing it does to the function the model computes
+SAME = "same"            # any value computes the same function (an execution strategy)
+APPROX = "approx"        # an approximation: exact only at the field's ``exact`` value
+PRECISION = "precision"  # arithmetic precision: same function, different rounding
+
+
+def knob(default, *, help: str, choices=None, minimum=None, maximum=None, fidelity: str = SAME, exact=None,
+         applied: str = "configure"):
+    """A dataclass field with the metadata every consumer of a knob reads.
+
+    choices: the allowed values (a tuple, or a zero-argument callable for a registry);
+    minimum/maximum: bounds for numbers (``maximum`` may name a limit given to ``validate_fields``,
+    e.g. ``"depth"``); fidelity: SAME, APPROX (with ``exact``: the value at which it is exact) or
+    PRECISION; applied: ``configure`` (handed to ``VGGT.configure``), ``build`` (applied once when the
+    model is built: precision, compile) or ``harness`` (how the harness calls the model).
+    """
+    meta = dict(help=help, choices=choices, minimum=minimum, maximum=maximum, fidelity=fidelity, exact=exact,
+                applied=applied)
+    return field(default=default, metadata=meta)
+
+
+def knob_fields(cls) -> list:
+    """The fields of a dataclass declared with ``knob()``, in declaration order."""
+    return [f for f in dataclasses.fields(cls) if "fidelity" in f.metadata]
+
+
+def validate_fields(cls, values, prefix: str = "", **limits) -> None:
+    """Check ``values`` (a mapping or an object with attributes) against ``cls``'s knob metadata.
+
+    Raises ConfigError with one line in one format: ``unknown model.frame_exec 'x'; choose one of
+    [...]`` or ``model.prune_depth must be in 0..24 (depth), got 30``.
+    """
+    get = values.get if hasattr(values, "get") else (lambda name, default=None: getattr(values, name, default))
+    for f in knob_fields(cls):
+        value = get(f.name, f.default)
+        meta = f.metadata
+        choices = meta["choices"]() if callable(meta["choices"]) else meta["choices"]
+        if choices is not None and value not in choices:
+            raise ConfigError(f"unknown {prefix}{f.name} {value!r}; choose one of {list(choices)}")
+        lo, hi = meta["minimum"], meta["maximum"]
+        if lo is None and hi is None:
+            continue
+        why = ""
+        if isinstance(hi, str):
+            why, hi = f" ({hi})", limits.get(hi)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{prefix}{f.name} must be a number, got {value!r}")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            span = f"{lo}..{hi}" if lo is not None and hi is not None else (f">= {lo}" if lo is not None else f"<= {hi}")
+            raise ConfigError(f"{prefix}{f.name} must be {'in ' if '..' in span else ''}{span}{why}, got {value}")
+
+
+def _backend_names():
+    from .attention import BACKENDS  # local: attention imports nothing from here
+
+    return tuple(BACKENDS)
 
 
 @dataclass
 class ExecutionConfig:
-    """How the aggregator runs. Never changes the state dict.
+    """How the model runs. Never changes the state dict.
 
     frame_exec: ``fused`` folds the S frames of every batch item into the batch (one call per
         frame layer); ``sequential`` runs every frame on its own (B*S calls per layer, the seed's
@@ -323,29 +388,34 @@ class ExecutionConfig:
     prune_depth: the first k global layers attend within each frame only (global-to-frame
         conversion; k=0 is upstream). ``prune_weights`` says whose weights a converted layer
         uses: the global block's own (``global``, as AVGGT) or the frame block's again (``frame``).
-    attention: name of a backend in ``model.attention.BACKENDS``.
+    attention: name of a backend in ``vggt_model.attention.BACKENDS``.
+    dtype, tf32, compile: applied when the model is built (``vggt_model.execution``).
+    cuda_graph: the caller replays the forward as one CUDA graph (``GraphedForward``).
     nvtx: emit NVTX / profiler ranges around every stage.
     """
 
-    frame_exec: str = "fused"
-    frame_chunk: int = 8
-    prune_depth: int = 0
-    prune_weights: str = "global"
-    attention: str = "sdpa"
-    nvtx: bool = False
+    frame_exec: str = knob("fused", choices=FRAME_EXEC, help="frame attention: all frames in one call, one per call, or frame_chunk per call")
+    frame_chunk: int = knob(8, minimum=1, help="frames per call with frame_exec=chunked")
+    prune_depth: int = knob(0, minimum=0, maximum="depth", fidelity=APPROX, exact=0,
+                            help="the first k global layers attend within each frame only (global-to-frame conversion)")
+    prune_weights: str = knob("global", choices=PRUNE_WEIGHTS, fidelity=APPROX,
+                              help="weights of a converted layer: the global block's own or the frame block's")
+    attention: str = knob("sdpa", choices=_backend_names, help="attention backend (python -m vggt_bench backends)")
+    dtype: str = knob("fp32", choices=PRECISIONS, fidelity=PRECISION, applied="build",
+                      help="fp32; bf16_autocast (upstream's: fp32 weights, bf16 aggregator); bf16 or fp16 weights")
+    tf32: bool = knob(False, fidelity=PRECISION, applied="build", help="TF32 for fp32 matmuls and convolutions")
+    compile: str = knob("off", choices=COMPILE_MODES, applied="build", help="torch.compile every transformer block")
+    cuda_graph: bool = knob(False, applied="harness", help="replay the forward as one CUDA graph (GPU)")
+    nvtx: bool = knob(False, help="NVTX and profiler ranges around every stage")
 
-    def validate(self, depth: int) -> "ExecutionConfig":
-        if self.frame_exec not in FRAME_EXEC:
-            raise ConfigError(f"unknown frame_exec {self.frame_exec!r}; choose one of {list(FRAME_EXEC)}")
-        if self.frame_chunk < 1:
-            raise ConfigError(f"frame_chunk must be >= 1, got {self.frame_chunk}")
-        if not 0 <= self.prune_depth <= depth:
-            raise ConfigError(f"prune_depth must be in 0..{depth} (the model's depth), got {self.prune_depth}")
-        if self.prune_weights not in PRUNE_WEIGHTS:
-            raise ConfigError(f"unknown prune_weights {self.prune_weights!r}; choose one of {list(PRUNE_WEIGHTS)}")
-        from .attention import BACKENDS  # local: attention imports nothing from here
-
-        if self.attention not in BACKENDS:
-            raise ConfigError(f"unknown attention backend {self.attention!r}; choose one of {list(BACKENDS)}")
+    def validate(self, depth: int, prefix: str = "") -> "ExecutionConfig":
+        validate_fields(type(self), self, prefix, depth=depth)
         return self
 
+    def is_exact(self) -> bool:
+        """True when no approximation is on (every APPROX knob with an ``exact`` value holds it)."""
+        return all(getattr(self, f.name) == f.metadata["exact"] for f in knob_fields(type(self))
+                   if f.metadata["fidelity"] == APPROX and f.metadata["exact"] is not None)
+
+    def replace(self, **changes) -> "ExecutionConfig":
+        return dataclasses.replace(self, **changes)

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .config import ConfigError
+from .config import COMPILE_MODES, PRECISIONS, ConfigError
 from .vggt import VGGT
-
-PRECISIONS = ("fp32", "bf16_autocast", "bf16", "fp16")
-COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def set_precision(model: VGGT, precision: str, tf32: bool = False) -> VGGT:

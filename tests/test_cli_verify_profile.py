@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-import model
+import vggt_model
 from conftest import run_cli as cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,7 +58,7 @@ def test_verify_checkpoint_loads_strictly_or_lists_the_differences(tmp_path):
     from safetensors.torch import save_file
 
     with torch.device("meta"):
-        net = model.VGGT(model.VGGTConfig.small())
+        net = vggt_model.VGGT(vggt_model.VGGTConfig.small())
     state = {k: torch.zeros(v.shape) for k, v in net.state_dict().items()}
     good = tmp_path / "small.safetensors"
     save_file(state, str(good))
@@ -81,10 +81,10 @@ def test_verify_checkpoint_loads_strictly_or_lists_the_differences(tmp_path):
 
 def test_checkpoint_error_is_one_line_with_details():
     with torch.device("meta"):
-        net = model.VGGT(model.VGGTConfig.small())
+        net = vggt_model.VGGT(vggt_model.VGGTConfig.small())
     state = {k: torch.zeros(v.shape) for k, v in net.state_dict().items() if "frame_blocks" not in k}
-    with pytest.raises(model.checkpoint.CheckpointError) as info:
-        model.checkpoint.check(net, state)
+    with pytest.raises(vggt_model.checkpoint.CheckpointError) as info:
+        vggt_model.checkpoint.check(net, state)
     assert "\n" not in str(info.value) and "missing" in str(info.value)
     assert len(info.value.details) == sum("frame_blocks" in k for k in net.state_dict())
 
@@ -98,7 +98,7 @@ def test_profile_torch_on_cpu_names_the_model_ranges(tmp_path):
     for name in ("vggt", "aggregator", "patch_embed", "frame_block", "global_block", "attention", "mlp",
                  "layer_00", "camera_head", "depth_head", "point_head"):
         assert name in ranges.index, name
-    small = model.VGGTConfig.small()
+    small = vggt_model.VGGTConfig.small()
     assert ranges.loc["frame_block", "calls"] == 2 * small.aggregator.depth  # per forward, 2 forwards
     assert ranges.loc["aggregator", "cpu_ms"] >= ranges.loc["global_block", "cpu_ms"]
     assert (directory / "trace.json").exists() and (directory / "kernels.csv").exists()

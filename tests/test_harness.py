@@ -9,7 +9,7 @@ import torch
 from conftest import run_cli as cli
 from vggt_bench import runner
 from vggt_bench.results import ResultStore, load_results
-from vggt_bench.schema import KNOBS, RESULT_COLUMNS
+from vggt_bench.schema import EXECUTION, KNOBS, RESULT_COLUMNS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
@@ -66,12 +66,11 @@ def test_resume_false_measures_again_without_duplicating(smoke, tmp_path):
 
 
 def _point(**changes):
-    base = dict(
-        arch="small", device="cpu", frames=2, batch=1, height=28, width=42, part="aggregator", frame_exec="fused",
-        frame_chunk=8, prune_depth=0, prune_weights="global", attention="sdpa", dtype="fp32", tf32=False,
-        compile="off", cuda_graph=False, inputs="synthetic", checkpoint=None, seed=0, nvtx=False, query_points=0,
-        image_mode="crop", input_seed=0,
-    )
+    from vggt_model import ExecutionConfig
+
+    execution = {k: changes.pop(k) for k in list(changes) if k in EXECUTION}
+    base = dict(arch="small", device="cpu", frames=2, batch=1, height=28, width=42, part="aggregator",
+                query_points=0, inputs="synthetic", execution=ExecutionConfig(**execution))
     base.update(changes)
     return runner.Point(**base)
 
@@ -135,13 +134,15 @@ def test_point_id_depends_on_every_knob():
     "args, message",
     [
         (["frames=0"], "frames must be >= 1"),
-        (["model.attention=flashy"], "unknown attention backend 'flashy'"),
-        (["model.frame_exec=parallel"], "frame_exec"),
-        (["model.prune_depth=30"], "prune_depth must be in 0..8"),
+        (["model.attention=flashy"], "unknown model.attention 'flashy'; choose one of ['eager', 'sdpa'"),
+        (["model.frame_exec=nonsense"], "unknown model.frame_exec 'nonsense'; choose one of ['fused', 'sequential', 'chunked']"),
+        (["model.prune_depth=30"], "model.prune_depth must be in 0..8 (depth), got 30"),
+        (["model.compile=fast"], "unknown model.compile 'fast'; choose one of ['off', 'default'"),
+        (["part=heads"], "unknown part 'heads'; choose one of ['aggregator', 'full']"),
         (["device=cuda"], "no CUDA GPU"),
         (["inputs.height=50"], "multiples of 14"),
         (["model.checkpoint=/nonexistent/model.pt"], "checkpoint not found"),
-        (["model.dtype=fp8"], "unknown model.dtype"),
+        (["model.dtype=fp8"], "unknown model.dtype 'fp8'; choose one of ['fp32', 'bf16_autocast'"),
         (["out=/proc/vggt-bench-cannot-write"], "cannot write results"),
     ],
 )
@@ -190,7 +191,7 @@ def test_submitit_local_runs_each_point_in_its_own_process(tmp_path):
 
 
 def test_image_folder_input_uses_upstream_preprocessing(tmp_path):
-    from model.inputs import image_folder, load_images
+    from vggt_model.inputs import image_folder, load_images
 
     folder = os.path.join(FIXTURES, "images")
     files = sorted(os.path.join(folder, f) for f in os.listdir(folder))
@@ -216,7 +217,7 @@ def test_run_full_model_with_tracks(tmp_path):
     row = load_results(str(tmp_path)).iloc[0]
     assert row["status"] == "ok" and row["part"] == "full" and row["query_points"] == 4
     from vggt_bench.flops import aggregator_flops
-    from model.config import VGGTConfig
+    from vggt_model.config import VGGTConfig
 
     assert row["flops"] > aggregator_flops(VGGTConfig.small(), 56, 84, 2)["total"]  # heads counted
 
@@ -228,7 +229,9 @@ def test_default_preset_shows_the_effects_it_promises():
     from vggt_bench.config import register
 
     register()
-    with initialize_config_dir(config_dir=os.path.join(ROOT, "experiments"), version_base=None):
+    from vggt_bench.resources import experiments_dir
+
+    with initialize_config_dir(config_dir=experiments_dir(), version_base=None):
         cfg = compose("bench", return_hydra_config=True)
     params = cfg.hydra.sweeper.params
     assert len(str(params["frames"]).split(",")) >= 4

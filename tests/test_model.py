@@ -6,8 +6,8 @@ import os
 import pytest
 import torch
 
-import model
-from model.config import VGGTConfig
+import vggt_model
+from vggt_model.config import VGGTConfig
 from vggt_bench.verify import verify_case
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "reference")
@@ -49,13 +49,13 @@ def test_prune_depth_keeps_frame_half_of_first_converted_layer():
     from safetensors.torch import load_file
 
     cfg = VGGTConfig.from_modules(json.load(open(os.path.join(case, "case.json")))["modules"])
-    net = model.VGGT(cfg).eval()
+    net = vggt_model.VGGT(cfg).eval()
     net.load_state_dict(load_file(os.path.join(case, "state_dict.safetensors")))
     images = load_file(os.path.join(case, "io.safetensors"))["input.images"]
-    net.configure(model.ExecutionConfig(attention="sdpa_math"))
+    net.configure(vggt_model.ExecutionConfig(attention="sdpa_math"))
     with torch.inference_mode():
         exact, _ = net.aggregate(images)
-        net.configure(model.ExecutionConfig(attention="sdpa_math", prune_depth=1))
+        net.configure(vggt_model.ExecutionConfig(attention="sdpa_math", prune_depth=1))
         pruned, _ = net.aggregate(images)
     C = cfg.aggregator.embed_dim
     assert torch.equal(exact[0][..., :C], pruned[0][..., :C])  # frame block of layer 0: same input, same output
@@ -66,12 +66,12 @@ def test_prune_depth_keeps_frame_half_of_first_converted_layer():
 def test_prune_weights_frame_reuses_frame_block():
     cfg = VGGTConfig.from_modules(json.load(open(os.path.join(FIXTURES, "tiny_vggt", "case.json")))["modules"])
     torch.manual_seed(0)
-    net = model.VGGT(cfg).eval()
+    net = vggt_model.VGGT(cfg).eval()
     images = torch.rand(1, 3, 3, 56, 98)
     with torch.inference_mode():
         out = {}
         for weights in ("global", "frame"):
-            net.configure(model.ExecutionConfig(prune_depth=1, prune_weights=weights))
+            net.configure(vggt_model.ExecutionConfig(prune_depth=1, prune_weights=weights))
             out[weights] = net.aggregate(images)[0][0]
         # With frame weights the converted global layer is the frame block applied a second time.
         block = net.aggregator.frame_blocks[0]
@@ -85,7 +85,7 @@ def test_prune_weights_frame_reuses_frame_block():
 def test_vggt1b_state_dict_equals_the_manifest():
     manifest = json.load(open(os.path.join(FIXTURES, "vggt1b_manifest.json")))
     with torch.device("meta"):
-        net = model.VGGT(model.VGGTConfig())
+        net = vggt_model.VGGT(vggt_model.VGGTConfig())
     ours = [(k, list(v.shape), str(v.dtype).replace("torch.", "")) for k, v in net.state_dict().items()]
     ref = [(e["name"], e["shape"], e["dtype"]) for e in manifest["entries"]]
     assert ours == ref
@@ -94,7 +94,7 @@ def test_vggt1b_state_dict_equals_the_manifest():
 
 def test_only_cached_layers_are_kept():
     cfg = VGGTConfig.small()
-    net = model.build(cfg, "cpu")
+    net = vggt_model.build(cfg, "cpu")
     with torch.inference_mode():
         tokens, start = net.aggregate(torch.rand(1, 2, 3, 28, 42))
     kept = [i for i, t in enumerate(tokens) if t is not None]
@@ -112,38 +112,57 @@ def test_only_cached_layers_are_kept():
     ],
 )
 def test_bad_images_get_one_line_errors(shape, message):
-    net = model.build(VGGTConfig.small(), "cpu")
-    with pytest.raises(model.InputError, match=message) as info:
+    net = vggt_model.build(VGGTConfig.small(), "cpu")
+    with pytest.raises(vggt_model.InputError, match=message) as info:
         net(torch.rand(*shape))
     assert "\n" not in str(info.value)
 
 
 def test_query_points_outside_the_image_are_refused():
-    net = model.build(VGGTConfig.small(), "cpu")
-    with pytest.raises(model.InputError, match="inside the image"):
+    net = vggt_model.build(VGGTConfig.small(), "cpu")
+    with pytest.raises(vggt_model.InputError, match="inside the image"):
         net(torch.rand(1, 2, 3, 28, 42), torch.tensor([[[41.5, 3.0]]]))
 
 
 def test_execution_settings_are_validated():
-    net = model.build(VGGTConfig.small(), "cpu")
+    net = vggt_model.build(VGGTConfig.small(), "cpu")
     for bad, message in (
-        (dict(frame_exec="parallel"), "frame_exec"),
-        (dict(prune_depth=9), "prune_depth must be in 0..8"),
-        (dict(attention="nope"), "unknown attention backend"),
-        (dict(prune_weights="other"), "prune_weights"),
+        (dict(frame_exec="parallel"), r"^unknown frame_exec 'parallel'; choose one of \['fused', 'sequential', 'chunked'\]$"),
+        (dict(prune_depth=9), r"^prune_depth must be in 0\.\.8 \(depth\), got 9$"),
+        (dict(frame_chunk=0), r"^frame_chunk must be >= 1, got 0$"),
+        (dict(attention="nope"), r"^unknown attention 'nope'; choose one of \['eager', 'sdpa', "),
+        (dict(prune_weights="other"), r"^unknown prune_weights 'other'; choose one of \['global', 'frame'\]$"),
+        (dict(compile="fast"), r"^unknown compile 'fast'; choose one of \['off', "),
     ):
-        with pytest.raises(model.ConfigError, match=message):
-            net.configure(model.ExecutionConfig(**bad))
+        with pytest.raises(vggt_model.ConfigError, match=message):
+            net.configure(vggt_model.ExecutionConfig(**bad))
+
+
+def test_every_execution_knob_is_one_field_with_its_metadata():
+    """The knob list the harness, the results table and the report use is ExecutionConfig's fields."""
+    from vggt_bench.config import ModelSettings
+    from vggt_bench.schema import EXECUTION, KNOBS
+    from vggt_model.config import APPROX, knob_fields
+
+    names = [f.name for f in knob_fields(vggt_model.ExecutionConfig)]
+    assert EXECUTION == names and set(names) <= set(KNOBS)
+    assert set(names) <= {f.name for f in __import__("dataclasses").fields(ModelSettings)}
+    for f in knob_fields(vggt_model.ExecutionConfig):
+        assert f.metadata["help"], f.name
+        if f.metadata["fidelity"] == APPROX and f.metadata["exact"] is not None:
+            assert f.default == f.metadata["exact"], f"{f.name}: the default must be the exact model"
+    assert vggt_model.ExecutionConfig().is_exact()
+    assert not vggt_model.ExecutionConfig(prune_depth=2).is_exact()
 
 
 def test_unavailable_backend_names_what_is_available():
-    net = model.build(VGGTConfig.small(), "cpu")
-    with pytest.raises(model.attention.BackendUnavailable, match="available here: .*sdpa_math"):
-        net.configure(model.ExecutionConfig(attention="sdpa_cudnn"))
+    net = vggt_model.build(VGGTConfig.small(), "cpu")
+    with pytest.raises(vggt_model.attention.BackendUnavailable, match="available here: .*sdpa_math"):
+        net.configure(vggt_model.ExecutionConfig(attention="sdpa_cudnn"))
 
 
 def test_every_backend_says_why_it_is_unavailable():
-    table = model.attention.available("cpu", torch.float32, 64)
+    table = vggt_model.attention.available("cpu", torch.float32, 64)
     assert set(table) == {"eager", "sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "sdpa_math", "flash_attn", "flex"}
     assert table["eager"] is None and table["sdpa_math"] is None
     assert "CUDA" in table["sdpa_cudnn"]
@@ -154,17 +173,17 @@ def test_every_backend_says_why_it_is_unavailable():
 def test_available_backends_agree_with_eager():
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 3, 50, 64) for _ in range(3))
-    ref = model.attention.eager(q.double(), k.double(), v.double())
-    for name, reason in model.attention.available("cpu", torch.float32, 64).items():
+    ref = vggt_model.attention.eager(q.double(), k.double(), v.double())
+    for name, reason in vggt_model.attention.available("cpu", torch.float32, 64).items():
         if reason is None:
-            out = model.attention.BACKENDS[name].run(q, k, v)
+            out = vggt_model.attention.BACKENDS[name].run(q, k, v)
             assert (out.double() - ref).norm() / ref.norm() < 1e-5, name
 
 
 def test_random_init_is_seeded_and_finite():
-    a = model.build(VGGTConfig.small(), "cpu", seed=3)
-    b = model.build(VGGTConfig.small(), "cpu", seed=3)
-    c = model.build(VGGTConfig.small(), "cpu", seed=4)
+    a = vggt_model.build(VGGTConfig.small(), "cpu", seed=3)
+    b = vggt_model.build(VGGTConfig.small(), "cpu", seed=3)
+    c = vggt_model.build(VGGTConfig.small(), "cpu", seed=4)
     for (name, pa), pb, pc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
         assert torch.isfinite(pa).all(), name
         assert torch.equal(pa, pb), name
@@ -175,27 +194,27 @@ def test_random_init_is_seeded_and_finite():
 
 
 def test_bf16_and_fp16_run_and_stay_close_to_fp32():
-    net = model.build(VGGTConfig.small(), "cpu", seed=0)
+    net = vggt_model.build(VGGTConfig.small(), "cpu", seed=0)
     images = torch.rand(1, 2, 3, 28, 42)
     with torch.inference_mode():
         ref = net.aggregate(images)[0][-1]
         for precision in ("bf16_autocast", "bf16"):
-            model.set_precision(net, precision)
+            vggt_model.set_precision(net, precision)
             out = net.aggregate(images)[0][-1].float()
             assert (out - ref).norm() / ref.norm() < 3e-2, precision
-        model.set_precision(net, "fp32")
+        vggt_model.set_precision(net, "fp32")
 
 
 def test_precision_round_trip_keeps_normalisation_constants_exact():
     # Regression: casting the whole model to bf16 and back rounded the ImageNet mean/std buffers,
     # which the checkpoint does not hold, so reloading the weights did not restore fp32 outputs.
-    net = model.build(VGGTConfig.small(), "cpu", seed=0)
+    net = vggt_model.build(VGGTConfig.small(), "cpu", seed=0)
     images = torch.rand(1, 2, 3, 28, 42)
     state = {k: v.clone() for k, v in net.state_dict().items()}
     with torch.inference_mode():
         ref = net.aggregate(images)[0][-1]
-        model.set_precision(net, "bf16")
-        model.set_precision(net, "fp32")
+        vggt_model.set_precision(net, "bf16")
+        vggt_model.set_precision(net, "fp32")
         net.load_state_dict(state)
         out = net.aggregate(images)[0][-1]
     assert torch.equal(out, ref)

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from vggt_bench.report import main as report_main
+from vggt_bench.analysis import findings, tables
 from vggt_bench.report import notebook, plots, render
 from vggt_bench.report.plots import render_figures
 from vggt_bench.schema import KNOBS, RESULT_COLUMNS
@@ -203,15 +204,15 @@ def test_cpu_notebook_states_the_numbers_computed_from_the_table(cpu_sweep):
     out, _, _ = cpu_sweep
     from vggt_bench.results import load_results
 
-    (found,) = notebook.findings(load_results(str(out)))
+    (found,) = findings.findings(load_results(str(out)))
     text = notebook_text(out / "report.ipynb")
     assert found.largest_ok["frames"] == 2 and found.first_oom is None
     assert "The wall was not reached" in text and "S=2" in text
     assert found.fusing is not None and found.fusing["pairs"] == 2
-    assert notebook.fmt_x(found.fusing["min"]) in text and notebook.fmt_x(found.fusing["max"]) in text
+    assert findings.fmt_x(found.fusing["min"]) in text and findings.fmt_x(found.fusing["max"]) in text
     assert found.conversion["k"] == 2 and not math.isnan(found.conversion["drift_max"])
     assert "at k=2 converted layers" in text
-    assert notebook.fmt_frac(found.conversion["drift_max"]) in text
+    assert findings.fmt_frac(found.conversion["drift_max"]) in text
     assert re.search(r"^device\s+CPU$", text, re.M)          # environment table
     assert re.search(r"^random weights\s+yes$", text, re.M)
     assert re.search(r"^CUDA\s+— \(CPU build\)$", text, re.M)
@@ -269,13 +270,13 @@ def test_gpu_memory_backends_and_conversion_figures_say_what_they_show():
     fig, note = plots.conversion(table)
     drawn = texts(fig)
     assert "output drift vs k=0" in drawn and "1.29×" in drawn
-    speedups = plots.conversion_table(table).dropna(subset=["speedup"])
+    speedups = tables.conversion_table(table).dropna(subset=["speedup"])
     assert set(speedups["prune_depth"]) == {2, 4, 8}
 
 
 def test_profile_figures_from_gpu_and_cpu_profiles():
     summary, ranges = synthetic_profiles()
-    stages = plots.stage_times(ranges)
+    stages = tables.stage_times(ranges)
     s8 = stages[(stages["frames"] == 8) & (stages["frame_exec"] == "fused")].set_index("stage")["ms_per_forward"]
     assert s8["global_block"] == pytest.approx(24 * (0.02 * 64 + 0.3 * 8))   # per forward, not per 3 iterations
     fig, _ = plots.profile_stages(ranges)
@@ -296,12 +297,12 @@ def test_gpu_notebook_narrative(tmp_path):
     written = render(str(out), log=lambda _: None)
     assert pngs(written) == set(plots.FIGURE_NAMES)
     assert error_outputs(out / "report.ipynb") == []
-    (found,) = notebook.findings(table)
+    (found,) = findings.findings(table)
     text = notebook_text(out / "report.ipynb")
     assert found.first_oom["frames"] == 256 and found.largest_ok["frames"] == 256
     assert "the first out-of-memory is at S=256" in text
     assert "fused · sdpa_flash · bf16_autocast (S=1–256)" in text
-    assert f"{notebook.fmt_x(found.fusing['min'])} (S=128, eager)" in text
+    assert f"{findings.fmt_x(found.fusing['min'])} (S=128, eager)" in text
     assert "at k=8 converted layers" in text and "1.29×" in text and "6.4%" in text
     assert "NVIDIA H100 80GB HBM3" in text and "OOM" in text and "n/a" in text
 
@@ -313,7 +314,7 @@ def test_empty_table_skips_every_figure_with_a_note(tmp_path):
     assert written == []
     assert len(notes) == len(plots.FIGURE_NAMES) and all(": skipped: " in n for n in notes)
     assert "scaling_wall: skipped: no result rows" in notes
-    assert notebook.findings(pd.DataFrame(columns=RESULT_COLUMNS)) == []
+    assert findings.findings(pd.DataFrame(columns=RESULT_COLUMNS)) == []
 
 
 def test_all_oom_table_skips_lines_but_reports_the_wall(tmp_path):
@@ -322,7 +323,7 @@ def test_all_oom_table_skips_lines_but_reports_the_wall(tmp_path):
     written, notes = render_figures(str(write_results(tmp_path / "oom", table)))
     assert written == []
     assert "scaling_wall: skipped: no ok latency to draw (statuses: {'oom': 4})" in notes
-    (found,) = notebook.findings(table)
+    (found,) = findings.findings(table)
     assert found.first_oom["frames"] == 512 and found.largest_ok is None
     assert "No exact point ran; the first out-of-memory is at S=512." in found.lines
 
@@ -351,8 +352,8 @@ def test_csv_only_cpu_table_and_cpu_profiles(tmp_path):
     written, notes = render_figures(str(out))
     assert pngs(written) == set(plots.FIGURE_NAMES) - {"profile_launches"}
     assert any(n.startswith("profile_launches: skipped: profiles hold no GPU kernels") for n in notes)
-    loaded = plots.load_tables(str(out)).results
-    assert plots.device_label(loaded) == "CPU"
+    loaded = tables.load_tables(str(out)).results
+    assert tables.device_label(loaded) == "CPU"
     fig, _ = plots.backends(loaded)
     assert not any("% of peak" in t for t in texts(fig))  # no CPU peak: no fraction claimed
     assert any("dense peak unknown" in t for t in texts(fig))
@@ -372,7 +373,7 @@ def test_mixed_dtypes_get_one_figure_each(tmp_path):
 def test_a_failing_notebook_keeps_the_figures(tmp_path, monkeypatch, capsys):
     broken = tmp_path / "broken.py"
     broken.write_text('# %% tags=["parameters"]\nRESULTS_DIR = None\n\n# %%\nraise RuntimeError("boom in cell")\n')
-    monkeypatch.setattr(notebook, "TEMPLATE", str(broken))
+    monkeypatch.setattr(notebook, "template", lambda name: str(broken))
     out = write_results(tmp_path / "gpu", synthetic_gpu_results())
     (out / "report.html").write_text("stale")
     written = render(str(out), log=lambda _: None)

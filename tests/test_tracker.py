@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from model.config import TrackerConfig
-from model.tracker import Tracker
+from vggt_model.config import TrackerConfig
+from vggt_model.tracker import Tracker
 
 REFERENCE = Path(__file__).parent / "fixtures" / "reference"
 CASE_DIR = REFERENCE / "tiny_vggt"

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
-EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
+from .errors import EXIT_USER_ERROR, say_error
 
 COMMANDS = {
     "sweep": ("bench", "sweep a grid (a Hydra multirun); default: the `default` preset for this machine"),
@@ -15,6 +14,7 @@ COMMANDS = {
     "report": ("report", "render figures and the report notebook from results=DIR"),
     "backends": (None, "list attention backends and whether each can run here"),
 }
+SCHEMAS = {"bench": "BenchConfig", "verify": "VerifyConfig", "profile": "ProfileConfig", "report": "ReportConfig"}
 
 USAGE = """usage: python -m vggt_bench <command> [key=value ...] [--help]
 
@@ -23,7 +23,7 @@ commands:
 
 Overrides are Hydra's: `python -m vggt_bench sweep experiment=scaling_wall frames=1,8,32`.
 `python -m vggt_bench <command> --help` shows that command's configuration.
-Presets: experiments/experiment/*.yaml (default, scaling_wall, pruning, backends, smoke).
+Presets: experiment=default|scaling_wall|pruning|backends|smoke|adhoc (the package's experiments/).
 """
 
 
@@ -58,7 +58,7 @@ def _task(command: str):
 def list_backends() -> int:
     import torch
 
-    from model import attention
+    from vggt_model import attention
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for device in devices:
@@ -76,14 +76,22 @@ def main(argv=None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        print(f"vggt_bench: error: unknown command {command!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
-        return 2
+        say_error(f"unknown command {command!r}; choose one of {', '.join(COMMANDS)}")
+        return EXIT_USER_ERROR
     if command == "backends":
         return list_backends()
 
     import hydra
 
-    from .config import register
+    from . import config, overrides
+    from .resources import experiments_dir
+
+    config_name = COMMANDS[command][0]
+    if "--help" not in rest:
+        problem = overrides.check(getattr(config, SCHEMAS[config_name]), rest, command)
+        if problem:
+            say_error(problem)
+            return EXIT_USER_ERROR
 
     if command in ("run", "sweep", "profile") and not any(a.startswith("out=") for a in rest) and "--help" not in rest:
         from .sweep import stamped_out
@@ -96,14 +104,12 @@ def main(argv=None) -> int:
 
         problem = unwritable(out)
         if problem:
-            print(f"vggt_bench: error: cannot write results to out={out} ({problem}); choose a writable directory "
-                  f"with out=PATH", file=sys.stderr)
-            return 2
+            say_error(f"cannot write results to out={out} ({problem}); choose a writable directory with out=PATH")
+            return EXIT_USER_ERROR
     if command == "sweep":
         rest = ["--multirun"] + rest
-    register()
+    config.register()
     sys.argv = [f"vggt_bench-{command}"] + rest
-    config_name = COMMANDS[command][0]
-    app = hydra.main(version_base=None, config_path=EXPERIMENTS, config_name=config_name)(_task(command))
+    app = hydra.main(version_base=None, config_path=experiments_dir(), config_name=config_name)(_task(command))
     app()
     return 0

@@ -8,27 +8,37 @@ default sweep finishes in minutes on 2 CPU cores.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import List, Optional
 
 from hydra.core.config_store import ConfigStore
 
+from vggt_model.config import ExecutionConfig
+
 
 @dataclass
-class ModelSettings:
+class ModelSettings(ExecutionConfig):
+    """``model.*``: what the harness builds, plus every execution knob of the model itself.
+
+    The execution knobs are ExecutionConfig's own fields, inherited, so ``model.frame_exec`` and
+    friends are declared once (vggt_model/config.py). Only ``dtype`` gets another default here:
+    ``auto`` resolves from the machine (bf16_autocast with a GPU, fp32 without).
+    """
+
     arch: str = "auto"                 # auto | vggt1b | small
     checkpoint: Optional[str] = None   # .pt / .safetensors; None: random weights from `seed`
     seed: int = 0
-    frame_exec: str = "fused"          # fused | sequential | chunked
-    frame_chunk: int = 8               # frames per call with frame_exec=chunked
-    prune_depth: int = 0               # first k global layers run as frame attention
-    prune_weights: str = "global"      # global | frame
-    attention: str = "sdpa"            # see `python -m vggt_bench backends`
-    dtype: str = "auto"                # auto | fp32 | bf16_autocast | bf16 | fp16
-    tf32: bool = False
-    compile: str = "off"               # off | default | reduce-overhead | max-autotune
-    cuda_graph: bool = False           # replay the timed forward as one CUDA graph (GPU only)
-    nvtx: bool = False
+    dtype: str = "auto"                # auto, or one of vggt_model.PRECISIONS
+
+
+def execution_config(settings, **resolved) -> ExecutionConfig:
+    """The model's ExecutionConfig from a ``model.*`` node (a DictConfig or ModelSettings);
+    ``resolved`` replaces values the harness resolved (e.g. ``dtype`` from ``auto``)."""
+    names = [f.name for f in dataclasses.fields(ExecutionConfig)]
+    values = {n: settings[n] if hasattr(settings, "__getitem__") else getattr(settings, n) for n in names}
+    values.update(resolved)
+    return ExecutionConfig(**values)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Dict
 
 import torch
 
-from model.config import VGGTConfig
+from vggt_model.config import VGGTConfig
 
 
 def _block_linear(d: int, hidden: int, tokens: int) -> int:
@@ -77,8 +77,8 @@ def camera_head_flops(cfg: VGGTConfig, frames: int, batch: int = 1) -> int:
 def _counted_heads(cfg_key: str, height: int, width: int, frames: int, batch: int, query_points: int) -> Dict[str, int]:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from model.dpt_head import DPTHead
-    from model.track_head import TrackHead
+    from vggt_model.dpt_head import DPTHead
+    from vggt_model.track_head import TrackHead
 
     cfg = _CONFIGS[cfg_key]
     agg = cfg.aggregator

@@ -26,15 +26,14 @@ from typing import Dict, List, Optional
 import pandas as pd
 import torch
 
+from .analysis.tables import summary_row
 from .profiling import NoProfileData, read_report, read_trace
 from .env import environment
-from .runner import UserError, forward_fn, get_model, make_inputs, resolve
-from .schema import KNOBS
-from .sweep import fail
+from .errors import UserError, fail
+from .runner import forward_fn, get_model, make_inputs, resolve
 
 PROFILERS = ("torch", "nsys", "none")
 TABLE_NAMES = ("nvtx_ranges", "kernels", "cuda_api", "gpu_activity")
-STAGES = ("patch_embed", "frame_block", "global_block", "converted_block", "camera_head", "depth_head", "point_head", "track_head")
 NSYS_HINT = (
     "install Nsight Systems (https://developer.nvidia.com/nsight-systems) and put `nsys` on PATH, "
     "or give its path with nsys=/path/to/nsys"
@@ -55,7 +54,8 @@ def find_nsys(configured: Optional[str]) -> str:
 def _tag(cfg, point) -> str:
     if cfg.tag:
         return str(cfg.tag)
-    return f"{point.frame_exec}_S{point.frames}_k{point.prune_depth}_{point.attention}_{point.dtype}_{cfg.profiler}"
+    ex = point.execution
+    return f"{ex.frame_exec}_S{point.frames}_k{ex.prune_depth}_{ex.attention}_{ex.dtype}_{cfg.profiler}"
 
 
 def _user_overrides() -> List[str]:
@@ -68,7 +68,7 @@ def _user_overrides() -> List[str]:
 # ---- capturing ------------------------------------------------------------------------------
 def _capture(cfg, point, profiler: str, trace_path: Optional[str]):
     net = get_model(point)
-    net.configure(point.execution())
+    net.configure(point.execution)
     images, queries = make_inputs(point)
     fn = forward_fn(net, point, images, queries)
     cuda = point.device.startswith("cuda")
@@ -154,22 +154,6 @@ def write_tables(tables: Dict[str, pd.DataFrame], directory: str) -> None:
         f.write("\n".join(notes) + ("\n" if notes else ""))
 
 
-def _per_iteration(ranges: pd.DataFrame, name: str, column: str, iterations: int) -> float:
-    rows = ranges[ranges["range"] == name]
-    return float(rows[column].sum()) / iterations if len(rows) else float("nan")
-
-
-def summary_row(ranges: pd.DataFrame, activity: pd.DataFrame, iterations: int) -> dict:
-    row = activity.iloc[0].to_dict() if len(activity) else {}
-    frame = ranges[ranges["range"] == "frame_block"]
-    row["kernels_per_frame_layer"] = float(frame["kernels"].sum() / frame["calls"].sum()) if len(frame) and frame["calls"].sum() else float("nan")
-    for stage in STAGES:
-        for column in ("gpu_ms", "gpu_busy_ms", "cpu_ms"):
-            if column in ranges:
-                row[f"{stage}_{column}"] = _per_iteration(ranges, stage, column, iterations)
-    return row
-
-
 def rebuild_combined(out: str) -> None:
     """``profile_ranges.csv`` and ``profile_summary.csv`` from every ``<out>/profiles/*/``."""
     ranges, summaries = [], []
@@ -227,7 +211,7 @@ def main(cfg) -> int:
             find_nsys(cfg.nsys)  # first: the fix for a missing nsys is the more useful message
         if cfg.profiler == "nsys" and not point.device.startswith("cuda") and not cfg.dry_run:
             raise UserError("profiler=nsys traces CUDA work: it needs device=cuda (use profiler=torch on the CPU)")
-        point.nvtx = True
+        point.execution.nvtx = True
         if cfg.profiler == "none":
             _capture(cfg, point, "none", None)
             return 0
@@ -243,7 +227,7 @@ def main(cfg) -> int:
             _capture(cfg, point, "torch", source)
         tables = read_any(source)
         write_tables(tables, directory)
-        meta = {**{k: v for k, v in point.knobs().items() if k in KNOBS}, "tag": tag, "profiler": cfg.profiler,
+        meta = {**point.knobs(), "tag": tag, "profiler": cfg.profiler,
                 "iterations": int(cfg.iterations), "source": source, **environment(torch.device(point.device))}
         with open(os.path.join(directory, "point.json"), "w") as f:
             json.dump(meta, f, indent=1, default=str)

@@ -14,30 +14,31 @@ import statistics
 import sys
 import time
 import traceback
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 
-import model
-from model import attention
-from model.config import ConfigError, ExecutionConfig, VGGTConfig
-from model.inputs import image_folder, synthetic_images
+import vggt_model
+from vggt_model import attention
+from vggt_model.config import ConfigError, ExecutionConfig, VGGTConfig, knob_fields
+from vggt_model.inputs import image_folder, synthetic_images
 
 from . import env, flops, gpus
+from .config import execution_config
+from .errors import UserError
 from .results import point_id
+from .schema import WORKLOAD
 
 PARTS = ("aggregator", "full")
-
-
-class UserError(ValueError):
-    """Bad input: printed as one line naming the fix, exit code 2."""
+IMAGE_MODES = ("crop", "pad")
 
 
 # ---- resolving a configuration ---------------------------------------------------------------
 @dataclass
 class Point:
-    """A fully resolved configuration (no ``auto`` left)."""
+    """A fully resolved configuration (no ``auto`` left): the workload, and how the model runs."""
 
     arch: str
     device: str
@@ -46,37 +47,21 @@ class Point:
     height: int
     width: int
     part: str
-    frame_exec: str
-    frame_chunk: int
-    prune_depth: int
-    prune_weights: str
-    attention: str
-    dtype: str
-    tf32: bool
-    compile: str
-    cuda_graph: bool
-    inputs: str
-    checkpoint: Optional[str]
-    seed: int
-    nvtx: bool
     query_points: int
-    image_mode: str
-    input_seed: int
+    inputs: str
+    execution: ExecutionConfig
+    checkpoint: Optional[str] = None
+    seed: int = 0
+    image_mode: str = "crop"
+    input_seed: int = 0
 
     def knobs(self) -> dict:
-        from .schema import KNOBS
-
-        return {k: getattr(self, k) for k in KNOBS}
+        """Every column that identifies the point: workload fields, then the execution knobs."""
+        return {**{k: getattr(self, k) for k in WORKLOAD}, **dataclasses.asdict(self.execution)}
 
     @property
     def point_id(self) -> str:
         return point_id(self.knobs())
-
-    def execution(self) -> ExecutionConfig:
-        return ExecutionConfig(
-            frame_exec=self.frame_exec, frame_chunk=self.frame_chunk, prune_depth=self.prune_depth,
-            prune_weights=self.prune_weights, attention=self.attention, nvtx=self.nvtx,
-        )
 
     def model_config(self) -> VGGTConfig:
         return VGGTConfig.named(self.arch)
@@ -109,49 +94,42 @@ def resolve(cfg) -> Point:
     if int(i.batch) < 1:
         raise UserError(f"inputs.batch must be >= 1, got {i.batch}")
     if cfg.part not in PARTS:
-        raise UserError(f"unknown part {cfg.part!r}; use part=aggregator or part=full")
-    if dtype not in model.PRECISIONS:
-        raise UserError(f"unknown model.dtype {dtype!r}; choose one of {list(model.PRECISIONS)} or auto")
-    if m.cuda_graph and not on_gpu:
-        raise UserError("model.cuda_graph=true needs a CUDA GPU (device=cuda); CUDA graphs do not exist on the CPU")
-    if m.compile not in model.COMPILE_MODES:
-        raise UserError(f"unknown model.compile {m.compile!r}; choose one of {list(model.COMPILE_MODES)}")
+        raise UserError(f"unknown part {cfg.part!r}; choose one of {list(PARTS)}")
+    if i.mode not in IMAGE_MODES:
+        raise UserError(f"unknown inputs.mode {i.mode!r}; choose one of {list(IMAGE_MODES)}")
     try:
         mcfg = VGGTConfig.named(arch)
+        execution = execution_config(m, dtype=dtype).validate(mcfg.aggregator.depth, prefix="model.")
     except ConfigError as exc:
         raise UserError(str(exc))
+    if execution.cuda_graph and not on_gpu:
+        raise UserError("model.cuda_graph=true needs a CUDA GPU (device=cuda); CUDA graphs do not exist on the CPU")
     p = mcfg.aggregator.patch_size
     if i.image_dir is not None:
         height, width = _image_size(i.image_dir, i.mode)
     if height % p or width % p or height < p or width < p:
         raise UserError(f"inputs.height and inputs.width must be positive multiples of {p}, got {height} x {width}")
-    point = Point(
-        arch=arch, device=device, frames=int(cfg.frames), batch=int(i.batch), height=int(height), width=int(width),
-        part=cfg.part, frame_exec=m.frame_exec, frame_chunk=int(m.frame_chunk), prune_depth=int(m.prune_depth),
-        prune_weights=m.prune_weights, attention=m.attention, dtype=dtype, tf32=bool(m.tf32), compile=m.compile,
-        cuda_graph=bool(m.cuda_graph),
-        inputs=os.path.abspath(i.image_dir) if i.image_dir else "synthetic", checkpoint=m.checkpoint, seed=int(m.seed),
-        nvtx=bool(m.nvtx), query_points=int(i.query_points), image_mode=i.mode, input_seed=int(i.seed),
-    )
-    try:
-        point.execution().validate(mcfg.aggregator.depth)
-    except ConfigError as exc:
-        raise UserError(f"model.{str(exc)}" if not str(exc).startswith("unknown attention") else str(exc) + " (model.attention)")
     if int(cfg.measure.repeats) < 1 or int(cfg.measure.warmup) < 0:
         raise UserError(f"measure.repeats must be >= 1 and measure.warmup >= 0, got {cfg.measure.repeats}, {cfg.measure.warmup}")
-    if point.image_mode not in ("crop", "pad"):
-        raise UserError(f"inputs.mode must be crop or pad, got {point.image_mode!r}")
     if m.checkpoint is not None and not os.path.isfile(m.checkpoint):
         raise UserError(f"model.checkpoint not found: {m.checkpoint} (give the path of model.pt or a .safetensors file)")
-    return point
+    return Point(
+        arch=arch, device=device, frames=int(cfg.frames), batch=int(i.batch), height=int(height), width=int(width),
+        part=cfg.part, query_points=int(i.query_points),
+        inputs=os.path.abspath(i.image_dir) if i.image_dir else "synthetic", execution=execution,
+        checkpoint=m.checkpoint, seed=int(m.seed), image_mode=i.mode, input_seed=int(i.seed),
+    )
 
 
 # ---- model cache: building VGGT-1B costs seconds, so points that share weights reuse it --------
 _CACHE: dict = {}
+# Knobs applied when the model is built (precision, compile): a point that changes one rebuilds.
+BUILD_KNOBS = [f.name for f in knob_fields(ExecutionConfig) if f.metadata["applied"] == "build"]
 
 
-def get_model(point: Point) -> model.VGGT:
-    key = (point.arch, point.device, point.seed, point.checkpoint, point.dtype, point.tf32, point.compile, point.part)
+def get_model(point: Point) -> vggt_model.VGGT:
+    ex = point.execution
+    key = (point.arch, point.device, point.seed, point.checkpoint, point.part, *(getattr(ex, k) for k in BUILD_KNOBS))
     if _CACHE.get("key") != key:
         _CACHE.clear()
         gc.collect()
@@ -160,17 +138,15 @@ def get_model(point: Point) -> model.VGGT:
         cfg = point.model_config()
         if point.part == "aggregator":  # heads are not timed: do not hold their weights
             cfg.camera_head = cfg.depth_head = cfg.point_head = cfg.track_head = None
+        net = vggt_model.build(cfg, point.device, point.seed)
         if point.checkpoint:
-            net = model.build(cfg, point.device, point.seed)
-            state = model.checkpoint.read_state_dict(point.checkpoint)
+            state = vggt_model.checkpoint.read_state_dict(point.checkpoint)
             if point.part == "aggregator":
                 state = {k: v for k, v in state.items() if k.startswith("aggregator.")}
-            model.checkpoint.check(net, state, point.checkpoint)
+            vggt_model.checkpoint.check(net, state, point.checkpoint)
             net.load_state_dict(state, strict=True)
-        else:
-            net = model.build(cfg, point.device, point.seed)
-        model.set_precision(net, point.dtype, point.tf32)
-        model.apply_compile(net, point.compile)
+        vggt_model.set_precision(net, ex.dtype, ex.tf32)
+        vggt_model.apply_compile(net, ex.compile)
         _CACHE.update(key=key, model=net)
     return _CACHE["model"]
 
@@ -189,14 +165,14 @@ def make_inputs(point: Point):
 
 
 # ---- timing ----------------------------------------------------------------------------------
-def forward_fn(net: model.VGGT, point: Point, images, queries) -> Callable[[], object]:
+def forward_fn(net: vggt_model.VGGT, point: Point, images, queries) -> Callable[[], object]:
     if point.part == "aggregator":
         step = net.aggregate
     else:
         def step(x):
             return net(x, queries)
-    if point.cuda_graph:
-        graphed = model.GraphedForward(step, images)
+    if point.execution.cuda_graph:
+        graphed = vggt_model.GraphedForward(step, images)
         return lambda: graphed(images)
     return lambda: step(images)
 
@@ -286,11 +262,12 @@ def measure(point: Point, warmup: int, repeats: int, drift: bool = False) -> dic
     cfg = point.model_config()
     with torch.inference_mode():
         net = get_model(point)
-        reason = attention.why_unavailable(point.attention, device, net.compute_dtype, cfg.aggregator.head_dim)
+        ex = point.execution
+        reason = attention.why_unavailable(ex.attention, device, net.compute_dtype, cfg.aggregator.head_dim)
         if reason is not None:
             return {"status": "unavailable", "message": reason}
-        net.configure(point.execution())
-        if point.compile != "off":
+        net.configure(ex)
+        if ex.compile != "off":
             # Compiled code is cached per code object, shared by every point of the process:
             # without a reset, new shapes recompile until dynamo's recompile limit and then
             # silently run eager. Each point compiles afresh (in its warm-up, untimed).
@@ -320,10 +297,10 @@ def measure(point: Point, warmup: int, repeats: int, drift: bool = False) -> dic
             row["peak_alloc_gib"] = row["peak_reserved_gib"] = math.nan
             row["device_mem_gib"] = env.machine_memory_gib()
         row["drift_rel"] = math.nan
-        if drift and point.prune_depth > 0:
+        if drift and ex.prune_depth > 0:
             # Only the aggregator is needed: the drift is measured on the last layer's tokens.
             test = _last_layer(net.aggregate(images))
-            net.configure(ExecutionConfig(frame_exec=point.frame_exec, frame_chunk=point.frame_chunk, attention=point.attention))
+            net.configure(ex.replace(prune_depth=0))
             ref = _last_layer(net.aggregate(images))
             row["drift_rel"] = float((test - ref).norm() / ref.norm())
         del images, queries, fn
@@ -338,9 +315,10 @@ def derived(point: Point, row: dict, gpu_name: str) -> dict:
         "tokens_per_frame": (point.height // agg.patch_size) * (point.width // agg.patch_size) + agg.patch_start_idx,
     }
     out["flops"] = flops.forward_flops(
-        cfg, point.part, point.height, point.width, point.frames, point.batch, point.prune_depth, point.query_points
+        cfg, point.part, point.height, point.width, point.frames, point.batch, point.execution.prune_depth,
+        point.query_points,
     )
-    peak, source = gpus.peak_tflops(gpu_name, point.dtype, point.tf32)
+    peak, source = gpus.peak_tflops(gpu_name, point.execution.dtype, point.execution.tf32)
     out["peak_tflops"], out["peak_source"] = peak, source
     median = row.get("latency_ms_median")
     if row.get("status") == "ok" and median:
@@ -359,7 +337,7 @@ def run_point(point: Point, warmup: int, repeats: int, drift: bool = False, expe
     row["checkpoint"] = point.checkpoint or ""
     try:
         row.update(measure(point, warmup, repeats, drift))
-    except model.checkpoint.CheckpointError as exc:
+    except vggt_model.checkpoint.CheckpointError as exc:
         raise UserError(str(exc))
     except BaseException as exc:  # a point's failure is a result; Ctrl-C still stops the sweep
         if isinstance(exc, KeyboardInterrupt):
@@ -379,10 +357,8 @@ def run_point(point: Point, warmup: int, repeats: int, drift: bool = False, expe
 
 def _image_size(folder: str, mode: str):
     """(H, W) the image folder's frames have after upstream's preprocessing."""
-    from model.inputs import list_images, load_images
+    from vggt_model.inputs import list_images, load_images
 
-    if mode not in ("crop", "pad"):
-        raise UserError(f"inputs.mode must be crop or pad, got {mode!r}")
     try:
         files = list_images(folder)
     except FileNotFoundError as exc:

@@ -4,8 +4,10 @@ Units are in the column names: ``_ms`` milliseconds, ``_gib`` GiB (2**30 bytes),
 ``_tflops`` TFLOP/s, ``flops`` floating-point operations (2 per multiply-add).
 """
 
-# What identifies a measured point (a sweep's grid coordinates plus what shapes the work).
-KNOBS = [
+from vggt_model.config import ExecutionConfig, knob_fields
+
+# What identifies a measured point: the workload (what shapes the work) and every execution knob.
+WORKLOAD = [
     "arch",            # vggt1b | small
     "device",          # cuda | cpu (resolved, never "auto")
     "frames",          # S
@@ -13,19 +15,12 @@ KNOBS = [
     "height",          # pixels
     "width",           # pixels
     "part",            # aggregator | full
-    "frame_exec",      # fused | sequential | chunked
-    "frame_chunk",     # frames per call when chunked
-    "prune_depth",     # k global layers converted to frame attention
-    "prune_weights",   # global | frame
-    "attention",       # backend name
-    "dtype",           # fp32 | bf16_autocast | bf16 | fp16
-    "tf32",            # bool
-    "compile",         # off | default | reduce-overhead | max-autotune
-    "cuda_graph",      # bool: the timed forward replayed as one CUDA graph
-    "nvtx",            # bool: NVTX / profiler ranges emitted (their overhead is measurable)
     "query_points",    # tracks the track head follows (part=full)
     "inputs",          # synthetic | <image_dir>
 ]
+# The model's execution knobs, in declaration order: one column each (vggt_model/config.py).
+EXECUTION = [f.name for f in knob_fields(ExecutionConfig)]
+KNOBS = WORKLOAD + EXECUTION
 
 ENVIRONMENT = [
     "gpu_name", "gpu_mem_gib", "driver", "torch_version", "cuda_version", "cudnn_version",

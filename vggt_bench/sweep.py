@@ -16,19 +16,14 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from .errors import UserError, fail
 from .results import ResultStore
-from .runner import UserError, resolve, run_point
+from .runner import resolve, run_point
 
 SUMMARY_COLUMNS = [
     "frames", "frame_exec", "prune_depth", "attention", "dtype", "status",
     "latency_ms_median", "peak_alloc_gib", "peak_rss_gib", "fps", "achieved_tflops",
 ]
-
-
-def fail(message: str, code: int = 2):
-    """One line on stderr, no traceback, non-zero exit."""
-    print(f"vggt_bench: error: {message}", file=sys.stderr)
-    raise SystemExit(code)
 
 
 def open_store(out: str) -> ResultStore:
@@ -62,10 +57,8 @@ def run_job(cfg: DictConfig) -> dict:
 
 
 def _describe(point) -> str:
-    return (
-        f"{point.arch} S={point.frames} {point.frame_exec} k={point.prune_depth} {point.attention} "
-        f"{point.dtype} {point.part}"
-    )
+    ex = point.execution
+    return f"{point.arch} S={point.frames} {ex.frame_exec} k={ex.prune_depth} {ex.attention} {ex.dtype} {point.part}"
 
 
 def _result(row: dict) -> str:

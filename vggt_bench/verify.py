@@ -10,16 +10,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import torch
 
-import model
-from model.config import ConfigError, VGGTConfig
+import vggt_model
+from vggt_model.config import ConfigError, VGGTConfig
 
-from .runner import UserError, resolve_device
+from .config import execution_config
+from .errors import EXIT_USER_ERROR, UserError, say_error
+from .runner import resolve_device
 
 # Relative L2 error allowed when the model runs in half precision against fp32 references.
 HALF_REL_L2 = {"bf16_autocast": 2e-2, "bf16": 2e-2, "fp16": 1e-2}
@@ -110,7 +111,7 @@ def compare(name: str, ours: torch.Tensor, ref: torch.Tensor, atol: float, rtol:
                  f"half precision: rel L2 <= {rel_l2_max:g}")
 
 
-def _outputs(net: model.VGGT, case: dict, images: torch.Tensor, queries) -> Dict[str, torch.Tensor]:
+def _outputs(net: vggt_model.VGGT, case: dict, images: torch.Tensor, queries) -> Dict[str, torch.Tensor]:
     captured = {}
     hook = net.aggregator.patch_embed.register_forward_hook(lambda m, i, o: captured.__setitem__("patch", o))
     try:
@@ -135,16 +136,16 @@ def verify_case(directory: str, device: str, settings, tolerance_scale: float = 
         cfg = VGGTConfig.from_modules(case["modules"]).validate()
     except (ConfigError, TypeError, KeyError) as exc:
         raise CaseError(f"case.json modules: {exc}")
-    net = model.VGGT(cfg).eval()
-    model.checkpoint.check(net, state, os.path.join(directory, "state_dict.safetensors"))
+    # references are fp32: `auto` means fp32 here
+    dtype = "fp32" if settings.dtype == "auto" else settings.dtype
+    execution = execution_config(settings, dtype=dtype).validate(cfg.aggregator.depth, prefix="model.")
+    net = vggt_model.VGGT(cfg).eval()
+    vggt_model.checkpoint.check(net, state, os.path.join(directory, "state_dict.safetensors"))
     net.load_state_dict(state, strict=True)
     net.to(device)
-    model.set_precision(net, settings.dtype, settings.tf32)
-    net.configure(model.ExecutionConfig(
-        frame_exec=settings.frame_exec, frame_chunk=settings.frame_chunk, prune_depth=settings.prune_depth,
-        prune_weights=settings.prune_weights, attention=settings.attention,
-    ))
-    rel_l2_max = HALF_REL_L2.get(settings.dtype)
+    vggt_model.set_precision(net, execution.dtype, execution.tf32)
+    net.configure(execution)
+    rel_l2_max = HALF_REL_L2.get(execution.dtype)
     checks = []
     for prefix, key in (("output", "input.images"), ("output_square", "input.images_square")):
         if key not in io:
@@ -180,9 +181,9 @@ def verify_checkpoint(path: str, arch: str) -> int:
     except ConfigError as exc:
         raise UserError(str(exc))
     with torch.device("meta"):
-        net = model.VGGT(cfg)
-    state = model.checkpoint.read_state_dict(path)
-    missing, unexpected, mismatched = model.checkpoint.compare(net, state)
+        net = vggt_model.VGGT(cfg)
+    state = vggt_model.checkpoint.read_state_dict(path)
+    missing, unexpected, mismatched = vggt_model.checkpoint.compare(net, state)
     if missing or unexpected or mismatched:
         for line in [f"missing: {k}" for k in missing] + [f"unexpected: {k}" for k in unexpected] + [f"shape: {m}" for m in mismatched]:
             print("  " + line)
@@ -205,12 +206,10 @@ def main(cfg) -> int:
                 return code
         device = resolve_device(cfg.device)
         checks = verify_case(cfg.case, device, cfg.model, float(cfg.tolerance_scale))
-    except (CaseError, UserError, model.checkpoint.CheckpointError, ConfigError) as exc:
-        print(f"vggt_bench: error: {exc}", file=sys.stderr)
-        return 2
-    except model.attention.BackendUnavailable as exc:
-        print(f"vggt_bench: error: {exc}", file=sys.stderr)
-        return 2
+    except (CaseError, UserError, vggt_model.checkpoint.CheckpointError, ConfigError,
+            vggt_model.attention.BackendUnavailable) as exc:
+        say_error(str(exc))
+        return EXIT_USER_ERROR
     m = cfg.model
     print(f"case {cfg.case} on {device}: dtype={m.dtype} attention={m.attention} frame_exec={m.frame_exec} "
           f"prune_depth={m.prune_depth}")

@@ -15,8 +15,8 @@ import sys
 
 import torch
 
-import model
-from model.inputs import synthetic_images
+import vggt_model
+from vggt_model.inputs import synthetic_images
 
 
 def outputs(net, images):
@@ -44,31 +44,31 @@ def main():
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
-    cfg = model.VGGTConfig.named(args.arch)
+    cfg = vggt_model.VGGTConfig.named(args.arch)
     cfg.track_head = None
-    net = model.build(cfg, args.device, seed=0)
+    net = vggt_model.build(cfg, args.device, seed=0)
     fp32_state = {k: v.detach().clone().cpu() for k, v in net.state_dict().items()}
     images = synthetic_images(args.frames, args.height, args.width, device=args.device)
-    model.set_precision(net, "fp32", tf32=False)
-    net.configure(model.ExecutionConfig(attention="sdpa_math"))
+    vggt_model.set_precision(net, "fp32", tf32=False)
+    net.configure(vggt_model.ExecutionConfig(attention="sdpa_math"))
     ref = outputs(net, images)
 
     rows = []
-    for backend in model.attention.BACKENDS:
+    for backend in vggt_model.attention.BACKENDS:
         for precision in ("fp32", "bf16_autocast", "bf16"):
             # bf16 weights are rounded: start each run from the fp32 weights (load copies into
             # the parameters' current dtype, so go back to fp32 first)
-            model.set_precision(net, "fp32", tf32=False)
+            vggt_model.set_precision(net, "fp32", tf32=False)
             net.load_state_dict(fp32_state)
-            model.set_precision(net, precision, tf32=False)
+            vggt_model.set_precision(net, precision, tf32=False)
             dtype = net.compute_dtype
-            reason = model.attention.why_unavailable(backend, args.device, dtype, cfg.aggregator.head_dim)
+            reason = vggt_model.attention.why_unavailable(backend, args.device, dtype, cfg.aggregator.head_dim)
             row = {"backend": backend, "precision": precision}
             if reason is not None:
                 row["status"] = "unavailable: " + reason
             else:
                 try:
-                    net.configure(model.ExecutionConfig(attention=backend))
+                    net.configure(vggt_model.ExecutionConfig(attention=backend))
                     out = outputs(net, images)
                     row.update({f"rel_{k}": rel(out[k], ref[k]) for k in ref})
                     row["status"] = "ok"

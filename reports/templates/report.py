@@ -12,24 +12,19 @@
 # %% tags=["parameters"]
 RESULTS_DIR = "reports/runs/latest"  # a results directory
 REFERENCE = "upstream_h100"          # published reference points on the scaling wall; None: none
-REPO_ROOT = None                     # where vggt_bench lives, when it is not installed
 
 # %%
-import sys
-
-if REPO_ROOT and REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
-
 import pandas as pd
 from IPython.display import Markdown, display
 
-from vggt_bench.report import notebook as report
-from vggt_bench.report import plots
+from vggt_bench.analysis import findings as report
+from vggt_bench.analysis import tables as analysis
+from vggt_bench.report import notebook, plots
 
 pd.set_option("display.max_columns", 40)
 pd.set_option("display.width", 200)
 pd.set_option("display.max_colwidth", 120)
-tables = plots.load_tables(RESULTS_DIR)
+tables = analysis.load_tables(RESULTS_DIR)
 results = tables.results
 found = report.findings(results)
 display(Markdown(f"Results: `{RESULTS_DIR}`"))
@@ -60,11 +55,11 @@ for plot in plots.figures(tables, REFERENCE):
     base = plot.name.split("__")[0]
     context = plot.name.split("__")[1] if "__" in plot.name else ""
     display(Markdown(f"### {base.replace('_', ' ')}" + (f" ({context})" if context else "")
-                     + f"\n\n{report.CAPTIONS.get(base, '')}"))
+                     + f"\n\n{notebook.CAPTIONS.get(base, '')}"))
     if plot.figure is None:
         display(Markdown(f"*Not drawn: {plot.note}.*"))
     else:
-        report.show(plot.figure)
+        notebook.show(plot.figure)
         if plot.note:
             display(Markdown(f"*Note: {plot.note}.*"))
 
@@ -100,14 +95,14 @@ for f in found:
 # ### Fused over sequential, and global-to-frame conversion
 
 # %%
-pairs = plots.speedup_pairs(results)
+pairs = analysis.speedup_pairs(results)
 if pairs.empty:
     display(Markdown("No frame count was measured both fused and sequential."))
 else:
     display(pairs[["frames", "attention", "prune_depth", "dtype", "latency_ms_slow", "latency_ms_fast", "speedup"]]
             .astype({"frames": int, "prune_depth": int})
             .sort_values(["attention", "prune_depth", "frames"]).round(3).reset_index(drop=True))
-conversion = plots.conversion_table(results)
+conversion = analysis.conversion_table(results)
 if conversion.empty:
     display(Markdown("No global-to-frame conversion was measured (no `prune_depth > 0` points)."))
 else:

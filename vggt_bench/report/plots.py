@@ -1,13 +1,14 @@
-"""Figures of a results directory, each made from a tidy DataFrame (never from raw traces).
+"""Figures of a results directory, each drawn from a tidy DataFrame (never from raw traces).
 
-One function per figure. Each takes the table(s) it reads and returns a ``Plot``: a matplotlib
+Drawing only: which rows are comparable, the exact model's rows, speedup pairs, stage times and
+every other table a figure shows come from ``vggt_bench.analysis``. One function per figure. Each takes the table(s) it reads and returns a ``Plot``: a matplotlib
 ``Figure``, or ``None`` and the reason it was skipped (no data of that kind). ``render_figures``
 writes every figure of a results directory as PNG and SVG into ``<out>/figures/``.
 
 Tables mixing settings are split, never averaged:
 
-* A *context* is what makes two measurements incomparable (device, arch, resolution, batch,
-  part, dtype, TF32, compile, CUDA graph, inputs). ``render_figures`` draws each figure once per context;
+* A *context* is what makes two measurements incomparable (the workload, and every knob that
+  is neither drawn as a series nor an approximation: ``analysis.tables.CONTEXT``). ``render_figures`` draws each figure once per context;
   the file names then carry what varies (``scaling_wall__bf16_autocast.png``). A figure function
   handed several contexts draws the one with the most ``ok`` rows and says so in its note.
 * Within a context each figure fixes what it does not plot: the exact model (``prune_depth``
@@ -34,8 +35,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
-from dataclasses import dataclass, field
 from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -46,34 +45,26 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from ..schema import GPU_ACTIVITY_COLUMNS, KNOBS, MEASUREMENTS, NVTX_RANGE_COLUMNS, RESULT_COLUMNS
+from ..analysis.tables import (
+    CONTEXT, FRAME_EXEC_ORDER, STAGES, Tables, baseline_depth, context_line, contexts, context_slug,
+    conversion_table, device_label, device_memory_gib, exact_rows, failure_notes, fmt_percent, launch_table, load_tables, missing, ok_rows, one_context, one_sided_notes, order_exec, part_name, shorten,
+    speedup_pairs, stage_times, tidy_profile, tidy_results, unavailable_notes, with_gpu_name,
+)
 from . import reference as references
 
 FIGURES_DIR = "figures"
-PROFILE_SUMMARY = "profile_summary.csv"
-PROFILE_RANGES = "profile_ranges.csv"
 
-# What makes two rows incomparable: one figure per combination present.
-CONTEXT = ["device", "gpu_name", "arch", "height", "width", "batch", "part", "dtype", "tf32", "compile", "cuda_graph",
-           "inputs"]
-FRAME_EXEC_ORDER = ["fused", "sequential", "chunked"]
+
 FRAME_EXEC_LINE = {"fused": "-", "sequential": "--", "chunked": ":"}
+
+
 FRAME_EXEC_MARKER = {"fused": "o", "sequential": "s", "chunked": "^"}
-STAGES = ["patch_embed", "frame_block", "global_block", "converted_block", "heads", "other"]
-HEADS = ["camera_head", "depth_head", "point_head", "track_head"]
+
+
 STAGE_COLORS = {
     "patch_embed": "#8c6d31", "frame_block": "#1f77b4", "global_block": "#d62728",
     "converted_block": "#ff7f0e", "heads": "#2ca02c", "other": "#bdbdbd",
 }
-_INT_COLUMNS = ["frames", "batch", "height", "width", "frame_chunk", "prune_depth", "query_points", "iterations"]
-_TEXT_COLUMNS = [
-    "point_id", "experiment", "arch", "device", "part", "frame_exec", "prune_weights", "attention", "dtype",
-    "compile", "inputs", "gpu_name", "driver", "torch_version", "cuda_version", "cudnn_version", "python_version",
-    "cpu", "git_commit", "host", "timestamp", "checkpoint", "status", "message", "peak_source", "tag", "profiler",
-    "range", "domain",
-]
-_BOOL_COLUMNS = ["tf32", "cuda_graph", "nvtx", "random_weights", "disagree"]
-_BOOL_KNOBS = ["tf32", "cuda_graph", "nvtx"]  # absent (older tables) means off
 
 
 class Plot(NamedTuple):
@@ -83,215 +74,6 @@ class Plot(NamedTuple):
     note: str = ""
 
 
-# ---- tables -------------------------------------------------------------------------------------
-@dataclass
-class Tables:
-    """The tidy tables of one results directory (empty frames where a table is absent)."""
-
-    results: pd.DataFrame
-    profile_summary: pd.DataFrame = field(default_factory=pd.DataFrame)
-    profile_ranges: pd.DataFrame = field(default_factory=pd.DataFrame)
-
-
-def _coerce(frame: pd.DataFrame) -> pd.DataFrame:
-    """Types the report relies on, whatever Parquet/CSV made of all-missing columns."""
-    frame = frame.copy()
-    numeric = set(MEASUREMENTS) | set(GPU_ACTIVITY_COLUMNS) | set(NVTX_RANGE_COLUMNS) | {
-        "gpu_mem_gib", "kernels_per_frame_layer", *_INT_COLUMNS}
-    numeric -= set(_TEXT_COLUMNS) | set(_BOOL_COLUMNS)
-    for col in frame.columns:
-        if col in numeric:
-            frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
-        elif col in _BOOL_COLUMNS:
-            frame[col] = frame[col].map(_as_bool).astype("object")
-        elif col in _TEXT_COLUMNS:
-            frame[col] = frame[col].map(lambda v: "" if _missing(v) else str(v)).astype("object")
-    return frame
-
-
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
-
-
-def _as_bool(value):
-    if _missing(value):
-        return None
-    if isinstance(value, str):
-        return value.strip().lower() in ("true", "1", "yes")
-    return bool(value)
-
-
-def tidy_results(frame: pd.DataFrame) -> pd.DataFrame:
-    """The results table with every RESULT_COLUMNS column present and numeric columns as floats."""
-    frame = frame.copy()
-    for col in RESULT_COLUMNS:
-        if col not in frame.columns:
-            frame[col] = None
-    frame = _coerce(frame)
-    for col in _BOOL_KNOBS:
-        frame[col] = frame[col].map(lambda v: False if v is None else v).astype(object)
-    return frame
-
-
-def tidy_profile(frame: pd.DataFrame) -> pd.DataFrame:
-    """A profile table (summary or ranges) with knob columns present and typed."""
-    frame = frame.copy()
-    for col in KNOBS + ["tag", "profiler", "iterations"]:
-        if col not in frame.columns:
-            frame[col] = None
-    frame = _coerce(frame)
-    for col in _BOOL_KNOBS:
-        frame[col] = frame[col].map(lambda v: False if v is None else v).astype(object)
-    frame["iterations"] = frame["iterations"].fillna(1.0).clip(lower=1.0)
-    return frame
-
-
-def _read_csv(path: str) -> pd.DataFrame:
-    if not os.path.exists(path) or os.path.getsize(path) == 0:
-        return pd.DataFrame()
-    try:
-        return pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        return pd.DataFrame()
-
-
-def load_tables(out_dir: str) -> Tables:
-    """Results and (where present) profile tables of ``out_dir``.
-
-    Profile tables are looked for in ``<out>/`` and then ``<out>/profiles/``.
-    Raises FileNotFoundError when there is no results table.
-    """
-    from ..results import load_results
-
-    results = tidy_results(load_results(out_dir))
-    profiles = {}
-    for name in (PROFILE_SUMMARY, PROFILE_RANGES):
-        for folder in (out_dir, os.path.join(out_dir, "profiles")):
-            table = _read_csv(os.path.join(folder, name))
-            if len(table):
-                break
-        profiles[name] = tidy_profile(table) if len(table) else pd.DataFrame()
-    return Tables(results, profiles[PROFILE_SUMMARY], profiles[PROFILE_RANGES])
-
-
-def ok_rows(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows that measured a latency (``status == "ok"``)."""
-    if frame.empty:
-        return frame
-    return frame[(frame["status"] == "ok") & frame["latency_ms_median"].notna()]
-
-
-def contexts(frame: pd.DataFrame) -> List[Tuple[dict, pd.DataFrame]]:
-    """``[(context, rows)]``, one per combination of CONTEXT values, most ``ok`` rows first."""
-    if frame.empty:
-        return []
-    cols = [c for c in CONTEXT if c in frame.columns]
-    keyed = frame.assign(**{f"_ctx_{c}": frame[c].map(lambda v: "" if _missing(v) else v) for c in cols})
-    groups = []
-    for key, rows in keyed.groupby([f"_ctx_{c}" for c in cols], sort=True, dropna=False):
-        rows = rows.drop(columns=[f"_ctx_{c}" for c in cols])
-        n_ok = int((rows["status"] == "ok").sum()) if "status" in rows else len(rows)
-        groups.append((dict(zip(cols, key)), rows, n_ok))
-    groups.sort(key=lambda g: -g[2])
-    return [(ctx, rows) for ctx, rows, _ in groups]
-
-
-def context_slug(context: dict, varying: Sequence[str]) -> str:
-    """File-name suffix naming the context values that vary across a directory."""
-    parts = []
-    if "height" in varying or "width" in varying:
-        parts.append(f"{_int(context.get('height'))}x{_int(context.get('width'))}")
-    for col in varying:
-        if col in ("height", "width", "device"):
-            continue
-        value = context.get(col)
-        if col == "gpu_name":
-            value = value or "cpu"
-        elif col == "batch":
-            value = f"b{_int(value)}"
-        elif col == "tf32":
-            value = "tf32" if value else "notf32"
-        elif col == "compile":
-            value = f"compile-{value}"
-        elif col == "cuda_graph":
-            value = "cudagraph" if value else "nocudagraph"
-        parts.append(str(value))
-    slug = "_".join(parts)
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", slug).strip("-")
-
-
-def _one_context(frame: pd.DataFrame) -> Tuple[pd.DataFrame, str]:
-    groups = contexts(frame)
-    if len(groups) <= 1:
-        return frame, ""
-    ctx, rows = groups[0]
-    return rows, f"table mixes {len(groups)} settings; drew {context_line(rows)} (render_figures draws each)"
-
-
-def _int(value) -> str:
-    try:
-        return str(int(value))
-    except (TypeError, ValueError):
-        return "?"
-
-
-def device_label(frame: pd.DataFrame) -> str:
-    """The GPU's name, or "CPU"."""
-    names = sorted({n for n in frame.get("gpu_name", pd.Series(dtype=object)) if isinstance(n, str) and n})
-    if names:
-        return " / ".join(names)
-    devices = {d for d in frame.get("device", pd.Series(dtype=object)) if isinstance(d, str)}
-    return "GPU (name not recorded)" if any(d.startswith("cuda") for d in devices) else "CPU"
-
-
-def context_line(frame: pd.DataFrame) -> str:
-    """``device · arch · dtype · HxW`` (+ batch, compile, TF32 where not default) of the rows."""
-
-    def values(col, fmt=str):
-        if col not in frame:
-            return []
-        return sorted({fmt(v) for v in frame[col] if not _missing(v) and v != ""})
-
-    parts = [device_label(frame)]
-    parts += [" / ".join(values("arch"))] if values("arch") else []
-    parts += [" / ".join(values("dtype")) or "dtype ?"]
-    res = sorted({f"{_int(h)}×{_int(w)}" for h, w in zip(frame.get("height", []), frame.get("width", []))})
-    parts += [" / ".join(res) + " px"] if res else []
-    batches = values("batch", _int)
-    if batches and batches != ["1"]:
-        parts.append("batch " + " / ".join(batches))
-    compiles = values("compile")
-    if compiles and compiles != ["off"]:
-        parts.append("compile " + " / ".join(compiles))
-    if True in set(frame.get("tf32", [])) and "fp32" in values("dtype"):
-        parts.append("TF32")
-    if True in set(frame.get("cuda_graph", [])):
-        parts.append("CUDA graph")
-    parts += [" / ".join(values("part"))] if values("part") and values("part") != ["aggregator"] else []
-    return " · ".join(p for p in parts if p)
-
-
-def _baseline_depth(frame: pd.DataFrame) -> Optional[int]:
-    """The exact model's prune depth: 0 when measured, else the smallest depth present."""
-    depths = frame["prune_depth"].dropna()
-    if depths.empty:
-        return None
-    return 0 if (depths == 0).any() else int(depths.min())
-
-
-def _exact(frame: pd.DataFrame) -> Tuple[pd.DataFrame, str]:
-    k = _baseline_depth(frame)
-    if k is None:
-        return frame.iloc[0:0], ""
-    note = "" if k == 0 else f"no prune_depth=0 rows; drew prune_depth={k}"
-    return frame[frame["prune_depth"] == k], note
-
-
-def _order_exec(values) -> List[str]:
-    values = [v for v in dict.fromkeys(values) if v]
-    return sorted(values, key=lambda v: (FRAME_EXEC_ORDER.index(v) if v in FRAME_EXEC_ORDER else 9, v))
-
-
 def backend_colors(names) -> dict:
     """A fixed colour per backend name (sorted, tab10) so every figure agrees."""
     palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -299,7 +81,6 @@ def backend_colors(names) -> dict:
     return {name: palette[i % len(palette)] for i, name in enumerate(sorted(set(names)))}
 
 
-# ---- axes helpers -------------------------------------------------------------------------------
 def _plain_log(axis, lo: Optional[float] = None, hi: Optional[float] = None) -> None:
     """Log scale with 1-2-5 ticks (1-3 or decades over a wide range) written as plain numbers."""
     decades = math.log10(hi / lo) if lo and hi and lo > 0 and hi > lo else 2.0
@@ -311,7 +92,7 @@ def _plain_log(axis, lo: Optional[float] = None, hi: Optional[float] = None) -> 
 
 def _frames_axis(ax, frames) -> None:
     """Log x axis of frame counts, ticked at the measured counts when there are few."""
-    frames = sorted({int(f) for f in frames if not _missing(f)})
+    frames = sorted({int(f) for f in frames if not missing(f)})
     ax.set_xscale("log")
     if not frames:
         pass
@@ -367,16 +148,11 @@ def _suptitle(fig: Figure, what: str, frame: pd.DataFrame, extra: str = "") -> N
 def _footnote(fig: Figure, lines: Sequence[str]) -> None:
     lines = [s for s in lines if s]
     if lines:
-        text = "\n".join(_shorten(s, 150) for s in lines[:6])
+        text = "\n".join(shorten(s, 150) for s in lines[:6])
         if len(lines) > 6:
             text += f"\n(+{len(lines) - 6} more)"
         fig.text(0.0, 0.0, text, fontsize=7.5, color="#555555", ha="left", va="top",
                  transform=fig.transFigure, wrap=True)
-
-
-def _shorten(text: str, n: int) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def _latency_unit(ms_values) -> Tuple[str, float]:
@@ -385,23 +161,6 @@ def _latency_unit(ms_values) -> Tuple[str, float]:
     return ("s", 1e-3) if top >= 1000 else ("ms", 1.0)
 
 
-def _failures(frame: pd.DataFrame, statuses=("error",)) -> List[str]:
-    out = []
-    for _, row in frame[frame["status"].isin(statuses)].iterrows():
-        out.append(f"{row['status']}: S={_int(row['frames'])} {row['frame_exec']} {row['attention']} "
-                   f"k={_int(row['prune_depth'])}: {row['message']}")
-    return out
-
-
-def _unavailable(frame: pd.DataFrame) -> List[str]:
-    rows = frame[frame["status"] == "unavailable"]
-    seen = {}
-    for _, row in rows.iterrows():
-        seen.setdefault(row["attention"], row["message"])
-    return [f"{name} not available here: {msg}" for name, msg in sorted(seen.items())]
-
-
-# ---- 1. the scaling wall ------------------------------------------------------------------------
 def scaling_wall(results: pd.DataFrame, reference: Optional[str] = "upstream_h100") -> Plot:
     """Latency of the timed part vs frames (log-log): colour = attention backend, line style =
     frame execution (fused solid, sequential dashed, chunked dotted), p10-p90 shaded.
@@ -412,10 +171,10 @@ def scaling_wall(results: pd.DataFrame, reference: Optional[str] = "upstream_h10
     quadratic. ``reference`` (a name in ``reference.REFERENCES``) adds upstream's published points,
     only for GPU aggregator results at upstream's resolution.
     """
-    frame, note = _one_context(tidy_results(results))
+    frame, note = one_context(tidy_results(results))
     if frame.empty:
         return Plot(None, "no result rows")
-    rows, depth_note = _exact(frame)
+    rows, depth_note = exact_rows(frame)
     ok = ok_rows(rows)
     if ok.empty:
         counts = rows["status"].value_counts().to_dict() if len(rows) else {}
@@ -430,7 +189,7 @@ def scaling_wall(results: pd.DataFrame, reference: Optional[str] = "upstream_h10
     unit, scale = _latency_unit(list(ok["latency_ms_median"]) + ([1000.0] if ref is not None else []))
     colors = backend_colors(rows["attention"])
     fig, (ax,), lax = _new_figure(10.0, 5.4, legend=0.28)
-    execs = _order_exec(ok["frame_exec"])
+    execs = order_exec(ok["frame_exec"])
     foot: List[str] = []
     for (backend, exec_), series in ok.groupby(["attention", "frame_exec"], sort=True):
         series = series.sort_values("frames")
@@ -473,40 +232,21 @@ def scaling_wall(results: pd.DataFrame, reference: Optional[str] = "upstream_h10
         ax.set_ylim(top=ax.get_ylim()[1] * (1 + 0.6 * len(series_keys)))  # room for the OOM strip
         handles.append(Line2D([], [], color="black", ls="none", marker="x", ms=8, mew=2,
                               label="out of memory (top strip)"))
-    ax.set_ylabel(f"{_part_name(ok)} latency, median ({unit}, log scale)")
+    ax.set_ylabel(f"{part_name(ok)} latency, median ({unit}, log scale)")
     _side_legend(lax, handles, title="backend / execution")
-    _suptitle(fig, f"Scaling wall: {_part_name(ok)} latency vs frames", ok,
-              extra="" if _baseline_depth(rows) == 0 else f"prune_depth={_baseline_depth(rows)}")
-    _footnote(fig, _unavailable(rows) + _failures(rows) + foot)
+    _suptitle(fig, f"Scaling wall: {part_name(ok)} latency vs frames", ok,
+              extra="" if baseline_depth(rows) == 0 else f"prune_depth={baseline_depth(rows)}")
+    _footnote(fig, unavailable_notes(rows) + failure_notes(rows) + foot)
     return Plot(fig, "; ".join(n for n in (note, depth_note) if n))
-
-
-def _part_name(frame: pd.DataFrame) -> str:
-    parts = sorted(set(frame["part"]) - {""})
-    return "aggregator" if parts == ["aggregator"] else ("full model" if parts == ["full"] else "forward")
-
-
-# ---- 2. fused over sequential -------------------------------------------------------------------
-def speedup_pairs(results: pd.DataFrame, slow: str = "sequential", fast: str = "fused") -> pd.DataFrame:
-    """``speedup = latency(slow) / latency(fast)`` for every point measured both ways (ok rows),
-    matched on every knob except frame_exec and frame_chunk. Columns: the knobs, latency_ms_slow,
-    latency_ms_fast, speedup."""
-    ok = ok_rows(tidy_results(results))
-    keys = [k for k in KNOBS if k not in ("frame_exec", "frame_chunk")] + ["gpu_name"]
-    a = ok[ok["frame_exec"] == slow].groupby(keys, dropna=False)["latency_ms_median"].median().rename("latency_ms_slow")
-    b = ok[ok["frame_exec"] == fast].groupby(keys, dropna=False)["latency_ms_median"].median().rename("latency_ms_fast")
-    pairs = pd.concat([a, b], axis=1, join="inner").reset_index()
-    pairs["speedup"] = pairs["latency_ms_slow"] / pairs["latency_ms_fast"]
-    return pairs
 
 
 def fused_speedup(results: pd.DataFrame) -> Plot:
     """Fused-over-sequential speedup (sequential latency / fused latency) vs frames, one line per
     backend, on the exact model (prune_depth 0); a dotted 1× line marks no gain."""
-    frame, note = _one_context(tidy_results(results))
+    frame, note = one_context(tidy_results(results))
     if frame.empty:
         return Plot(None, "no result rows")
-    rows, depth_note = _exact(frame)
+    rows, depth_note = exact_rows(frame)
     pairs = speedup_pairs(rows)
     if pairs.empty:
         have = sorted(set(ok_rows(rows)["frame_exec"]))
@@ -534,31 +274,9 @@ def fused_speedup(results: pd.DataFrame) -> Plot:
     ax.set_xlim(right=ax.get_xlim()[1] * 1.35)  # room for the end labels
     ax.legend(loc="best", fontsize=8.5, title="attention backend", title_fontsize=8.5)
     _suptitle(fig, "What fusing frame attention buys: sequential / fused latency", rows)
-    only = _one_sided(rows)
+    only = one_sided_notes(rows)
     _footnote(fig, only)
     return Plot(fig, "; ".join(n for n in (note, depth_note) if n))
-
-
-def _one_sided(rows: pd.DataFrame) -> List[str]:
-    out = []
-    for backend, s in rows.groupby("attention"):
-        for frames, t in s.groupby("frames"):
-            st = dict(zip(t["frame_exec"], t["status"]))
-            if st.get("fused") == "ok" and st.get("sequential") not in (None, "ok"):
-                out.append(f"{backend} S={_int(frames)}: sequential {st['sequential']}, fused ran")
-            if st.get("sequential") == "ok" and st.get("fused") not in (None, "ok"):
-                out.append(f"{backend} S={_int(frames)}: fused {st['fused']}, sequential ran")
-    return out
-
-
-# ---- 3. memory ----------------------------------------------------------------------------------
-def device_memory_gib(frame: pd.DataFrame) -> float:
-    """Total memory of the device the rows ran on (GiB): device_mem_gib, else gpu_mem_gib."""
-    for col in ("device_mem_gib", "gpu_mem_gib"):
-        values = frame[col].dropna() if col in frame else pd.Series(dtype=float)
-        if len(values):
-            return float(values.max())
-    return math.nan
 
 
 def memory(results: pd.DataFrame, reference: Optional[str] = "upstream_h100") -> Plot:
@@ -568,10 +286,10 @@ def memory(results: pd.DataFrame, reference: Optional[str] = "upstream_h100") ->
     CPU rows: the process's peak resident set (includes the interpreter and weights).
     The device's memory is a horizontal line; ``oom`` rows are x markers on it. Exact model only.
     """
-    frame, note = _one_context(tidy_results(results))
+    frame, note = one_context(tidy_results(results))
     if frame.empty:
         return Plot(None, "no result rows")
-    rows, depth_note = _exact(frame)
+    rows, depth_note = exact_rows(frame)
     ok = rows[rows["status"] == "ok"]
     gpu = ok["peak_alloc_gib"].notna().any()
     column = "peak_alloc_gib" if gpu else "peak_rss_gib"
@@ -579,7 +297,7 @@ def memory(results: pd.DataFrame, reference: Optional[str] = "upstream_h100") ->
     if ok.empty:
         counts = rows["status"].value_counts().to_dict() if len(rows) else {}
         return Plot(None, f"no ok row with a memory measurement (statuses: {counts or 'none'})")
-    execs = _order_exec(list(ok["frame_exec"]) + list(rows.loc[rows["status"] == "oom", "frame_exec"]))
+    execs = order_exec(list(ok["frame_exec"]) + list(rows.loc[rows["status"] == "oom", "frame_exec"]))
     colors = backend_colors(rows["attention"])
     device_gib = device_memory_gib(rows)
     ref = None
@@ -629,25 +347,6 @@ def memory(results: pd.DataFrame, reference: Optional[str] = "upstream_h100") ->
     return Plot(fig, "; ".join(n for n in (note, depth_note) if n))
 
 
-# ---- 4. global-to-frame conversion --------------------------------------------------------------
-def conversion_table(results: pd.DataFrame) -> pd.DataFrame:
-    """Every ok point with prune_depth k > 0 matched to its k = 0 point (same knobs otherwise).
-
-    Columns: the knobs, latency_ms (at k), latency_ms_k0, speedup (k=0 latency / k latency),
-    drift_rel, status (of the k point), status_k0.
-    """
-    frame = tidy_results(results)
-    keys = [k for k in KNOBS if k not in ("prune_depth", "prune_weights")] + ["gpu_name"]
-    base = frame[frame["prune_depth"] == 0].drop_duplicates(keys, keep="last")
-    base = base[keys + ["latency_ms_median", "status"]].rename(
-        columns={"latency_ms_median": "latency_ms_k0", "status": "status_k0"})
-    conv = frame[frame["prune_depth"] > 0].rename(columns={"latency_ms_median": "latency_ms"})
-    table = conv.merge(base, on=keys, how="left")
-    ok = (table["status"] == "ok") & (table["status_k0"] == "ok")
-    table["speedup"] = np.where(ok, table["latency_ms_k0"] / table["latency_ms"], np.nan)
-    return table[KNOBS + ["gpu_name", "status", "status_k0", "latency_ms", "latency_ms_k0", "speedup", "drift_rel"]]
-
-
 def conversion(results: pd.DataFrame) -> Plot:
     """Global-to-frame conversion: heatmaps of frames (rows) x k converted global layers
     (columns). One speedup-over-k=0 panel per frame execution, then the output drift
@@ -656,7 +355,7 @@ def conversion(results: pd.DataFrame) -> Plot:
     Fixed: the backend with most k > 0 points (ties: ``sdpa``), and ``prune_weights=global``
     when both weight choices were measured (the note says what was left out).
     """
-    frame, note = _one_context(tidy_results(results))
+    frame, note = one_context(tidy_results(results))
     if frame.empty:
         return Plot(None, "no result rows")
     table = conversion_table(frame)
@@ -673,7 +372,7 @@ def conversion(results: pd.DataFrame) -> Plot:
         keep = "global" if "global" in weights else weights[0]
         notes.append(f"drew prune_weights={keep}; also measured: {', '.join(w for w in weights if w != keep)}")
         table = table[table["prune_weights"] == keep]
-    execs = _order_exec(table["frame_exec"])
+    execs = order_exec(table["frame_exec"])
     frames = sorted(table["frames"].unique())
     depths = sorted(table["prune_depth"].unique())
     drift = table[table["drift_rel"].notna() & (table["status"] == "ok")]
@@ -715,7 +414,7 @@ def conversion(results: pd.DataFrame) -> Plot:
         for _, row in by_cell.iterrows():
             i, j = frames.index(row["frames"]), depths.index(row["prune_depth"])
             grid[i, j] = row["drift_rel"]
-            labels[i][j] = _percent(row["drift_rel"])
+            labels[i][j] = fmt_percent(row["drift_rel"])
         positive = grid[np.isfinite(grid) & (grid > 0)]
         dnorm = (mcolors.LogNorm(vmin=positive.min(), vmax=max(positive.max(), positive.min() * 10))
                  if len(positive) else mcolors.Normalize(0, 1))
@@ -725,7 +424,7 @@ def conversion(results: pd.DataFrame) -> Plot:
         dbar.set_label("relative L2 drift of the last layer")
         if isinstance(dnorm, mcolors.LogNorm):
             dbar.locator = ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0))
-            dbar.formatter = ticker.FuncFormatter(lambda v, _: _percent(v))
+            dbar.formatter = ticker.FuncFormatter(lambda v, _: fmt_percent(v))
             dbar.ax.yaxis.set_minor_formatter(ticker.NullFormatter())
             dbar.update_ticks()
     foot = [] if len(drift) else ["output drift not measured: sweep with measure.drift=true (experiment=pruning does)"]
@@ -747,17 +446,6 @@ def _speedup_ticks(span: float) -> List[float]:
     while len(inside) > 7:
         inside = [t for i, t in enumerate(inside) if t == 1 or i % 2 == 0]
     return inside
-
-
-def _percent(value: float) -> str:
-    """0.034 -> '3.4%'; tiny drifts in scientific notation (they are rounding noise); 0 -> '0'."""
-    if value == 0:
-        return "0"
-    if value >= 0.1:
-        return f"{value:.0%}"
-    if value >= 0.001:
-        return f"{value:.1%}"
-    return f"{value:.0e}"
 
 
 def plt_cmap(name: str):
@@ -786,7 +474,6 @@ def _heatmap(ax, grid, labels, cmap, norm, frames, depths):
     return image
 
 
-# ---- 5. backend shoot-out -----------------------------------------------------------------------
 def backends(results: pd.DataFrame) -> Plot:
     """Achieved TFLOP/s per attention backend at one shape: a bar per backend, annotated with
     the fraction of the device's dense peak when known; unavailable backends are hatched
@@ -795,13 +482,13 @@ def backends(results: pd.DataFrame) -> Plot:
     Fixed: the exact model, ``fused`` frame execution when measured, and the largest frame count
     at which every backend that ran at all ran ``ok`` (else the frame count most backends ran at).
     """
-    frame, note = _one_context(tidy_results(results))
+    frame, note = one_context(tidy_results(results))
     if frame.empty:
         return Plot(None, "no result rows")
-    rows, depth_note = _exact(frame)
+    rows, depth_note = exact_rows(frame)
     if rows.empty:
         return Plot(None, "no result rows")
-    execs = _order_exec(rows["frame_exec"])
+    execs = order_exec(rows["frame_exec"])
     exec_ = "fused" if "fused" in execs else execs[0]
     rows = rows[rows["frame_exec"] == exec_]
     names = sorted(set(rows["attention"]))
@@ -855,7 +542,7 @@ def backends(results: pd.DataFrame) -> Plot:
     ax.set_xlim(-0.6 - 0.5 * (len(names) < 3), len(names) - 0.4 + 0.5 * (len(names) < 3))
     ax.set_axisbelow(True)
     ax.grid(axis="x", visible=False)
-    ax.set_ylabel(f"achieved TFLOP/s ({_part_name(ok)} FLOPs / median latency)")
+    ax.set_ylabel(f"achieved TFLOP/s ({part_name(ok)} FLOPs / median latency)")
     ax.set_xlabel("attention backend")
     handles = [Patch(color="#777777", label="measured")]
     if len(measured) < len(names):
@@ -867,62 +554,11 @@ def backends(results: pd.DataFrame) -> Plot:
     _side_legend(lax, handles)
     _suptitle(fig, f"Attention backends at S = {frames:g} frames ({exec_}, largest frame count all ran)"
               if common else f"Attention backends at S = {frames:g} frames ({exec_}, most backends ran here)", ok)
-    foot = _unavailable(rows)
+    foot = unavailable_notes(rows)
     foot.append(f"dense peak: {source}" if not math.isnan(peak)
                 else f"dense peak unknown ({source or 'not tabulated'}): no fraction of peak")
     _footnote(fig, foot)
     return Plot(fig, "; ".join(n for n in (note, depth_note) if n))
-
-
-# ---- 6. profiles --------------------------------------------------------------------------------
-PROFILE_KEYS = ["frames", "frame_exec", "prune_depth", "attention", "tag", "profiler"]
-
-
-def stage_times(ranges: pd.DataFrame) -> pd.DataFrame:
-    """Per-forward time of each stage per profile, from the NVTX range table.
-
-    One row per (profile, stage): PROFILE_KEYS + context, stage (STAGES), ms_per_forward, basis
-    (``gpu`` when every range of the profile has a GPU time, else ``cpu``). ``heads`` sums the
-    four heads; ``other`` is the top range (``vggt``, else ``aggregator``) less the named stages.
-    Where nsys and torch profiles exist of one configuration, nsys (GPU times) is kept.
-    """
-    if ranges is None or ranges.empty:
-        return pd.DataFrame()
-    ranges = tidy_profile(ranges)
-    ctx = [c for c in CONTEXT if c in ranges.columns and c != "gpu_name"]
-    keys = [k for k in PROFILE_KEYS if k in ranges.columns] + [c for c in ctx if c not in PROFILE_KEYS]
-    out = []
-    for key, prof in ranges.groupby(keys, dropna=False, sort=True):
-        named = prof.set_index("range")
-        gpu = prof["gpu_ms"].notna().all() and (prof["gpu_ms"] > 0).any()
-        # The GPU work itself (summed op durations) where the table has it: a projected span
-        # also counts the GPU idle time inside a launch-bound range.
-        busy = gpu and "gpu_busy_ms" in prof and prof["gpu_busy_ms"].notna().all()
-        col = "gpu_busy_ms" if busy else "gpu_ms" if gpu else "cpu_ms"
-        per = named[col] / prof["iterations"].iloc[0]
-        per = per.groupby(level=0).sum()
-        stage = {s: float(per.get(s, 0.0)) for s in STAGES[:4]}
-        stage["heads"] = float(sum(per.get(h, 0.0) for h in HEADS))
-        top = per.get("vggt", per.get("aggregator", math.nan))
-        named_sum = sum(stage.values())
-        stage["other"] = max(float(top) - named_sum, 0.0) if not _missing(top) else 0.0
-        for name, ms in stage.items():
-            out.append({**dict(zip(keys, key)), "stage": name, "ms_per_forward": ms, "basis": "gpu" if gpu else "cpu",
-                        "gpu_column": col,
-                        "gpu_name": prof["gpu_name"].iloc[0] if "gpu_name" in prof else None,
-                        "total_ms_per_forward": float(top) if not _missing(top) else named_sum})
-    table = pd.DataFrame(out)
-    # One profile per configuration: prefer GPU times (nsys) over CPU-only ones. A profile read
-    # with analyze= carries no configuration: it stays itself, named by its tag.
-    config = [k for k in keys if k not in ("tag", "profiler")]
-    table["config_id"] = [
-        "|".join(str(r[c]) for c in config) if not _missing(r["frames"]) else f"tag:{r['tag']}"
-        for _, r in table.iterrows()
-    ]
-    best = (table.assign(_gpu=table["basis"] == "gpu")
-            .sort_values(["_gpu"], ascending=False, kind="stable")
-            .drop_duplicates(["config_id", "stage"], keep="first").drop(columns="_gpu"))
-    return best.reset_index(drop=True)
 
 
 def profile_stages(ranges: pd.DataFrame) -> Plot:
@@ -945,16 +581,16 @@ def profile_stages(ranges: pd.DataFrame) -> Plot:
     varying_b = times["attention"].nunique() > 1
 
     def label(r) -> str:
-        if _missing(r["frames"]):
+        if missing(r["frames"]):
             return str(r["tag"])
         text = f"S={r['frames']:g}\n{r['frame_exec']}"
-        text += f"\nk={r['prune_depth']:g}" if varying_k and not _missing(r["prune_depth"]) else ""
+        text += f"\nk={r['prune_depth']:g}" if varying_k and not missing(r["prune_depth"]) else ""
         return text + (f"\n{r['attention']}" if varying_b else "")
 
     def sort_key(r) -> tuple:
         exec_rank = FRAME_EXEC_ORDER.index(r["frame_exec"]) if r["frame_exec"] in FRAME_EXEC_ORDER else 9
-        return (math.inf if _missing(r["frames"]) else r["frames"], exec_rank,
-                -1 if _missing(r["prune_depth"]) else r["prune_depth"], str(r["attention"]), str(r["tag"]))
+        return (math.inf if missing(r["frames"]) else r["frames"], exec_rank,
+                -1 if missing(r["prune_depth"]) else r["prune_depth"], str(r["attention"]), str(r["tag"]))
 
     times = times.assign(bar=[label(r) for _, r in times.iterrows()],
                          _order=[sort_key(r) for _, r in times.iterrows()])
@@ -965,7 +601,7 @@ def profile_stages(ranges: pd.DataFrame) -> Plot:
     if bars.empty or float(bars.to_numpy().sum()) == 0.0:
         found = sorted(set(tidy_profile(ranges)["range"]) - {""})
         return Plot(None, f"profile ranges hold none of our stage ranges ({', '.join(STAGES[:4])}, heads); found: "
-                          f"{_shorten(', '.join(found), 120) or 'none'}")
+                          f"{shorten(', '.join(found), 120) or 'none'}")
     labels = order
     fig, (ax, share), lax = _new_figure(max(9.0, 0.9 * len(order) * 2 + 3.0), 5.0, ncols=2, legend=0.35)
     x = np.arange(len(order))
@@ -1001,29 +637,6 @@ def profile_stages(ranges: pd.DataFrame) -> Plot:
 def _stage_label(stage: str) -> str:
     return {"heads": "heads (camera, depth, point, track)", "other": "other (outside named stages)",
             "converted_block": "converted_block (global→frame)"}.get(stage, stage)
-
-
-def launch_table(summary: pd.DataFrame, ranges: Optional[pd.DataFrame] = None) -> pd.DataFrame:
-    """One row per profiled configuration: knobs, kernels_per_frame_layer, idle_frac,
-    gap_median_us. kernels_per_frame_layer falls back to the ``frame_block`` range's
-    kernels / calls when the summary lacks it."""
-    if summary is None or summary.empty:
-        return pd.DataFrame()
-    summary = tidy_profile(summary)
-    if "kernels_per_frame_layer" not in summary:
-        summary["kernels_per_frame_layer"] = np.nan
-    for col in ("idle_frac", "gap_median_us", "kernels"):
-        if col not in summary:
-            summary[col] = np.nan
-    if ranges is not None and len(ranges) and summary["kernels_per_frame_layer"].isna().any():
-        r = tidy_profile(ranges)
-        fb = r[r["range"] == "frame_block"]
-        keys = [k for k in KNOBS + ["tag", "profiler"] if k in fb and k in summary]
-        per = fb.assign(_k=fb["kernels"] / fb["calls"]).groupby(keys, dropna=False)["_k"].sum().rename("_kpl")
-        summary = summary.merge(per.reset_index(), on=keys, how="left")
-        summary["kernels_per_frame_layer"] = summary["kernels_per_frame_layer"].fillna(summary["_kpl"])
-        summary = summary.drop(columns="_kpl")
-    return summary
 
 
 def profile_launches(summary: pd.DataFrame, ranges: Optional[pd.DataFrame] = None) -> Plot:
@@ -1067,14 +680,13 @@ def profile_launches(summary: pd.DataFrame, ranges: Optional[pd.DataFrame] = Non
     idle.set_title("GPU idle fraction", fontsize=10)
     handles = [Line2D([], [], color=colors[b], lw=2.5, label=b) for b in sorted(set(table["attention"]))]
     handles += [Line2D([], [], color="black", ls=FRAME_EXEC_LINE.get(e, "-."), marker=FRAME_EXEC_MARKER.get(e, "d"),
-                       ms=5, label=e) for e in _order_exec(table["frame_exec"])]
+                       ms=5, label=e) for e in order_exec(table["frame_exec"])]
     _side_legend(lax, handles, title="backend / execution")
     profiler = " / ".join(sorted(set(table["profiler"]) - {""})) or "profile"
     _suptitle(fig, f"Launch overhead: sequential vs fused frame attention ({profiler})", table)
     return Plot(fig, note)
 
 
-# ---- all figures --------------------------------------------------------------------------------
 RESULT_FIGURES: List[Tuple[str, Callable[..., Plot]]] = [
     ("scaling_wall", scaling_wall),
     ("fused_speedup", fused_speedup),
@@ -1082,7 +694,11 @@ RESULT_FIGURES: List[Tuple[str, Callable[..., Plot]]] = [
     ("conversion", conversion),
     ("backends", backends),
 ]
+
+
 PROFILE_FIGURES = ["profile_stages", "profile_launches"]
+
+
 FIGURE_NAMES = [name for name, _ in RESULT_FIGURES] + PROFILE_FIGURES
 
 
@@ -1112,8 +728,8 @@ def figures(tables: Tables, reference: Optional[str] = "upstream_h100") -> List[
             except Exception as exc:  # one broken figure must not cost the others
                 plot = Plot(None, f"failed: {type(exc).__name__}: {exc}")
             out.append(NamedPlot(stem, *plot))
-    ranges = _with_gpu_name(tables.profile_ranges, tables.results)
-    summary = _with_gpu_name(tables.profile_summary, tables.results)
+    ranges = with_gpu_name(tables.profile_ranges, tables.results)
+    summary = with_gpu_name(tables.profile_summary, tables.results)
     for name in PROFILE_FIGURES:
         table = ranges if name == "profile_stages" else summary
         parts = _split(table) if len(table) else [("", table)]
@@ -1125,24 +741,6 @@ def figures(tables: Tables, reference: Optional[str] = "upstream_h100") -> List[
                 plot = Plot(None, f"failed: {type(exc).__name__}: {exc}")
             out.append(NamedPlot(stem, *plot))
     return out
-
-
-def _with_gpu_name(profile: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
-    """Profile tables carry knobs but not always the GPU's name: take it from the results of
-    the same device when those name exactly one GPU."""
-    if profile.empty or results.empty:
-        return profile
-    if "gpu_name" in profile and (profile["gpu_name"].fillna("") != "").all():
-        return profile
-    names = results.loc[results["device"].str.startswith("cuda"), "gpu_name"]
-    names = sorted(set(names) - {""})
-    if len(names) != 1:
-        return profile
-    profile = profile.copy()
-    current = profile["gpu_name"].fillna("") if "gpu_name" in profile else pd.Series("", index=profile.index)
-    cuda = profile["device"].fillna("").str.startswith("cuda")
-    profile["gpu_name"] = np.where(cuda & (current == ""), names[0], current).astype(object)
-    return profile
 
 
 def save(fig: Figure, path_stem: str) -> List[str]:

@@ -1,0 +1,1 @@
+"""Hydra presets (YAML only), installed as the package data ``vggt_bench.experiments``."""

@@ -1,0 +1,1 @@
+"""Report templates, installed as the package data ``vggt_bench.templates``."""

@@ -1,0 +1,274 @@
+"""What a results table says, as numbers and sentences: the report's narrative and its tables.
+
+Computed here from the tidy tables (``vggt_bench.analysis.tables``), not written in the notebook
+template, so tests can check the numbers the report prints.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import field
+from dataclasses import dataclass
+from typing import List, Optional
+
+import pandas as pd
+
+from vggt_model.config import ExecutionConfig
+
+from ..schema import EXECUTION
+from . import tables as t
+from .tables import APPROXIMATIONS, WORKLOAD_CONTEXT as WORKLOAD
+
+# A configuration of one workload: every execution knob (labels show non-default values only).
+CONFIG = [k for k in EXECUTION if k != "frame_chunk"]
+# The exact model's configuration: everything but the approximations.
+EXACT_CONFIG = tuple(k for k in CONFIG if k not in APPROXIMATIONS)
+
+def fmt_ms(ms: float) -> str:
+    """12.3 ms, 1.23 s."""
+    if ms is None or (isinstance(ms, float) and math.isnan(ms)):
+        return "—"
+    return f"{ms / 1e3:.3g} s" if ms >= 1000 else f"{ms:.3g} ms"
+
+
+def fmt_x(value: float) -> str:
+    return f"{value:.2f}×"
+
+
+def fmt_frac(value: float) -> str:
+    return t.fmt_percent(value)
+
+
+_DEFAULTS = {f.name: f.default for f in __import__("dataclasses").fields(ExecutionConfig)}
+_ALWAYS_SHOWN = ("frame_exec", "attention", "dtype")
+_BOOL_LABELS = {"cuda_graph": "CUDA graph", "tf32": "TF32", "nvtx": "NVTX"}
+
+
+def config_label(row, columns=CONFIG) -> str:
+    """``fused · sdpa_flash · k=0 · bf16_autocast``: frame execution, backend, k and precision
+    always; any other knob only where it is not its default (``compile=default``, ``CUDA graph``)."""
+    parts = []
+    for col in columns:
+        value = row.get(col) if hasattr(row, "get") else row[col]
+        if col == "prune_depth":
+            parts.append(f"k={int(value)}" if not t.missing(value) else "k=?")
+        elif col == "frame_exec" and value == "chunked":
+            parts.append(f"chunked({int(row['frame_chunk'])})")
+        elif col in t.BOOL_KNOBS:
+            if value is True:
+                parts.append(_BOOL_LABELS.get(col, col))
+        elif col in _ALWAYS_SHOWN:
+            if value not in (None, ""):
+                parts.append(str(value))
+        elif not t.missing(value) and value not in ("", None) and value != _DEFAULTS.get(col):
+            parts.append(f"{col}={value}")
+    return " · ".join(parts)
+
+
+def workloads(results: pd.DataFrame) -> List[tuple]:
+    """``[(label, rows)]`` per workload (device, arch, resolution, batch, part, inputs), biggest first."""
+    frame = t.tidy_results(results)
+    if frame.empty:
+        return []
+    keyed = frame.assign(**{f"_w_{c}": frame[c].map(lambda v: "" if t.missing(v) else v) for c in WORKLOAD})
+    out = []
+    for _, rows in keyed.groupby([f"_w_{c}" for c in WORKLOAD], sort=True, dropna=False):
+        rows = rows.drop(columns=[f"_w_{c}" for c in WORKLOAD])
+        first = rows.iloc[0]
+        label = (f"{t.device_label(rows)} · {first['arch']} · {t.int_text(first['height'])}×"
+                 f"{t.int_text(first['width'])} px · {first['part']}"
+                 + (f" · batch {t.int_text(first['batch'])}" if first["batch"] != 1 else ""))
+        out.append((label, rows))
+    out.sort(key=lambda item: -len(item[1]))
+    return out
+
+
+@dataclass
+class Findings:
+    """What the results say about one workload, as numbers and as sentences."""
+
+    workload: str
+    statuses: dict
+    fastest: pd.DataFrame                  # frames, configuration, latency_ms, slowest_ms, spread
+    largest_ok: Optional[dict] = None      # frames, configurations
+    first_oom: Optional[dict] = None       # frames, configurations
+    largest_tried: Optional[int] = None
+    fusing: Optional[dict] = None          # min, max, frames_min, frames_max, pairs, faster
+    conversion: Optional[dict] = None      # k, min, max, frames_min, frames_max, drift_min, drift_max
+    lines: List[str] = field(default_factory=list)
+
+    def markdown(self) -> str:
+        return "\n".join(f"- {line}" for line in self.lines)
+
+
+def findings(results: pd.DataFrame) -> List[Findings]:
+    """One Findings per workload in the results (none for an empty table)."""
+    return [_findings(label, rows) for label, rows in workloads(results)]
+
+
+def _join_configs(rows: pd.DataFrame, limit: int = 4) -> str:
+    labels = sorted({config_label(r, EXACT_CONFIG) for _, r in rows.iterrows()})
+    text = ", ".join(labels[:limit])
+    return text + (f" (+{len(labels) - limit} more)" if len(labels) > limit else "")
+
+
+def _findings(label: str, rows: pd.DataFrame) -> Findings:
+    statuses = rows["status"].value_counts().to_dict()
+    exact, _ = t.exact_rows(rows)
+    ok = t.ok_rows(exact)
+    lines = []
+    status_text = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
+    lines.append(f"**{label}**: {len(rows)} points ({status_text}).")
+    # Fastest exact configuration per frame count.
+    fastest = []
+    for frames, at in ok.groupby("frames"):
+        best = at.sort_values("latency_ms_median", kind="stable").iloc[0]
+        fastest.append({"frames": int(frames), "configuration": config_label(best, EXACT_CONFIG),
+                        "latency_ms": float(best["latency_ms_median"]),
+                        "slowest_ms": float(at["latency_ms_median"].max()), "configurations": len(at)})
+    fastest = pd.DataFrame(fastest, columns=["frames", "configuration", "latency_ms", "slowest_ms", "configurations"])
+    found = Findings(workload=label, statuses=statuses, fastest=fastest, lines=lines)
+    if fastest.empty:
+        lines.append("No configuration of the exact model ran (no `ok` rows): nothing to rank.")
+    else:
+        runs = []
+        for _, r in fastest.iterrows():
+            if runs and runs[-1][0] == r["configuration"]:
+                runs[-1][2] = r["frames"]
+            else:
+                runs.append([r["configuration"], r["frames"], r["frames"]])
+        parts = [f"{cfg} (S={a})" if a == b else f"{cfg} (S={a}–{b})" for cfg, a, b in runs]
+        top = fastest.iloc[-1]
+        lines.append(
+            "Fastest exact configuration per frame count: " + "; ".join(parts) + ". "
+            f"At the largest frame count that ran, S={top['frames']}, it takes {fmt_ms(top['latency_ms'])}"
+            + (f", {top['slowest_ms'] / top['latency_ms']:.2f}× faster than the slowest of "
+               f"{int(top['configurations'])} configurations." if top["configurations"] > 1 else ".")
+        )
+    # The wall.
+    tried = exact["frames"].dropna()
+    found.largest_tried = int(tried.max()) if len(tried) else None
+    if len(ok):
+        s = int(ok["frames"].max())
+        found.largest_ok = {"frames": s, "configurations": _join_configs(ok[ok["frames"] == s])}
+    ooms = exact[exact["status"] == "oom"]
+    if len(ooms):
+        s = int(ooms["frames"].min())
+        found.first_oom = {"frames": s, "configurations": _join_configs(ooms[ooms["frames"] == s])}
+    if found.largest_ok and found.first_oom:
+        lines.append(
+            f"The wall: the largest frame count that ran is S={found.largest_ok['frames']} "
+            f"({found.largest_ok['configurations']}); the first out-of-memory is at S={found.first_oom['frames']} "
+            f"({found.first_oom['configurations']})."
+        )
+    elif found.largest_ok:
+        lines.append(
+            f"The wall was not reached: nothing ran out of memory; the largest frame count that ran is "
+            f"S={found.largest_ok['frames']} ({found.largest_ok['configurations']})."
+        )
+    elif found.first_oom:
+        lines.append(f"No exact point ran; the first out-of-memory is at S={found.first_oom['frames']}.")
+    else:
+        lines.append("No exact point ran and none ran out of memory: see the table of points that did not run.")
+    # Fusing.
+    pairs = t.speedup_pairs(exact)
+    if len(pairs):
+        lo, hi = pairs.loc[pairs["speedup"].idxmin()], pairs.loc[pairs["speedup"].idxmax()]
+        faster = int((pairs["speedup"] > 1).sum())
+        found.fusing = {"min": float(lo["speedup"]), "max": float(hi["speedup"]), "frames_min": int(lo["frames"]),
+                        "frames_max": int(hi["frames"]), "pairs": len(pairs), "faster": faster}
+        lines.append(
+            f"Fusing frame attention (one call for all frames instead of a loop): sequential / fused latency is "
+            f"{fmt_x(lo['speedup'])} (S={int(lo['frames'])}, {lo['attention']}) to {fmt_x(hi['speedup'])} "
+            f"(S={int(hi['frames'])}, {hi['attention']}); fused is faster in {faster} of {len(pairs)} pairs."
+        )
+    else:
+        lines.append("Fusing: no frame count was measured both fused and sequential (ok), so there is no speedup "
+                     "to report.")
+    # Conversion.
+    conv = t.conversion_table(rows)
+    conv = conv[conv["speedup"].notna()]
+    if len(conv):
+        k = int(conv["prune_depth"].max())
+        at = conv[conv["prune_depth"] == k]
+        lo, hi = at.loc[at["speedup"].idxmin()], at.loc[at["speedup"].idxmax()]
+        drift = at["drift_rel"].dropna()
+        found.conversion = {"k": k, "min": float(lo["speedup"]), "max": float(hi["speedup"]),
+                            "frames_min": int(lo["frames"]), "frames_max": int(hi["frames"]),
+                            "drift_min": float(drift.min()) if len(drift) else math.nan,
+                            "drift_max": float(drift.max()) if len(drift) else math.nan}
+        speed = (fmt_x(lo["speedup"]) + f" (S={int(lo['frames'])})" if len(at) == 1 else
+                 f"{fmt_x(lo['speedup'])} (S={int(lo['frames'])}, {lo['frame_exec']}) to {fmt_x(hi['speedup'])} "
+                 f"(S={int(hi['frames'])}, {hi['frame_exec']})")
+        drift_text = (f"the output drifts by {fmt_frac(drift.min())} to {fmt_frac(drift.max())} "
+                      f"(relative L2 of the last layer's tokens against k=0)" if len(drift) else
+                      "its output drift was not measured (sweep with measure.drift=true)")
+        lines.append(
+            f"Global-to-frame conversion: at k={k} converted layers, the largest depth measured, the speedup over "
+            f"k=0 is {speed}; "
+            + drift_text + "."
+        )
+    else:
+        lines.append("Global-to-frame conversion: not measured (no prune_depth > 0 point with an ok k=0 partner).")
+    if statuses.get("error"):
+        lines.append(f"{statuses['error']} point(s) failed with an error: see the status table below.")
+    return found
+
+
+def latency_pivot(rows: pd.DataFrame) -> pd.DataFrame:
+    """Median latency by frames (rows) x configuration (columns), as text: ``12.3 ms``, or
+    the status (``OOM``, ``n/a``, ``error``) where the point did not run. One workload."""
+    rows = t.tidy_results(rows)
+    if rows.empty:
+        return pd.DataFrame()
+    varying = [c for c in CONFIG if rows[c].nunique(dropna=False) > 1] or ["frame_exec", "attention"]
+    cells = rows.assign(configuration=[config_label(r, varying) for _, r in rows.iterrows()])
+    cells["value"] = [fmt_ms(r["latency_ms_median"]) if r["status"] == "ok" else
+                      {"oom": "OOM", "unavailable": "n/a"}.get(r["status"], r["status"])
+                      for _, r in cells.iterrows()]
+    pivot = cells.pivot_table(index="frames", columns="configuration", values="value", aggfunc="last")
+    pivot.index = pivot.index.astype(int)
+    pivot.index.name = "frames S"
+    return pivot.fillna("")
+
+
+def environment_table(results: pd.DataFrame) -> pd.DataFrame:
+    """What the results were measured on, one row per field (values joined where they differ)."""
+    frame = t.tidy_results(results)
+
+    def values(col):
+        return sorted({str(v) for v in frame[col] if not t.missing(v) and str(v) != ""}) if col in frame else []
+
+    stamps = values("timestamp")
+    random = {bool(v) for v in frame["random_weights"] if v is not None}
+    gpu_mem = frame["gpu_mem_gib"].dropna()
+    rows = [
+        ("device", t.device_label(frame)),
+        ("GPU memory", f"{gpu_mem.max():.1f} GiB" if len(gpu_mem) else "—"),
+        ("CPU", " / ".join(values("cpu")) or "—"),
+        ("torch", " / ".join(values("torch_version")) or "—"),
+        ("CUDA", " / ".join(values("cuda_version")) or "— (CPU build)"),
+        ("cuDNN", " / ".join(values("cudnn_version")) or "—"),
+        ("driver", " / ".join(values("driver")) or "—"),
+        ("Python", " / ".join(values("python_version")) or "—"),
+        ("git commit", " / ".join(values("git_commit")) or "—"),
+        ("host", " / ".join(values("host")) or "—"),
+        ("date", (stamps[0] if len(stamps) == 1 else f"{stamps[0]} … {stamps[-1]}") if stamps else "—"),
+        ("random weights", "yes" if random == {True} else "no" if random == {False} else "mixed" if random else "—"),
+        ("checkpoint", " / ".join(values("checkpoint")) or "none"),
+        ("experiments", " / ".join(values("experiment")) or "—"),
+        ("points", f"{len(frame)} ({', '.join(f'{n} {s}' for s, n in frame['status'].value_counts().items())})"),
+    ]
+    return pd.DataFrame(rows, columns=["field", "value"]).set_index("field")
+
+
+def status_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Points that did not run (oom, unavailable, error) with their message."""
+    frame = t.tidy_results(results)
+    bad = frame[frame["status"] != "ok"]
+    cols = ["frames", "frame_exec", "attention", "prune_depth", "dtype", "status", "message"]
+    bad = bad[cols].copy()
+    bad["frames"] = bad["frames"].astype("Int64")
+    bad["prune_depth"] = bad["prune_depth"].astype("Int64")
+    bad["message"] = bad["message"].map(lambda m: t.shorten(m, 120))
+    return bad.sort_values(["status", "attention", "frames"]).reset_index(drop=True)

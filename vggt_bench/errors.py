@@ -1,0 +1,21 @@
+"""User errors: one line naming the fix, one exit code, no traceback."""
+
+from __future__ import annotations
+
+import sys
+
+EXIT_USER_ERROR = 2  # every bad setting, missing file or unusable input, whichever command
+
+
+class UserError(ValueError):
+    """Bad input: printed as one line naming the fix, exit code EXIT_USER_ERROR."""
+
+
+def say_error(message: str) -> None:
+    print(f"vggt_bench: error: {message}", file=sys.stderr)
+
+
+def fail(message: str, code: int = EXIT_USER_ERROR):
+    """One line on stderr, no traceback, non-zero exit."""
+    say_error(message)
+    raise SystemExit(code)
