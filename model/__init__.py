@@ -24,11 +24,12 @@ from .config import (
     TrackHeadConfig,
     VGGTConfig,
 )
+from .offload import HostLayer, materialize
 from .vggt import VGGT, InputError, build, init_random_
 from .execution import GraphedForward, apply_compile, set_precision
 
 __all__ = [
     "AggregatorConfig", "CameraHeadConfig", "ConfigError", "DinoV2Config", "DPTHeadConfig", "ExecutionConfig",
     "TrackerConfig", "TrackHeadConfig", "VGGTConfig", "PRECISIONS", "VGGT", "InputError", "build",
-    "init_random_", "set_precision", "apply_compile", "GraphedForward", "COMPILE_MODES", "attention", "checkpoint",
+    "init_random_", "HostLayer", "materialize", "set_precision", "apply_compile", "GraphedForward", "COMPILE_MODES", "attention", "checkpoint",
 ]

@@ -13,8 +13,9 @@ import torch.nn as nn
 
 from .config import AggregatorConfig, DinoV2Config, ExecutionConfig
 from .dinov2 import ConvPatchEmbed, DinoV2
-from .layers import Block, Rope2D
+from .layers import Block, Rope2D, row_chunks
 from .nvtx import OFF, Ranges
+from .offload import HostLayer, Offloader
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -97,12 +98,21 @@ class Aggregator(nn.Module):
             )
         return self._rope_cache[key]
 
+    def frames_per_call(self, tokens_per_frame: int, total: int) -> int:
+        """Frames per call of a frame-attention layer: ``frame_exec`` says (one, ``frame_chunk``, or
+        all); under the lean and offload plans ``fused`` means as many as fit ``token_chunk`` tokens."""
+        ex = self.execution
+        if ex.frame_exec == "sequential":
+            return 1
+        if ex.frame_exec == "chunked":
+            return ex.frame_chunk
+        if ex.memory_plan != "upstream" and ex.token_chunk > 0:
+            return max(1, ex.token_chunk // tokens_per_frame)
+        return total
+
     def run_per_frame(self, block: Block, x: torch.Tensor, rope) -> torch.Tensor:
         """Apply ``block`` within each frame of ``x [B*S, P, C]`` as ``execution.frame_exec`` says."""
-        ex = self.execution
-        if ex.frame_exec == "fused":
-            return block(x, self.attend, rope, self.ranges)
-        step = 1 if ex.frame_exec == "sequential" else ex.frame_chunk
+        step = self.frames_per_call(x.shape[1], x.shape[0])
         if step >= x.shape[0]:
             return block(x, self.attend, rope, self.ranges)
         out = torch.empty_like(x)
@@ -110,19 +120,37 @@ class Aggregator(nn.Module):
             out[start : start + step] = block(x[start : start + step], self.attend, rope, self.ranges)
         return out
 
+    def run_per_frame_inplace(self, block: Block, x: torch.Tensor, rope) -> torch.Tensor:
+        """The same, written into ``x`` itself, a chunk of frames at a time (lean and offload plans)."""
+        for part in row_chunks(x.shape[0], self.frames_per_call(x.shape[1], x.shape[0])):
+            block(x[part], self.attend, rope, self.ranges, mode="inplace")
+        return x
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """``images [B, S, 3, H, W]`` -> tokens ``[B*S, P, C]``: specials then patch tokens."""
+        B, S, _, H, W = images.shape
+        # normalised in fp32 whatever the input dtype (the constants stay fp32)
+        x = ((images.float() - self._resnet_mean) / self._resnet_std).to(images.dtype).reshape(B * S, 3, H, W)
+        if isinstance(self.patch_embed, DinoV2):
+            patches = self.patch_embed(x, self.attend, self.ranges)
+        else:
+            patches = self.patch_embed(x)
+        return torch.cat((self.special_tokens(B, S).to(patches.dtype), patches), dim=1)
+
     # ---- forward --------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> List[Optional[torch.Tensor]]:
+        if self.execution.memory_plan == "upstream":
+            return self._forward_upstream(images)
+        return self._forward_lean(images, offload=self.execution.memory_plan == "offload")
+
+    def _forward_upstream(self, images: torch.Tensor) -> List[Optional[torch.Tensor]]:
+        """Upstream's way: every layer returns new tensors; each layer's frame and global outputs
+        live until its concatenation."""
         B, S, _, H, W = images.shape
         p = self.cfg.patch_size
         ranges = self.ranges
         with ranges("patch_embed"):
-            # normalised in fp32 whatever the input dtype (the constants stay fp32)
-            x = ((images.float() - self._resnet_mean) / self._resnet_std).to(images.dtype).reshape(B * S, 3, H, W)
-            if isinstance(self.patch_embed, DinoV2):
-                patches = self.patch_embed(x, self.attend, ranges)
-            else:
-                patches = self.patch_embed(x)
-            tokens = torch.cat((self.special_tokens(B, S).to(patches.dtype), patches), dim=1)  # [B*S, P, C]
+            tokens = self.embed(images)  # [B*S, P, C]
         _, P, C = tokens.shape
         rope = self.rope_tables(H // p, W // p, images.device)
 
@@ -145,6 +173,86 @@ class Aggregator(nn.Module):
                 else:
                     outputs.append(None)
         return outputs
+
+    def _forward_lean(self, images: torch.Tensor, offload: bool) -> List[Optional[torch.Tensor]]:
+        """The same function in less memory: the patch embed over chunks of frames; every block
+        written into one residual stream in place, its per-token work over chunks of
+        ``token_chunk`` tokens (a global layer holds only its keys and values whole); a kept
+        layer output assembled when its layer ends, from a copy of its first half. ``offload``:
+        kept outputs go to pinned host memory on a side stream instead (``HostLayer``)."""
+        B, S, _, H, W = images.shape
+        p = self.cfg.patch_size
+        ranges = self.ranges
+        ex = self.execution
+        P = (H // p) * (W // p) + self.patch_start_idx
+        chunk_frames = max(1, ex.token_chunk // P) if ex.token_chunk > 0 else B * S
+        with ranges("patch_embed"):
+            tokens = self._embed_chunked(images, chunk_frames)  # [B*S, P, C], the residual stream
+        C = tokens.shape[-1]
+        rope = self.rope_tables(H // p, W // p, images.device)
+        mover = Offloader(images.device) if offload else None
+        order = self.cfg.aa_order
+        aa = self.cfg.aa_block_size
+        outputs: List[Optional[torch.Tensor]] = []
+        for group in range(self.cfg.depth // aa):
+            layers = range(group * aa, (group + 1) * aa)
+            kept = {kind: {} for kind in order}
+            with ranges(f"layer_{layers[0]:02d}"):
+                for kind in order:
+                    for i in layers:
+                        self._layer_inplace(kind, i, tokens, B, S, P, C, rope, chunk_frames * P)
+                        if i in self.cached:
+                            last = kind == order[-1] and i == layers[-1]  # assembled before tokens change again
+                            kept[kind][i] = mover.start(tokens) if mover else (tokens if last else tokens.clone())
+            for i in layers:
+                if i not in self.cached:
+                    outputs.append(None)
+                    continue
+                first, second = kept["frame"].pop(i), kept["global"].pop(i)
+                if mover:
+                    outputs.append(HostLayer(first, second, (B, S, P, 2 * C), images.device, mover))
+                else:
+                    out = tokens.new_empty((B, S, P, 2 * C))
+                    out[..., :C] = first.view(B, S, P, C)
+                    out[..., C:] = second.view(B, S, P, C)
+                    outputs.append(out)
+                del first, second
+        if mover:
+            mover.finish()
+        return outputs
+
+    def _embed_chunked(self, images: torch.Tensor, chunk_frames: int) -> torch.Tensor:
+        """``embed`` over chunks of frames, written into one tensor (specials filled once)."""
+        B, S, _, H, W = images.shape
+        frames = images.reshape(B * S, 3, H, W)
+        mean, std = self._resnet_mean.view(1, 3, 1, 1), self._resnet_std.view(1, 3, 1, 1)
+        start = self.patch_start_idx
+        tokens = None
+        for part in row_chunks(B * S, chunk_frames):
+            x = ((frames[part].float() - mean) / std).to(images.dtype)
+            if isinstance(self.patch_embed, DinoV2):
+                patches = self.patch_embed(x, self.attend, self.ranges)
+            else:
+                patches = self.patch_embed(x)
+            if tokens is None:
+                tokens = patches.new_empty((B * S, start + patches.shape[1], patches.shape[2]))
+            tokens[part, start:] = patches
+            del x, patches
+        tokens[:, :start] = self.special_tokens(B, S).to(tokens.dtype)
+        return tokens
+
+    def _layer_inplace(self, kind, i, tokens, B, S, P, C, rope, rows):
+        ranges = self.ranges
+        if kind == "frame":
+            with ranges("frame_block"):
+                self.run_per_frame_inplace(self.frame_blocks[i], tokens, rope)
+        elif i < self.execution.prune_depth:  # global layer turned into frame attention
+            block = self.global_blocks[i] if self.execution.prune_weights == "global" else self.frame_blocks[i]
+            with ranges("converted_block"):
+                self.run_per_frame_inplace(block, tokens, rope)
+        else:
+            with ranges("global_block"):
+                self.global_blocks[i](tokens.view(B, S * P, C), self.attend, rope, ranges, mode="chunked", rows=rows)
 
     def _layer(self, kind, i, converted, tokens, B, S, P, C, rope):
         ranges = self.ranges

@@ -318,6 +318,7 @@ def _strict(kind, args: dict, where: str):
 FRAME_EXEC = ("fused", "sequential", "chunked")
 PRUNE_WEIGHTS = ("global", "frame")
 PRECISIONS = ("fp32", "bf16_autocast", "bf16", "fp16")
+MEMORY_PLANS = ("upstream", "lean", "offload")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 # fidelity of a knob: what changing it does to the function the model computes
@@ -392,6 +393,7 @@ class ExecutionConfig:
     dtype, tf32, compile: applied when the model is built (``vggt_model.execution``).
     cuda_graph: the caller replays the forward as one CUDA graph (``GraphedForward``).
     nvtx: emit NVTX / profiler ranges around every stage.
+    memory_plan, token_chunk: how much memory the same function holds (``Aggregator``).
     """
 
     frame_exec: str = knob("fused", choices=FRAME_EXEC, help="frame attention: all frames in one call, one per call, or frame_chunk per call")
@@ -407,6 +409,12 @@ class ExecutionConfig:
     compile: str = knob("off", choices=COMPILE_MODES, applied="build", help="torch.compile every transformer block")
     cuda_graph: bool = knob(False, applied="harness", help="replay the forward as one CUDA graph (GPU)")
     nvtx: bool = knob(False, help="NVTX and profiler ranges around every stage")
+    memory_plan: str = knob("lean", choices=MEMORY_PLANS,
+                            help="upstream: every layer returns new tensors (upstream's code); lean: one residual stream "
+                                 "updated in place, per-token work over token chunks; offload: lean, kept layer outputs "
+                                 "in pinned host memory")
+    token_chunk: int = knob(32768, minimum=0,
+                            help="tokens per chunk of the per-token work under the lean and offload plans (0: no chunks)")
 
     def validate(self, depth: int, prefix: str = "") -> "ExecutionConfig":
         validate_fields(type(self), self, prefix, depth=depth)

@@ -6,12 +6,31 @@ Parameter names follow upstream so the official checkpoint loads strictly.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .nvtx import OFF, Ranges
+
+
+def row_chunks(n: int, step: int) -> Iterator[slice]:
+    """Slices covering ``range(n)`` in steps of ``step`` rows (one slice when ``step`` is 0 or >= n)."""
+    if step <= 0 or step >= n:
+        yield slice(0, n)
+        return
+    for start in range(0, n, step):
+        yield slice(start, min(start + step, n))
+
+
+def attention_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype an attention kernel receives ``t`` in: autocast's dtype where autocast is on for
+    ``t``'s device (SDPA is on its lower-precision list), else ``t``'s own."""
+    kind = t.device.type
+    if torch.is_autocast_enabled(kind) and t.dtype == torch.float32:
+        return torch.get_autocast_dtype(kind)
+    return t.dtype
 
 
 class LayerScale(nn.Module):
@@ -133,9 +152,63 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), bias=ffn_bias)
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
 
-    def forward(self, x, attend, rope: Optional[Rope2D] = None, ranges: Ranges = OFF):
+    def forward(self, x, attend, rope: Optional[Rope2D] = None, ranges: Ranges = OFF, mode: str = "return",
+                rows: int = 0):
+        """``x [B, N, C]`` -> the block's output, computed one of three ways (the same function):
+
+        ``return`` (upstream's way): a new tensor; ``x`` is left as it was.
+        ``inplace``: the output is written into ``x`` (residual adds in place), no copy of the stream.
+        ``chunked``: in place, and every per-token step runs over chunks of ``rows`` tokens: keys and
+            values of all N tokens first (pass 1, in the dtype the attention kernel receives them in),
+            then per chunk its queries, attention, projection and MLP (pass 2). Only K and V are ever
+            whole; ``rows`` must be a multiple of the RoPE table's tokens per frame.
+        """
+        if mode == "return":
+            with ranges("attention"):
+                x = x + self.ls1(self.attn(self.norm1(x), attend, rope))
+            with ranges("mlp"):
+                x = x + self.ls2(self.mlp(self.norm2(x)))
+            return x
+        if mode == "inplace":
+            with ranges("attention"):
+                x.add_(self.ls1(self.attn(self.norm1(x), attend, rope)))
+            with ranges("mlp"):
+                x.add_(self.ls2(self.mlp(self.norm2(x))))
+            return x
+        return self._chunked(x, attend, rope, ranges, rows)
+
+    def _chunked(self, x, attend, rope, ranges, rows):
+        attn = self.attn
+        B, N, C = x.shape
+        H, D = attn.num_heads, attn.head_dim
+        w, b = attn.qkv.weight, attn.qkv.bias
+        k_all = v_all = None
         with ranges("attention"):
-            x = x + self.ls1(self.attn(self.norm1(x), attend, rope))
-        with ranges("mlp"):
-            x = x + self.ls2(self.mlp(self.norm2(x)))
+            for part in row_chunks(N, rows):
+                n = part.stop - part.start
+                kv = F.linear(self.norm1(x[:, part]), w[C:], None if b is None else b[C:]).view(B, n, 2, H, D)
+                k, v = kv.unbind(2)
+                k = attn.k_norm(k)
+                if rope is not None:
+                    k = rope.apply(k)
+                if k_all is None:
+                    k_all = x.new_empty((B, N, H, D), dtype=attention_dtype(k))
+                    v_all = x.new_empty((B, N, H, D), dtype=attention_dtype(v))
+                k_all[:, part] = k
+                v_all[:, part] = v
+                del kv, k, v
+        keys, values = k_all.transpose(1, 2), v_all.transpose(1, 2)
+        for part in row_chunks(N, rows):
+            n = part.stop - part.start
+            xc = x[:, part]
+            with ranges("attention"):
+                q = F.linear(self.norm1(xc), w[:C], None if b is None else b[:C]).view(B, n, H, D)
+                q = attn.q_norm(q)
+                if rope is not None:
+                    q = rope.apply(q)
+                o = attend(q.transpose(1, 2), keys, values)
+                xc.add_(self.ls1(attn.proj(o.transpose(1, 2).reshape(B, n, C))))
+                del q, o
+            with ranges("mlp"):
+                xc.add_(self.ls2(self.mlp(self.norm2(xc))))
         return x

@@ -253,7 +253,7 @@ def free_memory():
 
 def _last_layer(out) -> torch.Tensor:
     tokens = out[0] if isinstance(out, tuple) else out["aggregated_tokens"]
-    return tokens[-1].float()
+    return vggt_model.materialize(tokens[-1]).float()
 
 
 def measure(point: Point, warmup: int, repeats: int, drift: bool = False) -> dict:

@@ -112,8 +112,8 @@ def compare(name: str, ours: torch.Tensor, ref: torch.Tensor, atol: float, rtol:
 
 
 def _outputs(net: vggt_model.VGGT, case: dict, images: torch.Tensor, queries) -> Dict[str, torch.Tensor]:
-    captured = {}
-    hook = net.aggregator.patch_embed.register_forward_hook(lambda m, i, o: captured.__setitem__("patch", o))
+    captured = []  # the patch embed runs once, or once per chunk of frames (lean and offload plans)
+    hook = net.aggregator.patch_embed.register_forward_hook(lambda m, i, o: captured.append(o))
     try:
         with torch.inference_mode():
             if case["kind"] == "aggregator":
@@ -123,8 +123,9 @@ def _outputs(net: vggt_model.VGGT, case: dict, images: torch.Tensor, queries) ->
                 out = net(images, queries, return_intermediates=True)
     finally:
         hook.remove()
-    flat = {f"aggregated_tokens.{i}": t for i, t in enumerate(out.pop("aggregated_tokens")) if t is not None}
-    flat["patch_embed_tokens"] = captured["patch"]
+    flat = {f"aggregated_tokens.{i}": vggt_model.materialize(t) for i, t in enumerate(out.pop("aggregated_tokens"))
+            if t is not None}
+    flat["patch_embed_tokens"] = torch.cat(captured)
     for key, value in out.items():
         flat[key] = torch.stack(value) if isinstance(value, list) else value
     return flat
