@@ -66,6 +66,8 @@ def test_throttled_gpu_is_noisy_and_idle_or_application_clocks_are_not():
     assert noise.classify(_row(throttle_reasons="hw_slowdown,hw_thermal_slowdown"))[1] == "GPU throttled: hw_slowdown, hw_thermal_slowdown"
     assert noise.classify(_row(throttle_reasons="gpu_idle,applications_clocks_setting")) == (False, "")
     assert noise.classify(_row(throttle_reasons="")) == (False, "")
+    accept_power_cap = noise.Thresholds(benign_throttle=frozenset({"gpu_idle", "sw_power_cap"}))
+    assert noise.classify(_row(throttle_reasons="gpu_idle,sw_power_cap"), accept_power_cap) == (False, "")
 
 
 def test_too_few_repeats_is_noisy_and_says_so():

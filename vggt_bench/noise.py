@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Tuple
+from typing import FrozenSet, Tuple
 
-from .telemetry import real_throttling
+from .telemetry import BENIGN_THROTTLE, real_throttling
 
 SPREAD_MAX_GPU = 1.10        # p90/p10 above this on a GPU is noisy
 SPREAD_MAX_CPU = 1.5         # ... on a CPU
@@ -57,6 +57,10 @@ class Thresholds:
     load_other_cores: float = LOAD_OTHER_MAX_CORES
     min_repeats: int = MIN_REPEATS
     few_repeats_noisy: bool = True
+    # Clock-event reasons that do not make a row noisy. An H100 under sustained bf16 matmuls
+    # reports sw_power_cap (seen: SM clock 1980 -> 1440 MHz); add it here to accept power-capped
+    # clocks as the GPU's normal state instead of flagging every such row.
+    benign_throttle: FrozenSet[str] = BENIGN_THROTTLE
 
 
 DEFAULT = Thresholds()
@@ -114,7 +118,7 @@ def reasons(row, thresholds: Thresholds = DEFAULT) -> list:
     share = _num(row, "cpu_other_share")
     if share > t.other_share:
         out.append(f"other processes took {share:.0%} of the CPU")
-    throttled = real_throttling(_text(row, "throttle_reasons"))
+    throttled = real_throttling(_text(row, "throttle_reasons"), t.benign_throttle)
     if throttled:
         out.append(f"GPU throttled: {', '.join(throttled)}")
     stopped = _text(row, "stopped_by")

@@ -86,11 +86,11 @@ def throttle_names(mask: int) -> List[str]:
     return names
 
 
-def real_throttling(reasons) -> List[str]:
-    """The reasons (names, or a comma-separated string) that are not benign."""
+def real_throttling(reasons, benign=BENIGN_THROTTLE) -> List[str]:
+    """The reasons (names, or a comma-separated string) that are not in ``benign``."""
     if isinstance(reasons, str):
         reasons = [r.strip() for r in reasons.split(",")]
-    return [r for r in reasons if r and r not in BENIGN_THROTTLE]
+    return [r for r in reasons if r and r not in benign]
 
 
 # ---- GPU through NVML -------------------------------------------------------------------------
