@@ -57,6 +57,10 @@ class MeasureSettings:
     warmup: int = 2
     repeats: int = 5
     drift: bool = False                # also measure output drift against prune_depth=0
+    adaptive: bool = False             # repeat (repeats at least) until the median's 95% CI is within +-target_ci
+    target_ci: float = 0.02            # adaptive: CI half-width as a fraction of the median
+    budget_s: float = 60.0             # adaptive: seconds of timed calls at most (the last call may overrun)
+    max_repeats: int = 200             # adaptive: timed calls at most
 
 
 @dataclass

@@ -25,7 +25,7 @@ from vggt_model import attention
 from vggt_model.config import ConfigError, ExecutionConfig, VGGTConfig, knob_fields
 from vggt_model.inputs import image_folder, synthetic_images
 
-from . import env, flops, gpus
+from . import env, flops, gpus, noise, telemetry, timing
 from .config import execution_config
 from .errors import UserError
 from .results import point_id
@@ -256,7 +256,8 @@ def _last_layer(out) -> torch.Tensor:
     return vggt_model.materialize(tokens[-1]).float()
 
 
-def measure(point: Point, warmup: int, repeats: int, drift: bool = False) -> dict:
+def measure(point: Point, warmup: int, repeats: int, drift: bool = False,
+            adaptive: Optional[timing.AdaptiveSettings] = None) -> dict:
     """All measurement columns of one point (status ``ok``), or raise."""
     device = point.device
     cfg = point.model_config()
@@ -282,12 +283,21 @@ def measure(point: Point, warmup: int, repeats: int, drift: bool = False) -> dic
         _reset_peak_rss()
         # Built after the reset: a CUDA graph's capture allocates its memory pool here.
         fn = forward_fn(net, point, images, queries)
-        times = time_forward(fn, device, warmup, repeats)
+        warm = timing.warm_up(fn, device, warmup)
+        meter = telemetry.Meter(device).start()
+        if adaptive is not None:
+            run = timing.time_adaptive(fn, device, adaptive)
+            times, stats = run.times_ms, run.columns()
+        else:
+            times = time_forward(fn, device, 0, repeats)
+            stats = timing.ci_columns(times)
+        stats.update(meter.stop(), **timing.cold_columns(warm, times, ex.compile != "off"))
         row = {
-            "status": "ok", "message": "", "warmup": warmup, "repeats": repeats,
+            "status": "ok", "message": "", "warmup": warmup, "repeats": len(times),
             "latency_ms_median": statistics.median(times), "latency_ms_p10": _percentile(times, 0.1),
             "latency_ms_p90": _percentile(times, 0.9), "latency_ms_mean": statistics.fmean(times),
             "latency_ms_min": min(times), "static_gib": static, "peak_rss_gib": _peak_rss_gib(),
+            **stats,
         }
         if device.startswith("cuda"):
             row["peak_alloc_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
@@ -328,7 +338,8 @@ def derived(point: Point, row: dict, gpu_name: str) -> dict:
     return out
 
 
-def run_point(point: Point, warmup: int, repeats: int, drift: bool = False, experiment: str = "") -> dict:
+def run_point(point: Point, warmup: int, repeats: int, drift: bool = False, experiment: str = "",
+              adaptive: Optional[timing.AdaptiveSettings] = None) -> dict:
     """One complete result row. Never raises for a failure of the point itself."""
     t0 = time.perf_counter()
     dev = torch.device(point.device)
@@ -336,7 +347,7 @@ def run_point(point: Point, warmup: int, repeats: int, drift: bool = False, expe
     row["random_weights"] = point.checkpoint is None
     row["checkpoint"] = point.checkpoint or ""
     try:
-        row.update(measure(point, warmup, repeats, drift))
+        row.update(measure(point, warmup, repeats, drift, adaptive))
     except vggt_model.checkpoint.CheckpointError as exc:
         raise UserError(str(exc))
     except BaseException as exc:  # a point's failure is a result; Ctrl-C still stops the sweep
@@ -351,6 +362,7 @@ def run_point(point: Point, warmup: int, repeats: int, drift: bool = False, expe
         free_memory()
     row.update(derived(point, row, row.get("gpu_name", "")))
     row["params"] = sum(p.numel() for p in _CACHE["model"].parameters()) if "model" in _CACHE else math.nan
+    row.update(noise.columns(row))
     row["wall_s"] = time.perf_counter() - t0
     return row
 

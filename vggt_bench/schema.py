@@ -52,6 +52,30 @@ MEASUREMENTS = [
     "frac_of_peak",      # achieved / peak
     "drift_rel",         # ||out - out(k=0)|| / ||out(k=0)|| of the last layer's tokens (NaN: not measured)
     "wall_s",            # seconds the whole point took (build, warm-up, timing)
+    # How far to trust the row (vggt_bench/noise.py, telemetry.py, timing.py document each):
+    "noisy",             # bool: the latency is not to be trusted as is; noise_reason says why
+    "noise_reason",      # "; "-joined reasons, e.g. "spread p90/p10 1.34 > 1.10; GPU throttled: sw_power_cap"
+    "spread",            # latency_ms_p90 / latency_ms_p10
+    "ci95_low_ms",       # distribution-free 95% CI of the median latency (NaN with < 6 repeats)
+    "ci95_high_ms",
+    "rel_ci95",          # CI half-width / median
+    "stopped_by",        # repeats (fixed loop) | converged | budget | max_repeats (measure.adaptive)
+    "first_call_ms",     # the point's first call, lazy init / compilation included (wall clock)
+    "compile_s",         # torch.compile: warm-up seconds beyond steady state (NaN: compile off)
+    "gpu_uuid",          # NVML UUID of the GPU ("" on CPU / without NVML)
+    "sm_clock_mhz_start", "sm_clock_mhz_end",    # SM clock before / after the timed section (MHz)
+    "mem_clock_mhz_start", "mem_clock_mhz_end",  # memory clock (MHz)
+    "power_w_start", "power_w_end",              # board power (W)
+    "temp_c_start", "temp_c_end",                # GPU temperature (C)
+    "throttle_reasons",  # NVML clock-event reasons at start or end, comma-separated ("" none)
+    "gpu_telemetry_note",  # why the GPU fields are empty ("" when read)
+    "cpu_threads",       # torch.get_num_threads()
+    "cpu_cores",         # os.cpu_count()
+    "cpu_usable_cores",  # len(os.sched_getaffinity(0))
+    "load_avg_1m",       # 1-minute load average after the timed section (machine-wide)
+    "cpu_other_share",   # share of the usable CPUs' time other processes took while timing, 0..1
+    "cpu_self_share",    # share this process took while timing, 0..1
+    "cpu_window_s",      # wall seconds the CPU shares cover: the timed section, extended to >= 0.25 s
 ]
 
 RESULT_COLUMNS = ["point_id", "experiment"] + KNOBS + ENVIRONMENT + MEASUREMENTS

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from .errors import UserError, fail
 from .results import ResultStore
 from .runner import resolve, run_point
+from .timing import SettingsError, adaptive_settings
 
 SUMMARY_COLUMNS = [
     "frames", "frame_exec", "prune_depth", "attention", "dtype", "status",
@@ -39,7 +40,8 @@ def run_job(cfg: DictConfig) -> dict:
     """Measure the job's point (or skip it when already measured) and persist its row."""
     try:
         point = resolve(cfg)
-    except UserError as exc:
+        adaptive = adaptive_settings(cfg.measure)
+    except (UserError, SettingsError) as exc:
         fail(str(exc))
     store = open_store(cfg.out)
     pid = point.point_id
@@ -48,7 +50,7 @@ def run_job(cfg: DictConfig) -> dict:
         _say(f"skip  {_describe(point)}: already measured ({row['status']})")
         return row
     try:
-        row = run_point(point, int(cfg.measure.warmup), int(cfg.measure.repeats), bool(cfg.measure.drift), cfg.experiment)
+        row = run_point(point, int(cfg.measure.warmup), int(cfg.measure.repeats), bool(cfg.measure.drift), cfg.experiment, adaptive)
     except UserError as exc:
         fail(str(exc))
     store.add(row)
@@ -66,7 +68,8 @@ def _result(row: dict) -> str:
         return row.get("message", "")
     mem = row.get("peak_alloc_gib")
     mem = mem if mem is not None and not (isinstance(mem, float) and math.isnan(mem)) else row.get("peak_rss_gib")
-    return f"{row['latency_ms_median']:.1f} ms (p10 {row['latency_ms_p10']:.1f}, p90 {row['latency_ms_p90']:.1f}), {mem:.2f} GiB peak"
+    noisy = f" NOISY ({row['noise_reason']})" if row.get("noisy") else ""
+    return f"{row['latency_ms_median']:.1f} ms (p10 {row['latency_ms_p10']:.1f}, p90 {row['latency_ms_p90']:.1f}), {mem:.2f} GiB peak{noisy}"
 
 
 _BAR: Any = None
