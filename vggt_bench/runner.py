@@ -265,6 +265,9 @@ def measure(point: Point, warmup: int, repeats: int, drift: bool = False,
         net = get_model(point)
         ex = point.execution
         reason = attention.why_unavailable(ex.attention, device, net.compute_dtype, cfg.aggregator.head_dim)
+        if reason is None and ex.memory_plan == "offload" and ex.cuda_graph:
+            reason = ("memory_plan=offload copies to host memory on a side stream, which is not captured into a "
+                      "CUDA graph here; use model.cuda_graph=false")
         if reason is not None:
             return {"status": "unavailable", "message": reason}
         net.configure(ex)
@@ -292,8 +295,11 @@ def measure(point: Point, warmup: int, repeats: int, drift: bool = False,
             times = time_forward(fn, device, 0, repeats)
             stats = timing.ci_columns(times)
         stats.update(meter.stop(), **timing.cold_columns(warm, times, ex.compile != "off"))
+        message = ""
+        if ex.memory_plan == "offload" and not device.startswith("cuda"):
+            message = "memory_plan=offload on the CPU: the kept outputs are in host memory already (ran as lean)"
         row = {
-            "status": "ok", "message": "", "warmup": warmup, "repeats": len(times),
+            "status": "ok", "message": message, "warmup": warmup, "repeats": len(times),
             "latency_ms_median": statistics.median(times), "latency_ms_p10": _percentile(times, 0.1),
             "latency_ms_p90": _percentile(times, 0.9), "latency_ms_mean": statistics.fmean(times),
             "latency_ms_min": min(times), "static_gib": static, "peak_rss_gib": _peak_rss_gib(),
@@ -301,10 +307,11 @@ def measure(point: Point, warmup: int, repeats: int, drift: bool = False,
         }
         if device.startswith("cuda"):
             row["peak_alloc_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+            row["act_gib"] = row["peak_alloc_gib"] - static
             row["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
             row["device_mem_gib"] = torch.cuda.get_device_properties(device).total_memory / 2**30
         else:
-            row["peak_alloc_gib"] = row["peak_reserved_gib"] = math.nan
+            row["peak_alloc_gib"] = row["peak_reserved_gib"] = row["act_gib"] = math.nan
             row["device_mem_gib"] = env.machine_memory_gib()
         row["drift_rel"] = math.nan
         if drift and ex.prune_depth > 0:
@@ -315,6 +322,18 @@ def measure(point: Point, warmup: int, repeats: int, drift: bool = False,
             row["drift_rel"] = float((test - ref).norm() / ref.norm())
         del images, queries, fn
     return row
+
+
+_ELEMENT_BYTES = {"fp32": 4, "bf16_autocast": 4, "bf16": 2, "fp16": 2}  # the residual stream's dtype
+
+
+def kept_bytes(point: Point) -> int:
+    """Bytes of the layer outputs the aggregator keeps for the heads: ``len(cached)`` x
+    ``[B, S, P, 2C]`` in the residual stream's dtype (fp32 under bf16 autocast)."""
+    agg = point.model_config().aggregator
+    tokens = (point.height // agg.patch_size) * (point.width // agg.patch_size) + agg.patch_start_idx
+    per_layer = point.batch * point.frames * tokens * 2 * agg.embed_dim * _ELEMENT_BYTES[point.execution.dtype]
+    return len(agg.cached_layers()) * per_layer
 
 
 def derived(point: Point, row: dict, gpu_name: str) -> dict:
@@ -328,6 +347,9 @@ def derived(point: Point, row: dict, gpu_name: str) -> dict:
         cfg, point.part, point.height, point.width, point.frames, point.batch, point.execution.prune_depth,
         point.query_points,
     )
+    out["kept_gib"] = kept_bytes(point) / 2**30
+    on_host = point.execution.memory_plan == "offload" and point.device.startswith("cuda")
+    out["host_gib"] = out["kept_gib"] if on_host else 0.0
     peak, source = gpus.peak_tflops(gpu_name, point.execution.dtype, point.execution.tf32)
     out["peak_tflops"], out["peak_source"] = peak, source
     median = row.get("latency_ms_median")

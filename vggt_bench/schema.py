@@ -40,6 +40,9 @@ MEASUREMENTS = [
     "peak_alloc_gib",    # GPU: torch.cuda.max_memory_allocated; CPU: NaN
     "peak_reserved_gib", # GPU: torch.cuda.max_memory_reserved; CPU: NaN
     "static_gib",        # GPU memory allocated before the forward (weights, inputs)
+    "act_gib",           # GPU: peak_alloc_gib - static_gib, what the forward itself held at its peak
+    "kept_gib",          # the layer outputs kept for the heads (4 x [B, S, P, 2C]), wherever they are held
+    "host_gib",          # pinned host memory holding them (memory_plan=offload on a GPU; else 0)
     "peak_rss_gib",      # process peak resident set (CPU runs; recorded on GPU too)
     "device_mem_gib",    # total memory of the device (GPU) or the machine (CPU)
     "fps",               # frames * batch / median latency
