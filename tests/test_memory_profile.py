@@ -465,3 +465,90 @@ def test_an_unrecorded_free_ends_the_earlier_allocation_at_that_address():
     tables = mem.memory_tables({"segments": [], "device_traces": [trace]})
     assert mib(tables["memory_timeline"]["allocated_gib"]) == [3, 1]
     assert any("already live" in n for n in tables["memory_summary"].attrs["notes"])
+
+
+class StandInCuda:
+    """Stand-ins for the torch.cuda calls of the GPU path, so its glue runs on the CPU: the
+    allocator history calls, two snapshots (a marker before the forward, then the full one),
+    the allocator counters the stage tracker reads."""
+
+    def __init__(self, monkeypatch, snapshot, net, fail_forward=False):
+        import vggt_bench.env as env
+        import vggt_bench.runner as runner
+
+        self.history, self.allocator = [], FakeAllocator(21 * MiB)
+        marker = {"segments": [], "device_traces": [snapshot["device_traces"][0][:1]]}
+        snapshots = iter([marker, snapshot])
+        calls = {"n": 0}
+
+        def forward():
+            calls["n"] += 1
+            if fail_forward and calls["n"] == 2:  # the recorded one, after one warm-up
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.\nmore text")
+            return net.aggregate(torch.rand(1, 1, 3, 28, 28))
+
+        m = monkeypatch
+        m.setattr(torch.cuda.memory, "_record_memory_history", lambda *a, **k: self.history.append(k or a))
+        m.setattr(torch.cuda.memory, "_snapshot", lambda *a, **k: next(snapshots))
+        m.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+        m.setattr(torch.cuda, "current_device", lambda: 0)
+        a = self.allocator
+        m.setattr(torch.cuda, "memory_stats_as_nested_dict", lambda device=None: {
+            "allocated_bytes": {"all": {"current": a.current, "peak": a.peak}},
+            "allocation": {"all": {"allocated": a.allocs, "freed": a.frees}}})
+        m.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: a.reset_peak())
+        m.setattr(runner, "get_model", lambda point: net)
+        m.setattr(runner, "make_inputs", lambda point: (None, None))
+        m.setattr(runner, "forward_fn", lambda net_, point, images, queries: forward)
+        m.setattr(env, "environment", lambda device: {"gpu_name": "stand-in GPU"})
+
+
+def cuda_point():
+    return SimpleNamespace(device="cuda", cuda_graph=False, compile="off", nvtx=False, part="aggregator",
+                           execution=lambda: ExecutionConfig(nvtx=True), knobs=lambda: {"arch": "small", "frames": 1})
+
+
+def test_gpu_path_glue_with_stand_ins(monkeypatch, tmp_path, capsys, aggregator_py):
+    net = model.build(model.VGGTConfig.small(), "cpu")
+    cuda = StandInCuda(monkeypatch, hand_built_snapshot(aggregator_py), net)
+    cfg = SimpleNamespace(measure=SimpleNamespace(warmup=1))
+    assert profile_memory.profile_memory(cfg, cuda_point(), str(tmp_path / "p")) == 0
+    assert cuda.history[0]["stacks"] == "python" and cuda.history[0]["context"] == "all"
+    assert cuda.history[-1] == {"enabled": None}  # recording stopped
+    assert net.ranges.recorder is None  # tracker detached
+    with open(tmp_path / "p" / "memory_snapshot.pickle", "rb") as f:
+        assert pickle.load(f) == hand_built_snapshot(aggregator_py)
+    meta = json.loads((tmp_path / "p" / "point.json").read_text())
+    assert meta["forward_start_event"] == 1 and meta["profiler"] == "memory" and meta["gpu_name"] == "stand-in GPU"
+    calls = pd.read_csv(tmp_path / "p" / "memory_stage_calls.csv")
+    assert calls["path"].iloc[0] == "aggregator" and (calls["path"] == "aggregator/layer_07/global_block").any()
+    out = capsys.readouterr().out
+    assert "peak allocated 0.048 GiB" in out and "memory_viz" in out
+    assert (tmp_path / "p" / "memory_timeline.png").exists()
+
+
+def test_gpu_path_out_of_memory_keeps_the_snapshot_and_exits_1(monkeypatch, tmp_path, capsys, aggregator_py):
+    net = model.build(model.VGGTConfig.small(), "cpu")
+    StandInCuda(monkeypatch, hand_built_snapshot(aggregator_py), net, fail_forward=True)
+    cfg = SimpleNamespace(measure=SimpleNamespace(warmup=1))
+    with pytest.raises(SystemExit) as info:
+        profile_memory.profile_memory(cfg, cuda_point(), str(tmp_path / "p"))
+    assert info.value.code == 1
+    err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert len(err) == 1 and "ran out of GPU memory (OutOfMemoryError: CUDA out of memory." in err[0]
+    assert (tmp_path / "p" / "memory_snapshot.pickle").exists() and (tmp_path / "p" / "memory_at_peak.csv").exists()
+
+
+def test_gpu_path_failure_is_one_line(monkeypatch, tmp_path, capsys, aggregator_py):
+    net = model.build(model.VGGTConfig.small(), "cpu")
+    StandInCuda(monkeypatch, hand_built_snapshot(aggregator_py), net)
+    monkeypatch.setattr(torch.cuda.memory, "_record_memory_history",
+                        lambda *a, **k: (_ for _ in ()).throw(RuntimeError("Record context stack not supported\nx")))
+    with pytest.raises(SystemExit) as info:
+        profile_memory.profile_memory(SimpleNamespace(measure=SimpleNamespace(warmup=0)), cuda_point(),
+                                      str(tmp_path / "p"))
+    assert info.value.code == 1
+    err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert err == ["vggt_bench: error: profiler=memory: recording the allocator history failed: "
+                   "RuntimeError: Record context stack not supported"]
+    assert net.ranges.recorder is None
