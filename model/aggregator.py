@@ -168,11 +168,25 @@ class Aggregator(nn.Module):
                         kept[kind].append(tokens)
             for j in range(step):
                 if len(outputs) in self.cached:
-                    frame_out, global_out = kept["frame"][j], kept["global"][j]
-                    outputs.append(torch.cat((frame_out.view(B, S, P, C), global_out.view(B, S, P, C)), dim=-1))
+                    outputs.append(self.keep_output(kept["frame"][j], kept["global"][j], (B, S, P, C)))
                 else:
                     outputs.append(None)
         return outputs
+
+    @staticmethod
+    def keep_output(frame_out: torch.Tensor, global_out: torch.Tensor, shape) -> torch.Tensor:
+        """A kept layer output ``[B, S, P, 2C]``: ``cat(frame_out, global_out, -1)``. Every plan that
+        keeps outputs on the device builds them here (the memory profiler recognises them by it)."""
+        B, S, P, C = shape
+        out = frame_out.new_empty((B, S, P, 2 * C))
+        out[..., :C] = frame_out.view(B, S, P, C)
+        out[..., C:] = global_out.view(B, S, P, C)
+        return out
+
+    @staticmethod
+    def snapshot(tokens: torch.Tensor, mover: Optional[Offloader]) -> torch.Tensor:
+        """A copy of the residual stream as it is now, kept for a layer output (on the host under offload)."""
+        return mover.snapshot(tokens) if mover else tokens.clone()
 
     def _forward_lean(self, images: torch.Tensor, offload: bool) -> List[Optional[torch.Tensor]]:
         """The same function in less memory: the patch embed over chunks of frames; every block
@@ -202,8 +216,8 @@ class Aggregator(nn.Module):
                     for i in layers:
                         self._layer_inplace(kind, i, tokens, B, S, P, C, rope, chunk_frames * P)
                         if i in self.cached:
-                            last = kind == order[-1] and i == layers[-1]  # assembled before tokens change again
-                            kept[kind][i] = mover.start(tokens) if mover else (tokens if last else tokens.clone())
+                            last = kind == order[-1] and i == layers[-1] and not mover  # assembled before tokens change
+                            kept[kind][i] = tokens if last else self.snapshot(tokens, mover)
             for i in layers:
                 if i not in self.cached:
                     outputs.append(None)
@@ -212,10 +226,7 @@ class Aggregator(nn.Module):
                 if mover:
                     outputs.append(HostLayer(first, second, (B, S, P, 2 * C), images.device, mover))
                 else:
-                    out = tokens.new_empty((B, S, P, 2 * C))
-                    out[..., :C] = first.view(B, S, P, C)
-                    out[..., C:] = second.view(B, S, P, C)
-                    outputs.append(out)
+                    outputs.append(self.keep_output(first, second, (B, S, P, C)))
                 del first, second
         if mover:
             mover.finish()

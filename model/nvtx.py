@@ -5,6 +5,10 @@ default) that returns one shared ``nullcontext``: no allocation, no call into CU
 With ranges on, each range is pushed to NVTX (domain ``vggt`` through the ``nvtx``
 package when installed, else ``torch.cuda.nvtx``) and labelled for the PyTorch
 profiler with ``record_function``, so both tools see the same names.
+
+``Ranges.recorder`` (default None) is an optional object with ``on_enter(name)`` and
+``on_exit(name)``, called around every range while ranges are on (e.g. a per-stage memory
+tracker); ranges off never call it.
 """
 
 from __future__ import annotations
@@ -39,12 +43,14 @@ def _nvtx_push_pop():
 
 
 class _Range:
-    __slots__ = ("name", "_rf", "_push", "_pop")
+    __slots__ = ("name", "_rf", "_push", "_pop", "_recorder")
 
-    def __init__(self, name, push, pop):
-        self.name, self._push, self._pop = name, push, pop
+    def __init__(self, name, push, pop, recorder=None):
+        self.name, self._push, self._pop, self._recorder = name, push, pop, recorder
 
     def __enter__(self):
+        if self._recorder is not None:
+            self._recorder.on_enter(self.name)
         if self._push is not None:
             self._push(self.name)
         self._rf = torch.profiler.record_function(self.name)
@@ -55,6 +61,8 @@ class _Range:
         self._rf.__exit__(*exc)
         if self._pop is not None:
             self._pop()
+        if self._recorder is not None:
+            self._recorder.on_exit(self.name)
         return False
 
 
@@ -64,11 +72,12 @@ class Ranges:
     def __init__(self, enabled: bool = False):
         self.enabled = bool(enabled)
         self._push, self._pop = _nvtx_push_pop() if self.enabled else (None, None)
+        self.recorder = None  # optional: on_enter(name) / on_exit(name) around every range
 
     def __call__(self, name: str):
         if not self.enabled:
             return _NULL
-        return _Range(name, self._push, self._pop)
+        return _Range(name, self._push, self._pop, self.recorder)
 
     def __repr__(self):
         return f"Ranges(enabled={self.enabled})"

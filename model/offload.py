@@ -24,7 +24,7 @@ class Offloader:
         self.stream = torch.cuda.Stream(self.device) if self.cuda else None
         self.ready: Optional[torch.cuda.Event] = None
 
-    def start(self, t: torch.Tensor) -> torch.Tensor:
+    def snapshot(self, t: torch.Tensor) -> torch.Tensor:
         """A host copy of ``t`` as it is now; on CUDA the copy may be in flight until ``finish``."""
         if not self.cuda:
             return t.clone()  # nothing to offload: host memory is where the tensor already is

@@ -89,7 +89,7 @@ class VerifyConfig:
 
 @dataclass
 class ProfileConfig(BenchConfig):
-    profiler: str = "torch"            # torch | nsys | none (capture loop only, under your own nsys)
+    profiler: str = "torch"            # torch | nsys | none (capture loop only, under your own nsys) | memory
     iterations: int = 3                # captured forwards (after measure.warmup untimed ones)
     nsys: Optional[str] = None         # path to the nsys binary; None: look on PATH
     nsys_args: List[str] = field(default_factory=lambda: ["--trace=cuda,nvtx", "--sample=none", "--cpuctxsw=none"])

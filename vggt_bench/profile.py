@@ -5,6 +5,7 @@ profiler=nsys   re-runs this command under ``nsys profile --capture-range=cudaPr
                 with profiler=none, exports SQLite and parses it.
 profiler=none   runs warm-up, then cudaProfilerStart, the captured forwards, cudaProfilerStop:
                 the child of profiler=nsys, and what to run under your own nsys command.
+profiler=memory records the CUDA caching allocator over one forward (``profile_memory``).
 analyze=PATH    re-reads an existing ``.sqlite`` / ``.sqlite.gz`` / ``.nsys-rep`` / trace ``.json``.
 
 Every profile lands in ``<out>/profiles/<tag>/`` (``nvtx_ranges.csv``, ``kernels.csv``,
@@ -26,13 +27,14 @@ from typing import Dict, List, Optional
 import pandas as pd
 import torch
 
+from . import profile_memory
 from .analysis.tables import summary_row
 from .profiling import NoProfileData, read_report, read_trace
 from .env import environment
 from .errors import UserError, fail
 from .runner import forward_fn, get_model, make_inputs, resolve
 
-PROFILERS = ("torch", "nsys", "none")
+PROFILERS = ("torch", "nsys", "none", "memory")
 TABLE_NAMES = ("nvtx_ranges", "kernels", "cuda_api", "gpu_activity")
 NSYS_HINT = (
     "install Nsight Systems (https://developer.nvidia.com/nsight-systems) and put `nsys` on PATH, "
@@ -193,7 +195,9 @@ def _show(tables: Dict[str, pd.DataFrame], iterations: int) -> None:
 def main(cfg) -> int:
     try:
         if cfg.profiler not in PROFILERS:
-            raise UserError(f"unknown profiler {cfg.profiler!r}; use profiler=torch, nsys or none")
+            raise UserError(f"unknown profiler {cfg.profiler!r}; use profiler=torch, nsys, none or memory")
+        if cfg.analyze and str(cfg.analyze).endswith(".pickle"):
+            return profile_memory.analyze_memory(cfg)
         if cfg.analyze:
             tables = read_any(cfg.analyze, cfg.nsys)
             directory = os.path.join(cfg.out, "profiles", cfg.tag or os.path.basename(cfg.analyze).split(".")[0])
@@ -212,6 +216,8 @@ def main(cfg) -> int:
         if cfg.profiler == "nsys" and not point.device.startswith("cuda") and not cfg.dry_run:
             raise UserError("profiler=nsys traces CUDA work: it needs device=cuda (use profiler=torch on the CPU)")
         point.execution.nvtx = True
+        if cfg.profiler == "memory":
+            return profile_memory.profile_memory(cfg, point, os.path.join(cfg.out, "profiles", _tag(cfg, point)))
         if cfg.profiler == "none":
             _capture(cfg, point, "none", None)
             return 0

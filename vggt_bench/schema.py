@@ -109,3 +109,69 @@ GPU_ACTIVITY_COLUMNS = [
     "gap_median_us",        # median idle gap between consecutive GPU ops
     "gap_p90_us",
 ]
+
+# Memory profile tables (``profile profiler=memory``), one set per ``<out>/profiles/<tag>/``;
+# written by ``vggt_bench.profiling.memory``. "allocated" in the snapshot tables is the sum of the
+# *requested* sizes of live allocations, which is what the allocator's trace records;
+# ``torch.cuda.memory_allocated`` counts rounded block sizes, a little more.
+MEMORY_TIMELINE_COLUMNS = [
+    "event",          # index in the device's allocator trace (0 = first recorded event)
+    "time_us",        # host time the trace gives the event, microseconds (NaN when the trace has none)
+    "action",         # alloc | free_requested | free_completed | segment_alloc | segment_free | segment_map |
+                      # segment_unmap | snapshot | oom
+    "size_gib",       # size the event names (allocation, segment, or the request that ran out of memory)
+    "allocated_gib",  # live allocations after the event
+    "reserved_gib",   # memory the allocator holds from cudaMalloc after the event (allocated + cached)
+    "in_forward",     # the event happened in the recorded forward (after its start)
+    "stage",          # path of the innermost named range open at the event ("" = none or no stage recorder)
+]
+MEMORY_AT_PEAK_COLUMNS = [
+    "address",        # device address of the allocation
+    "size_gib",       # requested size
+    "category",       # weights and inputs | kept layer outputs | activations | workspace | unattributed
+    "frame",          # where it was allocated: innermost frame of our code, "dir/file.py:function:line" ("" = no stack)
+    "stage",          # named range open when it was allocated ("" = none known)
+    "alloc_event",    # trace index of its allocation (-1: allocated before the trace began)
+]
+MEMORY_BY_CATEGORY_COLUMNS = [
+    "category",       # the categories above, and "allocator slack" (reserved minus allocated at the peak)
+    "blocks",         # live allocations of this category at the peak (0 for allocator slack)
+    "size_gib",
+    "share_of_reserved",  # size / reserved memory at the peak
+]
+MEMORY_STAGE_COLUMNS = [
+    "path",           # range path, outermost first: "vggt/aggregator/layer_03/global_block"
+    "range",          # the innermost name (an NVTX range name)
+    "depth",          # 0 = outermost
+    "calls",          # instances of this path in the forward
+    "peak_gib",       # highest allocated inside any instance (allocator counter)
+    "peak_above_entry_gib",  # max over instances of peak minus allocated at entry: what one call needs on top
+    "entry_gib",      # allocated when the first instance began
+    "exit_gib",       # allocated when the last instance ended
+    "delta_gib",      # sum over instances of (exit - entry): what the calls left allocated
+    "first_event",    # trace index where the first instance began (NaN: not aligned with a snapshot)
+    "last_event",     # trace index where the last instance ended
+]
+MEMORY_STAGE_CALL_COLUMNS = [
+    "call",           # order in which the instances began
+    "path", "range", "depth",
+    "entry_gib", "peak_gib", "exit_gib",
+    "enter_allocs",   # allocation requests since the forward began, at entry (NaN: counter not available)
+    "enter_frees",    # frees since the forward began, at entry
+    "exit_allocs",
+    "exit_frees",
+]
+MEMORY_SUMMARY_COLUMNS = [
+    "device_index",
+    "events",                 # trace entries of this device
+    "forward_start_event",    # first trace index of the recorded forward
+    "peak_event",             # trace index after which allocated peaked (NaN: no event in the forward)
+    "allocated_before_gib",   # allocated when the forward began (weights, inputs, what the warm-up kept)
+    "peak_allocated_gib",
+    "reserved_at_peak_gib",
+    "peak_reserved_gib",      # the most reserved at any event of the forward
+    "end_allocated_gib",      # allocated at the snapshot (after the forward)
+    "tracker_peak_gib",       # highest allocator-counter peak inside a named range (rounded block sizes)
+    "peak_stage",             # range path open at the peak
+    "oom",                    # the allocator ran out of memory during the trace
+]

@@ -1,0 +1,225 @@
+"""``profile profiler=memory``: the CUDA caching allocator over one forward, as tables and figures.
+
+Entry points (``profile.main`` calls them):
+
+* ``profile_memory(cfg, point, directory)``: on CUDA, build the model with its named ranges on,
+  run ``measure.warmup`` forwards, then record the allocator's history
+  (``torch.cuda.memory._record_memory_history(max_entries=MAX_ENTRIES, context="all",
+  stacks="python")``) around ONE forward while a ``MemoryRanges`` tracker sits on the model's
+  ``Ranges``; snapshot, stop recording. A marker snapshot taken just before the forward gives the
+  trace index where the forward starts. Without CUDA it refuses in one line (exit 2) before
+  building anything; CUDA-graph replays (``model.cuda_graph``, compile modes that use CUDA graphs)
+  allocate nothing, so they are refused too.
+* ``analyze_memory(cfg)``: ``analyze=.../memory_snapshot.pickle`` re-reads a kept snapshot (on any
+  machine, no GPU needed), with the tracker rows and forward start saved beside it when present.
+
+Both write into ``<out>/profiles/<tag>/``: ``memory_snapshot.pickle`` (the dict
+``torch.cuda.memory._snapshot()`` returned, pickled as ``_dump_snapshot`` does: open it at
+https://pytorch.org/memory_viz), the tables of ``vggt_bench.profiling.memory``,
+``memory_timeline.png|svg`` and ``memory_at_peak.png|svg``, ``point.json``; and print a summary.
+A failure on the GPU path is one line (exit 1); an out-of-memory forward still writes the
+snapshot and tables up to the failure, then exits 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pickle
+from typing import List, Optional
+
+import pandas as pd
+
+from .profiling.memory import (
+    CudaCounters,
+    MemoryRanges,
+    attached,
+    device_trace,
+    memory_tables,
+    read_memory_tables,
+    summary_lines,
+    write_memory_tables,
+)
+from .errors import UserError, fail
+from .schema import MEMORY_STAGE_CALL_COLUMNS
+
+SNAPSHOT_FILE = "memory_snapshot.pickle"
+MAX_ENTRIES = 1_000_000  # allocator trace ring buffer; a VGGT-1B forward needs a few 10^4
+CPU_MESSAGE = ("profiler=memory records the CUDA caching allocator: it needs device=cuda "
+               "(on the CPU, peak process memory is in every run's peak_rss_gib column)")
+GRAPH_MESSAGE = ("profiler=memory records allocations and a CUDA-graph replay makes none: use model.cuda_graph=false "
+                 "and model.compile=off|default|max-autotune-no-cudagraphs")
+VIZ = "https://pytorch.org/memory_viz"
+
+
+class CaptureError(RuntimeError):
+    """The GPU path failed: one line, exit 1."""
+
+
+def check_point(point) -> None:
+    """Refuse what cannot be memory-profiled, before anything is built."""
+    if not str(point.device).startswith("cuda"):
+        raise UserError(CPU_MESSAGE)
+    ex = point.execution
+    if ex.cuda_graph or ex.compile in ("reduce-overhead", "max-autotune"):
+        raise UserError(GRAPH_MESSAGE)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+# ---- CUDA only ---------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _recording(torch, max_entries: int):
+    torch.cuda.memory._record_memory_history(enabled="all", context="all", stacks="python", max_entries=max_entries)
+    try:
+        yield
+    finally:
+        torch.cuda.memory._record_memory_history(enabled=None)
+
+
+def capture(cfg, point):
+    """Warm up, then record one forward. Returns (snapshot, stage calls, forward start, device
+    index, out-of-memory message or "", notes). CUDA only; raises CaptureError."""
+    import torch
+
+    from .runner import forward_fn, get_model, make_inputs
+
+    step = "building the model"
+    notes: List[str] = []
+    try:
+        device = torch.device(point.device)
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        net = get_model(point)
+        net.configure(point.execution)
+        images, queries = make_inputs(point)
+        fn = forward_fn(net, point, images, queries)
+        recorder = MemoryRanges(CudaCounters(index))
+        ranges = (getattr(net, "ranges", None), getattr(getattr(net, "aggregator", None), "ranges", None))
+        oom = ""
+        with torch.inference_mode():
+            step = "the warm-up forward"
+            for _ in range(int(cfg.measure.warmup)):
+                fn()
+            torch.cuda.synchronize(device)
+            step = "recording the allocator history"
+            with attached(recorder, *ranges), _recording(torch, MAX_ENTRIES):
+                forward_start = len(device_trace(torch.cuda.memory._snapshot(), index))
+                recorder.start()
+                out = None
+                step = "the recorded forward"
+                try:
+                    out = fn()
+                    torch.cuda.synchronize(device)
+                except torch.cuda.OutOfMemoryError as exc:
+                    oom = _first_line(exc)
+                recorder.stop()
+                step = "the snapshot"
+                snapshot = torch.cuda.memory._snapshot()
+            del out
+    except UserError:
+        raise
+    except Exception as exc:  # one line on the terminal, never a traceback
+        raise CaptureError(f"profiler=memory: {step} failed: {_first_line(exc)}") from exc
+    if len(device_trace(snapshot, index)) >= MAX_ENTRIES:
+        notes.append(f"the allocator trace filled its {MAX_ENTRIES} entries: the earliest events were dropped")
+    notes += recorder.notes
+    return snapshot, recorder.calls_table(), forward_start, index, oom, notes
+
+
+def profile_memory(cfg, point, directory: str) -> int:
+    """``profile profiler=memory`` for one resolved point; tables in ``directory``."""
+    from .env import environment
+
+    check_point(point)
+    point.execution.nvtx = True  # the tracker hooks the named ranges
+    try:
+        snapshot, calls, forward_start, index, oom, notes = capture(cfg, point)
+    except CaptureError as exc:
+        fail(str(exc), 1)
+    import torch
+
+    try:
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, SNAPSHOT_FILE)
+        with open(path, "wb") as f:
+            pickle.dump(snapshot, f)
+        meta = {**point.knobs(), "tag": os.path.basename(directory),
+                "profiler": "memory", "iterations": 1, "source": path, "forward_start_event": forward_start,
+                "device_index": index, **environment(torch.device(point.device))}
+        _finish(snapshot, calls, forward_start, index, directory, meta, notes)
+    except UserError:
+        raise
+    except Exception as exc:  # one line, never a traceback
+        fail(f"profiler=memory: writing the snapshot and tables into {directory} failed: {_first_line(exc)}", 1)
+    if oom:
+        fail(f"the recorded forward ran out of GPU memory ({oom}); the snapshot up to the failure and its tables "
+             f"are in {directory}", 1)
+    return 0
+
+
+# ---- any machine -------------------------------------------------------------------------------
+def analyze_memory(cfg) -> int:
+    """``profile analyze=PATH/memory_snapshot.pickle``: tables and figures of a kept snapshot."""
+    source = str(cfg.analyze)
+    if not os.path.exists(source):
+        raise UserError(f"analyze={source}: no such file")
+    try:
+        with open(source, "rb") as f:
+            snapshot = pickle.load(f)
+    except Exception as exc:
+        raise UserError(f"analyze={source}: not a readable memory snapshot pickle ({_first_line(exc)})")
+    if not isinstance(snapshot, dict) or "device_traces" not in snapshot:
+        raise UserError(f"analyze={source}: not a torch.cuda.memory._snapshot() dict (no device_traces)")
+    here = os.path.dirname(os.path.abspath(source))
+    meta = {}
+    if os.path.exists(os.path.join(here, "point.json")):
+        with open(os.path.join(here, "point.json")) as f:
+            meta = json.load(f)
+    calls_path = os.path.join(here, "memory_stage_calls.csv")
+    calls = pd.read_csv(calls_path) if os.path.exists(calls_path) else pd.DataFrame(columns=MEMORY_STAGE_CALL_COLUMNS)
+    tag = cfg.tag or os.path.basename(here)
+    directory = os.path.join(cfg.out, "profiles", tag)
+    meta.update(tag=tag, profiler=meta.get("profiler", "memory"), source=source)
+    index = meta.get("device_index")
+    try:
+        _finish(snapshot, calls, int(meta.get("forward_start_event", 0)), None if index is None else int(index),
+                directory, meta, [])
+    except UserError:
+        raise
+    except Exception as exc:  # one line, never a traceback
+    
+        fail(f"analyze={source}: writing the tables into {directory} failed: {_first_line(exc)}", 1)
+    return 0
+
+
+def _finish(snapshot, calls, forward_start: int, index: Optional[int], directory: str, meta: dict,
+            notes: List[str]) -> None:
+    from .report.memory_figures import render_memory_figures
+
+    try:
+        tables = memory_tables(snapshot, calls, forward_start, index)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"cannot read the memory snapshot: {_first_line(exc)}")
+    summary = tables["memory_summary"]
+    summary.attrs["notes"] = list(dict.fromkeys(notes + summary.attrs.get("notes", [])))
+    os.makedirs(directory, exist_ok=True)
+    write_memory_tables(tables, directory)
+    with open(os.path.join(directory, "point.json"), "w") as f:
+        json.dump(meta, f, indent=1, default=str)
+    try:
+        written, figure_notes = render_memory_figures(read_memory_tables(directory), directory, meta)
+    except Exception as exc:  # the tables are written: a figure failure is a note
+        written, figure_notes = [], [f"figures failed: {_first_line(exc)}"]
+    print(f"memory profile {meta.get('tag', '')}: one forward, "
+          f"{int(summary.iloc[0]['events'])} allocator events")
+    for line in summary_lines(tables):
+        print(line)
+    for note in summary.attrs["notes"] + figure_notes:
+        print(f"note: {note}")
+    print(f"snapshot {meta.get('source', '')} (open it at {VIZ})")
+    print(f"tables in {directory}" + (f", figures {', '.join(os.path.basename(p) for p in written if p.endswith('.png'))}"
+                                      if written else ""))
