@@ -56,7 +56,8 @@ class Aggregator(nn.Module):
         self.cached = cfg.cached_layers()
         self.execution = ExecutionConfig()
         self.ranges: Ranges = OFF
-        self.attend = None  # set by configure()
+        self.attend = None  # set by configure(): frame layers and the patch embed
+        self.attend_global = None  # set by configure(): global layers
         self._rope_cache = {}
 
     def reset_buffers(self):
@@ -263,7 +264,8 @@ class Aggregator(nn.Module):
                 self.run_per_frame_inplace(block, tokens, rope)
         else:
             with ranges("global_block"):
-                self.global_blocks[i](tokens.view(B, S * P, C), self.attend, rope, ranges, mode="chunked", rows=rows)
+                self.global_blocks[i](tokens.view(B, S * P, C), self.attend_global, rope, ranges, mode="chunked",
+                                      rows=rows)
 
     def _layer(self, kind, i, converted, tokens, B, S, P, C, rope):
         ranges = self.ranges
@@ -275,4 +277,4 @@ class Aggregator(nn.Module):
             with ranges("converted_block"):
                 return self.run_per_frame(block, tokens, rope)
         with ranges("global_block"):
-            return self.global_blocks[i](tokens.view(B, S * P, C), self.attend, rope, ranges).view(B * S, P, C)
+            return self.global_blocks[i](tokens.view(B, S * P, C), self.attend_global, rope, ranges).view(B * S, P, C)

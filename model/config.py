@@ -374,9 +374,13 @@ def validate_fields(cls, values, prefix: str = "", **limits) -> None:
 
 
 def _backend_names():
-    from .attention import BACKENDS  # local: attention imports nothing from here
+    from .attention import AUTO, BACKENDS  # local: attention imports nothing from here
 
-    return tuple(BACKENDS)
+    return tuple(BACKENDS) + (AUTO,)
+
+
+def _global_backend_names():
+    return ("same",) + _backend_names()
 
 
 @dataclass
@@ -389,7 +393,8 @@ class ExecutionConfig:
     prune_depth: the first k global layers attend within each frame only (global-to-frame
         conversion; k=0 is upstream). ``prune_weights`` says whose weights a converted layer
         uses: the global block's own (``global``, as AVGGT) or the frame block's again (``frame``).
-    attention: name of a backend in ``vggt_model.attention.BACKENDS``.
+    attention: name of a backend in ``vggt_model.attention.BACKENDS`` (or ``auto``), at every site;
+        ``global_attention`` overrides it at the global layers.
     dtype, tf32, compile: applied when the model is built (``vggt_model.execution``).
     cuda_graph: the caller replays the forward as one CUDA graph (``GraphedForward``).
     nvtx: emit NVTX / profiler ranges around every stage.
@@ -402,7 +407,12 @@ class ExecutionConfig:
                             help="the first k global layers attend within each frame only (global-to-frame conversion)")
     prune_weights: str = knob("global", choices=PRUNE_WEIGHTS, fidelity=APPROX,
                               help="weights of a converted layer: the global block's own or the frame block's")
-    attention: str = knob("sdpa", choices=_backend_names, help="attention backend (python -m vggt_bench backends)")
+    attention: str = knob("sdpa", choices=_backend_names,
+                          help="attention backend at every site (python -m vggt_bench backends); auto: the fastest "
+                               "exact kernel, timed per site, shape and dtype at the first call")
+    global_attention: str = knob("same", choices=_global_backend_names,
+                                 help="the global layers' backend (same: as attention); frame layers, the patch embed "
+                                      "and the heads keep attention")
     dtype: str = knob("fp32", choices=PRECISIONS, fidelity=PRECISION, applied="build",
                       help="fp32; bf16_autocast (upstream's: fp32 weights, bf16 aggregator); bf16 or fp16 weights")
     tf32: bool = knob(False, fidelity=PRECISION, applied="build", help="TF32 for fp32 matmuls and convolutions")

@@ -41,8 +41,10 @@ class VGGT(nn.Module):
         self.precision = "fp32"
         self.execution = ExecutionConfig()
         self.ranges: Ranges = OFF
-        self._backend = attention.BACKENDS["sdpa"]
-        self.aggregator.attend = self._backend.fn
+        self._context = attention.BACKENDS["sdpa"].context
+        self.sites = {"frame": attention.BACKENDS["sdpa"], "global": attention.BACKENDS["sdpa"]}
+        self.aggregator.attend = self.aggregator.attend_global = attention.sdpa
+        self._head_attend = attention.sdpa
 
     # ---- execution ------------------------------------------------------------------------
     @property
@@ -55,23 +57,53 @@ class VGGT(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    def _site_backend(self, name: str, site: str, head_dims):
+        """The backend (or ``Auto``) for one call site; refuse one that cannot run here."""
+        if name == attention.AUTO:
+            common = None
+            for hd in head_dims:
+                names = [b.name for b in attention.auto_candidates(self.device, self.compute_dtype, hd)]
+                common = names if common is None else [n for n in common if n in names]
+            return attention.Auto(site, [attention.BACKENDS[n] for n in common or []])
+        for hd in head_dims:
+            backend = attention.get(name, self.device, self.compute_dtype, hd)
+        return backend
+
     def configure(self, execution: ExecutionConfig) -> "VGGT":
-        """Hand the model its execution settings; refuse a backend that cannot run here."""
+        """Hand the model its execution settings; refuse a backend that cannot run here.
+
+        Attention per call site: ``attention`` at the frame layers (and converted ones), the DINOv2
+        patch embed and the camera head; ``global_attention`` (``same``: as ``attention``) at the
+        global layers. Precision and compile are applied when the model is built (``set_precision``,
+        ``apply_compile``), not here.
+        """
         agg = self.config.aggregator
         execution.validate(agg.depth)
-        head_dims = {agg.head_dim}
         vit = self.config.vit_config()
-        if vit is not None:
-            head_dims.add(vit.embed_dim // vit.num_heads)
-        for hd in sorted(head_dims):
-            backend = attention.get(execution.attention, self.device, self.compute_dtype, hd)
-        self._backend = backend
+        frame_dims = sorted({agg.head_dim} | ({vit.embed_dim // vit.num_heads} if vit is not None else set()))
+        frame = self._site_backend(execution.attention, "frame", frame_dims)
+        name = execution.global_attention
+        if name == "same" or (name == execution.attention and name != attention.AUTO):
+            glob = frame
+        else:
+            glob = self._site_backend(name, "global", [agg.head_dim])
+        self.sites = {"frame": frame, "global": glob}
         self.execution = execution
         self.ranges = Ranges(execution.nvtx)
         self.aggregator.execution = execution
         self.aggregator.ranges = self.ranges
-        self.aggregator.attend = backend.fn
+        if glob is frame:  # one kernel choice for the whole forward: its context once, plain calls
+            self._context = frame.context
+            self.aggregator.attend = self.aggregator.attend_global = frame.fn
+        else:  # each site enters its own kernel choice per call
+            self._context = contextlib.nullcontext
+            self.aggregator.attend, self.aggregator.attend_global = frame.run, glob.run
+        self._head_attend = frame.run
         return self
+
+    def attention_report(self) -> str:
+        """What each site ran: ``frame=sdpa_cudnn global=flash_attn4`` (``auto(...)``: chosen by timing)."""
+        return " ".join(f"{site}={backend.label()}" for site, backend in self.sites.items())
 
     def _autocast(self, enabled: bool):
         if self.precision == "bf16_autocast":
@@ -109,7 +141,7 @@ class VGGT(nn.Module):
         images, _ = self.check_inputs(images)
         if self.precision in ("bf16", "fp16"):
             images = images.to(self.compute_dtype)
-        with self.ranges("aggregator"), self._autocast(True), self._backend.context():
+        with self.ranges("aggregator"), self._autocast(True), self._context():
             return self.aggregator(images), self.aggregator.patch_start_idx
 
     def forward(
@@ -137,7 +169,7 @@ class VGGT(nn.Module):
             with self._autocast(False):
                 if self.camera_head is not None:
                     with self.ranges("camera_head"):
-                        poses = self.camera_head(tokens, attention.sdpa, self.ranges)
+                        poses = self.camera_head(tokens, self._head_attend, self.ranges)
                     out["pose_enc"], out["pose_enc_list"] = poses[-1], poses
                     out["extrinsic"], out["intrinsic"] = pose_encoding_to_extri_intri(poses[-1], images.shape[-2:])
                 if self.depth_head is not None:

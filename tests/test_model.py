@@ -163,7 +163,8 @@ def test_unavailable_backend_names_what_is_available():
 
 def test_every_backend_says_why_it_is_unavailable():
     table = vggt_model.attention.available("cpu", torch.float32, 64)
-    assert set(table) == {"eager", "sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "sdpa_math", "flash_attn", "flex"}
+    assert set(table) == {"eager", "sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "sdpa_math", "flash_attn",
+                          "flash_attn4", "flex"}
     assert table["eager"] is None and table["sdpa_math"] is None
     assert "CUDA" in table["sdpa_cudnn"]
     for name, reason in table.items():

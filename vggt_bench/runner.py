@@ -256,6 +256,19 @@ def _last_layer(out) -> torch.Tensor:
     return vggt_model.materialize(tokens[-1]).float()
 
 
+def _auto_timings(net) -> str:
+    """JSON of what ``auto`` measured per site and shape: ``{site: {"q [..] k [..] dtype": {backend: ms or why}}}``."""
+    import json
+
+    timings = {}
+    for site, backend in net.sites.items():
+        for key, results in getattr(backend, "timings", {}).items():
+            q, k, dtype = key
+            label = f"q {list(q)} k {list(k)} {dtype}"
+            timings.setdefault(site, {})[label] = {n: (round(t, 4) if isinstance(t, float) else t) for n, t in results.items()}
+    return json.dumps(timings) if timings else ""
+
+
 def measure(point: Point, warmup: int, repeats: int, drift: bool = False,
             adaptive: Optional[timing.AdaptiveSettings] = None) -> dict:
     """All measurement columns of one point (status ``ok``), or raise."""
@@ -264,13 +277,14 @@ def measure(point: Point, warmup: int, repeats: int, drift: bool = False,
     with torch.inference_mode():
         net = get_model(point)
         ex = point.execution
-        reason = attention.why_unavailable(ex.attention, device, net.compute_dtype, cfg.aggregator.head_dim)
-        if reason is None and ex.memory_plan == "offload" and ex.cuda_graph:
-            reason = ("memory_plan=offload copies to host memory on a side stream, which is not captured into a "
-                      "CUDA graph here; use model.cuda_graph=false")
-        if reason is not None:
-            return {"status": "unavailable", "message": reason}
-        net.configure(ex)
+        if ex.memory_plan == "offload" and ex.cuda_graph:
+            return {"status": "unavailable", "message": (
+                "memory_plan=offload copies to host memory on a side stream, which is not captured into a "
+                "CUDA graph here; use model.cuda_graph=false")}
+        try:
+            net.configure(ex)
+        except attention.BackendUnavailable as exc:
+            return {"status": "unavailable", "message": str(exc)}
         if ex.compile != "off":
             # Compiled code is cached per code object, shared by every point of the process:
             # without a reset, new shapes recompile until dynamo's recompile limit and then
@@ -313,6 +327,8 @@ def measure(point: Point, warmup: int, repeats: int, drift: bool = False,
         else:
             row["peak_alloc_gib"] = row["peak_reserved_gib"] = row["act_gib"] = math.nan
             row["device_mem_gib"] = env.machine_memory_gib()
+        row["attention_ran"] = net.attention_report()
+        row["attention_auto"] = _auto_timings(net)
         row["drift_rel"] = math.nan
         if drift and ex.prune_depth > 0:
             # Only the aggregator is needed: the drift is measured on the last layer's tokens.

@@ -53,6 +53,8 @@ MEASUREMENTS = [
     "peak_tflops",       # dense peak of the device at this dtype (NaN if unknown)
     "peak_source",       # where peak_tflops comes from
     "frac_of_peak",      # achieved / peak
+    "attention_ran",     # what each call site ran: "frame=sdpa_cudnn global=flash_attn4" (auto: "auto(...)")
+    "attention_auto",    # JSON: what attention=auto timed per site and shape (ms per backend), "" without auto
     "drift_rel",         # ||out - out(k=0)|| / ||out(k=0)|| of the last layer's tokens (NaN: not measured)
     "wall_s",            # seconds the whole point took (build, warm-up, timing)
     # How far to trust the row (vggt_bench/noise.py, telemetry.py, timing.py document each):
