@@ -2,7 +2,8 @@
 
 A sweep is a Hydra multirun; its grid is the preset's ``hydra.sweeper.params`` plus any
 command-line sweeps (``frames=1,8,32``). ``SweepCallback`` shows a progress bar with an
-ETA (in-process launcher), prints a summary when the sweep ends and renders the report.
+ETA (fed by ``progress``, whichever launcher runs the jobs), prints a summary when the sweep
+ends and renders the report.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from . import progress
 from .results import ResultStore
 from .runner import UserError, resolve, run_point
 
@@ -47,6 +49,7 @@ def run_job(cfg: DictConfig) -> dict:
     except UserError as exc:
         fail(str(exc))
     store = open_store(cfg.out)
+    progress.job_started(point, cfg.experiment)
     pid = point.point_id
     if cfg.resume and store.is_done(pid):
         row = store.existing(pid)
@@ -77,6 +80,7 @@ def _result(row: dict) -> str:
 
 
 _BAR: Any = None
+_PROGRESS: Any = None
 
 
 def _say(text: str) -> None:
@@ -84,6 +88,17 @@ def _say(text: str) -> None:
         _BAR.write(text)
     else:
         print(text, flush=True)
+
+
+def end_progress() -> None:
+    """Count the jobs that ended one last time and close the bar."""
+    global _BAR, _PROGRESS
+    if _PROGRESS is not None:
+        _PROGRESS.stop()
+        _PROGRESS = None
+    if _BAR is not None:
+        _BAR.close()
+        _BAR = None
 
 
 def summary(frame: pd.DataFrame) -> str:
@@ -118,7 +133,7 @@ def grid_size(config: DictConfig) -> int:
 
 class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        global _BAR
+        global _BAR, _PROGRESS
         from tqdm import tqdm
 
         os.makedirs(config.out, exist_ok=True)
@@ -128,16 +143,13 @@ class SweepCallback(Callback):
             total = None
         print(f"vggt_bench sweep: {total or '?'} points -> {config.out}", flush=True)
         _BAR = tqdm(total=total, unit="point", dynamic_ncols=True, file=sys.stderr)
+        _PROGRESS = progress.Progress(_BAR, str(config.hydra.sweep.dir)).start()
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        if _BAR is not None:
-            _BAR.update(1)
+        progress.job_ended(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        global _BAR
-        if _BAR is not None:
-            _BAR.close()
-            _BAR = None
+        end_progress()
         store = ResultStore(config.out)
         if not os.path.isdir(store.points_dir):
             return
