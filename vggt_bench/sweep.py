@@ -3,7 +3,7 @@
 A sweep is a Hydra multirun; its grid is the preset's ``hydra.sweeper.params`` plus any
 command-line sweeps (``frames=1,8,32``). ``SweepCallback`` shows a progress bar with an
 ETA (fed by ``progress``, whichever launcher runs the jobs), prints a summary when the sweep
-ends and renders the report.
+ends and renders the report. ``launchers`` adds what the submitit launchers (local, Slurm) need.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from . import progress
+from . import launchers, progress
 from .results import ResultStore
 from .runner import UserError, resolve, run_point
 
@@ -142,8 +142,12 @@ class SweepCallback(Callback):
         except Exception:  # the bar is a convenience; Hydra itself reports bad overrides
             total = None
         print(f"vggt_bench sweep: {total or '?'} points -> {config.out}", flush=True)
+        launchers.prepare(config)
         _BAR = tqdm(total=total, unit="point", dynamic_ncols=True, file=sys.stderr)
         _PROGRESS = progress.Progress(_BAR, str(config.hydra.sweep.dir)).start()
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        launchers.in_job()
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         progress.job_ended(config)
