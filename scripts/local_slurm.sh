@@ -4,7 +4,8 @@
 #   scripts/local_slurm.sh start    # install slurm-wlm + munge if missing, write the config, start
 #                                   # munged, slurmctld and slurmd; the LAST line printed is the partition
 #   scripts/local_slurm.sh status   # which of the daemons run (exit 0: all three, 3: not)
-#   scripts/local_slurm.sh stop     # stop the daemons this script started (and only those)
+#   scripts/local_slurm.sh stop     # cancel the cluster's jobs, stop the daemons this script started
+#                                   # (and only those: their pids are in $VGGT_SLURM_DIR/run)
 #
 # Needs root (it installs Debian packages and starts slurmd, which runs jobs as their user).
 # Everything lives in $VGGT_SLURM_DIR (default /tmp/vggt-slurm): slurm.conf, the munge key and
@@ -194,7 +195,7 @@ start() {
 
 stop() {
     local d pid stopped=()
-    if [ -n "$(pid_of slurmctld)" ] && [ -n "$(pid_of slurmd)" ]; then
+    if [ -n "$(pid_of slurmctld)" ]; then
         # End this cluster's jobs first: their processes would outlive slurmd.
         SLURM_CONF=$CONF scancel --partition="$PARTITION" >/dev/null 2>&1 || true
         for _ in $(seq 1 40); do
