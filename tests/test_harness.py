@@ -188,6 +188,7 @@ def test_submitit_local_runs_each_point_in_its_own_process(tmp_path):
     table = load_results(str(tmp_path))
     assert len(table) == 2 and set(table["status"]) == {"ok"}
     assert os.path.isdir(tmp_path / "hydra" / ".submitit")  # the launcher's own job folders
+    assert "2/2" in done.stderr and "2 points in" in done.stdout  # the bar counts jobs run in other processes
 
 
 def test_image_folder_input_uses_upstream_preprocessing(tmp_path):
@@ -236,3 +237,33 @@ def test_default_preset_shows_the_effects_it_promises():
     params = cfg.hydra.sweeper.params
     assert len(str(params["frames"]).split(",")) >= 4
     assert set(str(params["model.frame_exec"]).split(",")) == {"fused", "sequential"}
+
+
+def test_system_exit_inside_a_point_is_not_swallowed(monkeypatch):
+    """A launcher's requeue (or any SystemExit) must leave the job, not become an error row."""
+    def requeue(*a, **k):
+        raise SystemExit(3)
+
+    monkeypatch.setattr(runner, "time_forward", requeue)
+    with pytest.raises(SystemExit):
+        runner.run_point(_point(), warmup=0, repeats=1)
+
+
+def test_flops_of_huge_frame_counts_fit_the_table(tmp_path):
+    """10^8 frames: the analytic count passes 2**63; the row (an unavailable point) must still be stored."""
+    row = runner.run_point(_point(frames=10**8, attention="sdpa_cudnn"), warmup=0, repeats=1)
+    assert row["status"] == "unavailable" and row["flops"] > 2**63
+    store = ResultStore(str(tmp_path))
+    store.ensure_writable()
+    store.add(row)
+    assert load_results(str(tmp_path)).iloc[0]["flops"] > 2**63
+
+
+def test_a_folder_of_unreadable_images_is_one_line(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "broken.jpg").write_bytes(b"not a jpeg at all")
+    done = cli("run", f"inputs.image_dir={folder}", "frames=1", f"out={tmp_path / 'out'}")
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot read the images" in lines[0] and "Traceback" not in done.stderr

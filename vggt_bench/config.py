@@ -27,6 +27,8 @@ class ModelSettings(ExecutionConfig):
     """
 
     arch: str = "auto"                 # auto | vggt1b | small
+    impl: str = "ours"                 # ours | upstream (facebookresearch/vggt's own code, same runner)
+    upstream_path: Optional[str] = None  # a checkout holding upstream's vggt/ (None: `import vggt`)
     checkpoint: Optional[str] = None   # .pt / .safetensors; None: random weights from `seed`
     seed: int = 0
     dtype: str = "auto"                # auto, or one of vggt_model.PRECISIONS

@@ -23,9 +23,9 @@ import torch
 import vggt_model
 from vggt_model import attention
 from vggt_model.config import ConfigError, ExecutionConfig, VGGTConfig, knob_fields
-from vggt_model.inputs import image_folder, synthetic_images
+from vggt_model.inputs import IMAGE_EXTENSIONS, image_folder, synthetic_images
 
-from . import env, flops, gpus, noise, telemetry, timing
+from . import env, flops, gpus, noise, telemetry, timing, upstream
 from .config import execution_config
 from .errors import UserError
 from .results import point_id
@@ -54,6 +54,9 @@ class Point:
     seed: int = 0
     image_mode: str = "crop"
     input_seed: int = 0
+    impl: str = "ours"
+    upstream_path: Optional[str] = None
+    note: str = ""  # said in the row's message (e.g. what upstream's code runs instead of a default)
 
     def knobs(self) -> dict:
         """Every column that identifies the point: workload fields, then the execution knobs."""
@@ -113,11 +116,18 @@ def resolve(cfg) -> Point:
         raise UserError(f"measure.repeats must be >= 1 and measure.warmup >= 0, got {cfg.measure.repeats}, {cfg.measure.warmup}")
     if m.checkpoint is not None and not os.path.isfile(m.checkpoint):
         raise UserError(f"model.checkpoint not found: {m.checkpoint} (give the path of model.pt or a .safetensors file)")
+    if m.impl not in upstream.IMPLS:
+        raise UserError(f"unknown model.impl {m.impl!r}; choose one of {list(upstream.IMPLS)}")
+    note = ""
+    if m.impl == "upstream":
+        upstream.locate(m.upstream_path)  # one line naming how to get it, before anything runs
+        execution, note = upstream.as_run(execution)
     return Point(
         arch=arch, device=device, frames=int(cfg.frames), batch=int(i.batch), height=int(height), width=int(width),
         part=cfg.part, query_points=int(i.query_points),
         inputs=os.path.abspath(i.image_dir) if i.image_dir else "synthetic", execution=execution,
-        checkpoint=m.checkpoint, seed=int(m.seed), image_mode=i.mode, input_seed=int(i.seed),
+        checkpoint=m.checkpoint, seed=int(m.seed), image_mode=i.mode, input_seed=int(i.seed), impl=m.impl,
+        upstream_path=m.upstream_path, note=note,
     )
 
 
@@ -129,7 +139,8 @@ BUILD_KNOBS = [f.name for f in knob_fields(ExecutionConfig) if f.metadata["appli
 
 def get_model(point: Point) -> vggt_model.VGGT:
     ex = point.execution
-    key = (point.arch, point.device, point.seed, point.checkpoint, point.part, *(getattr(ex, k) for k in BUILD_KNOBS))
+    key = (point.impl, point.arch, point.device, point.seed, point.checkpoint, point.part,
+           *(getattr(ex, k) for k in BUILD_KNOBS))
     if _CACHE.get("key") != key:
         _CACHE.clear()
         gc.collect()
@@ -145,8 +156,14 @@ def get_model(point: Point) -> vggt_model.VGGT:
                 state = {k: v for k, v in state.items() if k.startswith("aggregator.")}
             vggt_model.checkpoint.check(net, state, point.checkpoint)
             net.load_state_dict(state, strict=True)
-        vggt_model.set_precision(net, ex.dtype, ex.tf32)
-        vggt_model.apply_compile(net, ex.compile)
+        if point.impl == "upstream":  # the same weights, strictly, in upstream's own modules
+            state = net.state_dict()
+            del net
+            net = upstream.UpstreamVGGT(cfg, point.part, point.device, state, ex.dtype, ex.tf32)
+            del state
+        else:
+            vggt_model.set_precision(net, ex.dtype, ex.tf32)
+            vggt_model.apply_compile(net, ex.compile)
         _CACHE.update(key=key, model=net)
     return _CACHE["model"]
 
@@ -273,7 +290,6 @@ def measure(point: Point, warmup: int, repeats: int, drift: bool = False,
             adaptive: Optional[timing.AdaptiveSettings] = None) -> dict:
     """All measurement columns of one point (status ``ok``), or raise."""
     device = point.device
-    cfg = point.model_config()
     with torch.inference_mode():
         net = get_model(point)
         ex = point.execution
@@ -309,7 +325,7 @@ def measure(point: Point, warmup: int, repeats: int, drift: bool = False,
             times = time_forward(fn, device, 0, repeats)
             stats = timing.ci_columns(times)
         stats.update(meter.stop(), **timing.cold_columns(warm, times, ex.compile != "off"))
-        message = ""
+        message = point.note
         if ex.memory_plan == "offload" and not device.startswith("cuda"):
             message = "memory_plan=offload on the CPU: the kept outputs are in host memory already (ran as lean)"
         row = {
@@ -359,10 +375,11 @@ def derived(point: Point, row: dict, gpu_name: str) -> dict:
     out = {
         "tokens_per_frame": (point.height // agg.patch_size) * (point.width // agg.patch_size) + agg.patch_start_idx,
     }
-    out["flops"] = flops.forward_flops(
+    # a float: at millions of frames the count passes 2**63 and would not fit an int64 column
+    out["flops"] = float(flops.forward_flops(
         cfg, point.part, point.height, point.width, point.frames, point.batch, point.execution.prune_depth,
         point.query_points,
-    )
+    ))
     out["kept_gib"] = kept_bytes(point) / 2**30
     on_host = point.execution.memory_plan == "offload" and point.device.startswith("cuda")
     out["host_gib"] = out["kept_gib"] if on_host else 0.0
@@ -384,13 +401,12 @@ def run_point(point: Point, warmup: int, repeats: int, drift: bool = False, expe
     row = {"point_id": point.point_id, "experiment": experiment, **point.knobs(), **env.environment(dev)}
     row["random_weights"] = point.checkpoint is None
     row["checkpoint"] = point.checkpoint or ""
+    row["upstream_source"] = upstream.describe(point.upstream_path) if point.impl == "upstream" else ""
     try:
         row.update(measure(point, warmup, repeats, drift, adaptive))
     except vggt_model.checkpoint.CheckpointError as exc:
         raise UserError(str(exc))
-    except BaseException as exc:  # a point's failure is a result; Ctrl-C still stops the sweep
-        if isinstance(exc, KeyboardInterrupt):
-            raise
+    except Exception as exc:  # a point's failure is a result; Ctrl-C and SystemExit (a launcher's requeue) pass
         if is_oom(exc):
             row.update(status="oom", message=_one_line(exc))
         else:
@@ -413,7 +429,11 @@ def _image_size(folder: str, mode: str):
         files = list_images(folder)
     except FileNotFoundError as exc:
         raise UserError(f"inputs.image_dir: {exc}")
-    h, w = load_images(files, mode).shape[-2:]
+    try:
+        h, w = load_images(files, mode).shape[-2:]
+    except Exception as exc:  # a file that is not an image, or one PIL cannot decode
+        raise UserError(f"inputs.image_dir: cannot read the images in {folder} ({_one_line(exc)}); "
+                        f"give a folder of {', '.join(IMAGE_EXTENSIONS)} images")
     return int(h), int(w)
 
 

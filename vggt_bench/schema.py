@@ -8,6 +8,7 @@ from vggt_model.config import ExecutionConfig, knob_fields
 
 # What identifies a measured point: the workload (what shapes the work) and every execution knob.
 WORKLOAD = [
+    "impl",            # ours | upstream (facebookresearch/vggt's own code)
     "arch",            # vggt1b | small
     "device",          # cuda | cpu (resolved, never "auto")
     "frames",          # S
@@ -25,6 +26,7 @@ KNOBS = WORKLOAD + EXECUTION
 ENVIRONMENT = [
     "gpu_name", "gpu_mem_gib", "driver", "torch_version", "cuda_version", "cudnn_version",
     "python_version", "cpu", "git_commit", "host", "timestamp", "random_weights", "checkpoint",
+    "upstream_source",  # impl=upstream: where upstream's code was found, its sources' fingerprint and commit
 ]
 
 MEASUREMENTS = [

@@ -2,7 +2,8 @@
 
 A sweep is a Hydra multirun; its grid is the preset's ``hydra.sweeper.params`` plus any
 command-line sweeps (``frames=1,8,32``). ``SweepCallback`` shows a progress bar with an
-ETA (in-process launcher), prints a summary when the sweep ends and renders the report.
+ETA (fed by ``progress``, whichever launcher runs the jobs), prints a summary when the sweep
+ends and renders the report. ``launchers`` adds what the submitit launchers (local, Slurm) need.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from . import launchers, progress
 from .errors import UserError, fail
 from .results import ResultStore
 from .runner import resolve, run_point
@@ -44,6 +46,7 @@ def run_job(cfg: DictConfig) -> dict:
     except (UserError, SettingsError) as exc:
         fail(str(exc))
     store = open_store(cfg.out)
+    progress.job_started(point, cfg.experiment)
     pid = point.point_id
     if cfg.resume and store.is_done(pid):
         row = store.existing(pid)
@@ -73,6 +76,7 @@ def _result(row: dict) -> str:
 
 
 _BAR: Any = None
+_PROGRESS: Any = None
 
 
 def _say(text: str) -> None:
@@ -80,6 +84,17 @@ def _say(text: str) -> None:
         _BAR.write(text)
     else:
         print(text, flush=True)
+
+
+def end_progress() -> None:
+    """Count the jobs that ended one last time and close the bar."""
+    global _BAR, _PROGRESS
+    if _PROGRESS is not None:
+        _PROGRESS.stop()
+        _PROGRESS = None
+    if _BAR is not None:
+        _BAR.close()
+        _BAR = None
 
 
 def summary(frame: pd.DataFrame) -> str:
@@ -114,7 +129,7 @@ def grid_size(config: DictConfig) -> int:
 
 class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        global _BAR
+        global _BAR, _PROGRESS
         from tqdm import tqdm
 
         os.makedirs(config.out, exist_ok=True)
@@ -123,17 +138,18 @@ class SweepCallback(Callback):
         except Exception:  # the bar is a convenience; Hydra itself reports bad overrides
             total = None
         print(f"vggt_bench sweep: {total or '?'} points -> {config.out}", flush=True)
+        launchers.prepare(config)
         _BAR = tqdm(total=total, unit="point", dynamic_ncols=True, file=sys.stderr)
+        _PROGRESS = progress.Progress(_BAR, str(config.hydra.sweep.dir)).start()
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        launchers.in_job()
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        if _BAR is not None:
-            _BAR.update(1)
+        progress.job_ended(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        global _BAR
-        if _BAR is not None:
-            _BAR.close()
-            _BAR = None
+        end_progress()
         store = ResultStore(config.out)
         if not os.path.isdir(store.points_dir):
             return
