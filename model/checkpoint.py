@@ -21,6 +21,17 @@ class CheckpointError(ValueError):
         self.details = list(details)
 
 
+def _why_unreadable(exc: Exception) -> str:
+    """One line on why a file is not a checkpoint, without PyTorch's advice to load it unsafely
+    (``weights_only=False`` would run whatever code the file holds: never suggested here)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    detail = next((line for line in lines if line.startswith("WeightsUnpickler error")), None)
+    if detail is None and lines and "weights_only" not in lines[0] and "Weights only load failed" not in lines[0]:
+        detail = lines[0]
+    kind = "not a weights-only PyTorch state dict nor a .safetensors file"
+    return f"{kind} ({type(exc).__name__}{': ' + detail[:200] if detail else ''})"
+
+
 def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     """Tensors of a checkpoint file, on the CPU. ``.pt``/``.pth``/``.bin`` are read weights-only."""
     if not os.path.isfile(path):
@@ -33,7 +44,7 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        raise CheckpointError(f"cannot read checkpoint {path}: {_why_unreadable(exc)}")
     # Training checkpoints often wrap the weights.
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and set(state) == {key} and isinstance(state[key], dict):

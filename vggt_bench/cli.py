@@ -97,6 +97,7 @@ def main(argv=None) -> int:
         from .sweep import stamped_out
 
         rest = stamped_out() + rest  # first: Hydra takes overrides before its own flags
+        print(f"vggt_bench: results go to {rest[0].split('=', 1)[1]} (reports/runs/latest points at it)", flush=True)
     out = next((a.split("=", 1)[1] for a in reversed(rest) if a.startswith("out=")), None)
     if out is not None and "--help" not in rest:
         # Hydra writes its own logs under out/ before our code runs: check it first, in one line.
@@ -111,5 +112,19 @@ def main(argv=None) -> int:
     config.register()
     sys.argv = [f"vggt_bench-{command}"] + rest
     app = hydra.main(version_base=None, config_path=experiments_dir(), config_name=config_name)(_task(command))
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:
+        kept = _points_in(out) if out else 0
+        where = f"{kept} point{'s' if kept != 1 else ''} kept in {out}; rerun the same command to resume" if out else \
+            "nothing was being written"
+        print(f"\nvggt_bench: interrupted; {where}", file=sys.stderr)
+        return 130
     return 0
+
+
+def _points_in(out: str) -> int:
+    import glob
+    import os
+
+    return len(glob.glob(os.path.join(out, "points", "*.json")))

@@ -18,6 +18,19 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 GROUPS = ("experiment",)  # config groups of our own whose option is chosen with key=option
+# launchers Hydra and its submitit plugin provide, besides the presets in experiments/hydra/launcher/
+PLUGIN_LAUNCHERS = ("basic", "submitit_local", "submitit_slurm")
+
+
+def group_options(group: str):
+    """The options of a config group: its YAML files (``experiment``, ``hydra/launcher``)."""
+    import os
+
+    from .resources import experiments_dir
+
+    folder = os.path.join(experiments_dir(), group)
+    found = sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml")) if os.path.isdir(folder) else []
+    return found + (list(PLUGIN_LAUNCHERS) if group == "hydra/launcher" else [])
 
 
 def schema_keys(schema) -> Iterator[Tuple[str, type]]:
@@ -49,7 +62,16 @@ def check(schema, overrides: List[str], command: str) -> Optional[str]:
     config = OmegaConf.structured(schema)
     for o in parsed:
         key = o.key_or_group
-        if key == "hydra" or key.startswith(("hydra.", "hydra/")) or key in GROUPS:
+        if key in GROUPS or key == "hydra/launcher":
+            options = group_options(key)
+            values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.value()]
+            for value in values:
+                if value not in options:
+                    close = difflib.get_close_matches(str(value), options, n=1, cutoff=0.6)
+                    hint = f"; did you mean {close[0]}?" if close else ""
+                    return f"unknown {key} {value!r}{hint} (choose one of {options})"
+            continue
+        if key == "hydra" or key.startswith(("hydra.", "hydra/")):
             continue
         if key not in keys:
             close = difflib.get_close_matches(key, list(keys), n=1, cutoff=0.6)

@@ -37,11 +37,41 @@ def _atomic_write(path: str, write) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are as readable as any file the user makes
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def new_run_dir(root: str, link: str = "latest") -> str:
+    """A fresh ``<root>/<timestamp>`` directory; ``<root>/<link>`` is (re)pointed at it."""
+    import datetime
+
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    out = os.path.join(root, stamp)
+    n = 1
+    while os.path.exists(out):  # two runs in one second
+        n += 1
+        out = os.path.join(root, f"{stamp}_{n}")
+    os.makedirs(out)
+    tmp = os.path.join(root, f".{link}.{os.getpid()}")
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)
+    try:
+        os.symlink(os.path.basename(out), tmp)
+        os.replace(tmp, os.path.join(root, link))
+    except OSError:  # a filesystem without symlinks (or a real directory named latest): keep the run anyway
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    return out
 
 
 def unwritable(path: str) -> Optional[str]:

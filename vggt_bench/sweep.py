@@ -58,7 +58,21 @@ def run_job(cfg: DictConfig) -> dict:
         fail(str(exc))
     store.add(row)
     _say(f"{row['status']:<5} {_describe(point)}: {_result(row)}")
+    if _single_run():
+        _say(f"row: {os.path.join(store.points_dir, pid + '.json')}; table: {os.path.join(cfg.out, 'results.parquet')} "
+             f"(and results.csv)")
     return row
+
+
+def _single_run() -> bool:
+    """True under `run` (one point), False under `sweep` (the summary names the table)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        return HydraConfig.get().mode == RunMode.RUN
+    except ValueError:  # called outside Hydra (tests, the API)
+        return False
 
 
 def _describe(point) -> str:
@@ -164,7 +178,8 @@ class SweepCallback(Callback):
 
 
 def stamped_out() -> List[str]:
-    import datetime
+    """``out=reports/runs/<timestamp>`` for a run that names none; ``reports/runs/latest`` is made
+    to point at it (the default the schema and ``--help`` name)."""
+    from .results import new_run_dir
 
-    stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    return [f"out=reports/runs/{stamp}"]
+    return [f"out={new_run_dir('reports/runs')}"]

@@ -1,0 +1,83 @@
+"""What a new user hit on 2026-11-25, each with the test that would have caught it."""
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT, cli_process, run_cli as cli
+from vggt_bench.results import load_results
+
+
+def one_line(done):
+    lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["model.atention=sdpa"], "unknown key model.atention; did you mean model.attention?"),
+    (["+model.atention=eager"], "unknown key model.atention; did you mean model.attention?"),
+    (["frames=abc"], "frames='abc' does not fit frames (int)"),
+    (["experiment=smok"], "unknown experiment 'smok'; did you mean smoke?"),
+    (["hydra/launcher=slurm"], "unknown hydra/launcher 'slurm'"),
+])
+def test_a_misspelled_key_or_value_is_refused_in_one_line_with_exit_2(args, message, tmp_path):
+    done = cli("run", "experiment=smoke", *args, f"out={tmp_path}") if args[0].startswith(("model", "+", "frames")) \
+        else cli("sweep", *args, f"out={tmp_path}")
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert message in one_line(done)
+
+
+def test_ctrl_c_during_a_sweep_is_one_line_keeps_the_points_and_exits_130(tmp_path):
+    proc = cli_process("sweep", "experiment=smoke", "frames=1,2,3,4,5,6,7,8", "model.frame_exec=fused",
+                       "measure.repeats=20", f"out={tmp_path}", "report=false", stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True)
+    points = tmp_path / "points"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (points.is_dir() and any(points.iterdir())):
+        time.sleep(0.2)
+    assert points.is_dir() and any(points.iterdir()), "no point was measured in time"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    kept = len(list(points.glob("*.json")))
+    assert last == f"vggt_bench: interrupted; {kept} point{'s' if kept != 1 else ''} kept in {tmp_path}; rerun the same command to resume"
+    assert kept >= 1 and len(load_results(str(tmp_path))) == kept
+
+
+def test_verify_on_a_non_checkpoint_never_suggests_unsafe_loading(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save({"weights": torch.zeros(2), "optimizer": torch.optim.SGD}, path)  # a class: not weights-only
+    done = cli("verify", f"checkpoint={path}")
+    assert done.returncode == 2
+    line = one_line(done)
+    assert "not a weights-only PyTorch state dict" in line and "weights_only=False" not in done.stderr
+
+
+def test_the_default_out_is_a_new_run_and_latest_points_at_it(tmp_path):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, "-m", "vggt_bench", "run", "experiment=smoke", "frames=1"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    latest = tmp_path / "reports" / "runs" / "latest"
+    assert latest.is_symlink() and (latest / "results.parquet").exists()
+    assert f"results go to reports/runs/{os.readlink(latest)}" in done.stdout
+    assert "row: " in done.stdout and "results.parquet" in done.stdout  # `run` says where its row went
+
+
+def test_results_files_are_as_readable_as_the_users_other_files(tmp_path):
+    done = cli("run", "experiment=smoke", "frames=1", f"out={tmp_path}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in [tmp_path / "results.csv", tmp_path / "results.parquet", *(tmp_path / "points").glob("*.json")]:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~mask, path
