@@ -116,9 +116,12 @@ class Aggregator(nn.Module):
         step = self.frames_per_call(x.shape[1], x.shape[0])
         if step >= x.shape[0]:
             return block(x, self.attend, rope, self.ranges)
-        out = torch.empty_like(x)
+        out = None
         for start in range(0, x.shape[0], step):
-            out[start : start + step] = block(x[start : start + step], self.attend, rope, self.ranges)
+            part = block(x[start : start + step], self.attend, rope, self.ranges)
+            if out is None:  # the result's dtype, not the input's: a residual add can promote bf16 to fp32
+                out = part.new_empty((x.shape[0],) + part.shape[1:])
+            out[start : start + step] = part
         return out
 
     def run_per_frame_inplace(self, block: Block, x: torch.Tensor, rope) -> torch.Tensor:
@@ -190,11 +193,15 @@ class Aggregator(nn.Module):
         return mover.snapshot(tokens) if mover else tokens.clone()
 
     def _forward_lean(self, images: torch.Tensor, offload: bool) -> List[Optional[torch.Tensor]]:
-        """The same function in less memory: the patch embed over chunks of frames; every block
-        written into one residual stream in place, its per-token work over chunks of
-        ``token_chunk`` tokens (a global layer holds only its keys and values whole); a kept
-        layer output assembled when its layer ends, from a copy of its first half. ``offload``:
-        kept outputs go to pinned host memory on a side stream instead (``HostLayer``)."""
+        """The same function in less memory.
+
+        The patch embed runs over chunks of frames; every block is written into one residual stream
+        in place, its per-token work over chunks of ``token_chunk`` tokens (a global layer holds only
+        its keys and values whole). A kept layer's residual stream lives in the second half of its
+        output buffer ``[B, S, P, 2C]`` (its first block's output is copied into the first half), so
+        keeping a layer costs no tensor beyond the output itself. ``offload``: kept outputs are
+        copied to pinned host memory on a side stream instead (``HostLayer``).
+        """
         B, S, _, H, W = images.shape
         p = self.cfg.patch_size
         ranges = self.ranges
@@ -205,17 +212,58 @@ class Aggregator(nn.Module):
             tokens = self._embed_chunked(images, chunk_frames)  # [B*S, P, C], the residual stream
         C = tokens.shape[-1]
         rope = self.rope_tables(H // p, W // p, images.device)
-        mover = Offloader(images.device) if offload else None
+        rows = chunk_frames * P
+        if self.cfg.aa_block_size != 1 or offload:
+            return self._lean_by_snapshots(tokens, images.device, B, S, P, C, rope, rows, offload)
+        first, second = self.cfg.aa_order
+        outputs: List[Optional[torch.Tensor]] = []
+        aliased = False  # tokens is a view into a kept output: copy it before changing it
+        for i in range(self.cfg.depth):
+            keep = i in self.cached
+            with ranges(f"layer_{i:02d}"):
+                promoted = tokens.dtype != self._stream_dtype(tokens.dtype)
+                if promoted:  # the first block returns the stream in its own dtype, as upstream's does
+                    tokens = self._layer(first, i, i < ex.prune_depth, tokens, B, S, P, C, rope)
+                if keep:
+                    out = tokens.new_empty((B, S, P, 2 * C))
+                    if promoted:
+                        out[..., :C] = tokens.view(B, S, P, C)
+                    out[..., C:] = tokens.view(B, S, P, C)
+                    tokens, aliased = out[..., C:].view(B * S, P, C), True
+                elif aliased:
+                    tokens, aliased = tokens.clone(memory_format=torch.contiguous_format), False
+                if not promoted:
+                    self._layer_inplace(first, i, tokens, B, S, P, C, rope, rows)
+                    if keep:
+                        out[..., :C] = tokens.view(B, S, P, C)
+                self._layer_inplace(second, i, tokens, B, S, P, C, rope, rows)
+            outputs.append(out if keep else None)
+            out = None
+        return outputs
+
+    def _stream_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        """The residual stream's dtype after a block: ``x + ls(y)`` with a float32 LayerScale is
+        float32 even where autocast made the patch tokens bf16 (a conv patch embed does)."""
+        gamma = getattr(self.frame_blocks[0].ls1, "gamma", None)
+        return dtype if gamma is None else torch.promote_types(dtype, gamma.dtype)
+
+    def _lean_by_snapshots(self, tokens, device, B, S, P, C, rope, rows, offload):
+        """The lean plan for groups of several layers (``aa_block_size`` > 1) and for ``offload``:
+        a kept output is assembled from copies of the stream (on the host under offload)."""
+        mover = Offloader(device) if offload else None
         order = self.cfg.aa_order
         aa = self.cfg.aa_block_size
         outputs: List[Optional[torch.Tensor]] = []
         for group in range(self.cfg.depth // aa):
             layers = range(group * aa, (group + 1) * aa)
             kept = {kind: {} for kind in order}
-            with ranges(f"layer_{layers[0]:02d}"):
+            with self.ranges(f"layer_{layers[0]:02d}"):
                 for kind in order:
                     for i in layers:
-                        self._layer_inplace(kind, i, tokens, B, S, P, C, rope, chunk_frames * P)
+                        if tokens.dtype != self._stream_dtype(tokens.dtype):  # the first block, as above
+                            tokens = self._layer(kind, i, i < self.execution.prune_depth, tokens, B, S, P, C, rope)
+                        else:
+                            self._layer_inplace(kind, i, tokens, B, S, P, C, rope, rows)
                         if i in self.cached:
                             last = kind == order[-1] and i == layers[-1] and not mover  # assembled before tokens change
                             kept[kind][i] = tokens if last else self.snapshot(tokens, mover)
@@ -223,12 +271,12 @@ class Aggregator(nn.Module):
                 if i not in self.cached:
                     outputs.append(None)
                     continue
-                first, second = kept["frame"].pop(i), kept["global"].pop(i)
+                halves = kept["frame"].pop(i), kept["global"].pop(i)
                 if mover:
-                    outputs.append(HostLayer(first, second, (B, S, P, 2 * C), images.device, mover))
+                    outputs.append(HostLayer(*halves, (B, S, P, 2 * C), device, mover))
                 else:
-                    outputs.append(self.keep_output(first, second, (B, S, P, C)))
-                del first, second
+                    outputs.append(self.keep_output(*halves, (B, S, P, C)))
+                del halves
         if mover:
             mover.finish()
         return outputs

@@ -423,7 +423,7 @@ class ExecutionConfig:
                             help="upstream: every layer returns new tensors (upstream's code); lean: one residual stream "
                                  "updated in place, per-token work over token chunks; offload: lean, kept layer outputs "
                                  "in pinned host memory")
-    token_chunk: int = knob(32768, minimum=0,
+    token_chunk: int = knob(8192, minimum=0,
                             help="tokens per chunk of the per-token work under the lean and offload plans (0: no chunks)")
 
     def validate(self, depth: int, prefix: str = "") -> "ExecutionConfig":

@@ -464,3 +464,11 @@ def test_cli_run_writes_trust_columns(tmp_path):
         assert json.load(f)["noise_reason"] == row["noise_reason"]
     bad = cli("run", "model.arch=small", "measure.adaptive=true", "measure.max_repeats=2", f"out={tmp_path}")
     assert bad.returncode == 2 and "measure.max_repeats (2) must be >= measure.repeats (5)" in bad.stderr
+
+
+def test_building_the_forward_counts_in_the_first_call_and_in_compile_time():
+    """A CUDA graph is captured (and compiled code first runs) while the forward is built, before
+    the warm-up: that time belongs to the cold call (it was missing on the H100)."""
+    warm = timing.WarmUp(calls_ms=[5.0, 4.0], setup_ms=3000.0)
+    cols = timing.cold_columns(warm, [4.0, 4.0, 4.0], compiled=True)
+    assert cols["first_call_ms"] == 3005.0 and abs(cols["compile_s"] - 3.001) < 1e-9

@@ -315,8 +315,12 @@ def measure(point: Point, warmup: int, repeats: int, drift: bool = False,
             static = math.nan
         _reset_peak_rss()
         # Built after the reset: a CUDA graph's capture allocates its memory pool here.
+        built = time.perf_counter()
         fn = forward_fn(net, point, images, queries)
+        _sync(device)
+        built = (time.perf_counter() - built) * 1e3
         warm = timing.warm_up(fn, device, warmup)
+        warm.setup_ms = built
         meter = telemetry.Meter(device).start()
         if adaptive is not None:
             run = timing.time_adaptive(fn, device, adaptive)

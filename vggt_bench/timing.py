@@ -220,6 +220,7 @@ def time_adaptive(fn: Callable[[], object], device: str, settings: AdaptiveSetti
 @dataclass
 class WarmUp:
     calls_ms: List[float] = field(default_factory=list)  # wall ms of each warm-up call, first = cold call
+    setup_ms: float = 0.0  # wall ms spent building the forward before the first call (a CUDA graph's capture runs it)
 
 
 def warm_up(fn: Callable[[], object], device: str, warmup: int, sync: Optional[Callable[[], None]] = None,
@@ -252,7 +253,9 @@ def cold_columns(warm: WarmUp, times_ms, compiled: bool) -> dict:
     """
     times_ms = list(times_ms)
     median = statistics.median(times_ms) if times_ms else NAN
-    cold = warm.calls_ms if warm.calls_ms else times_ms[:1]
+    cold = list(warm.calls_ms if warm.calls_ms else times_ms[:1])
+    if cold and warm.setup_ms:  # building the forward ran it (a CUDA graph's capture): part of the first call
+        cold[0] += warm.setup_ms
     first = cold[0] if cold else NAN
     compile_s = sum(max(0.0, c - median) for c in cold) / 1e3 if compiled and cold else NAN
     return {"first_call_ms": first, "compile_s": compile_s}
