@@ -596,3 +596,51 @@ def test_grid_figures_only_where_a_grid_exists(tmp_path):
     synthetic_grid().to_parquet(out / "profile_grid.parquet", index=False)
     written, notes = plots.render_figures(str(out))
     assert {"profile_grid_stages", "profile_grid_activity"} <= {Path(p).stem for p in written}
+
+
+# ---- the GPU study's check, on the fixtures ------------------------------------------------------------
+FAKE_STATS = '''#!{python}
+"""A stand-in for `nsys stats`: what nsys 2025.3 printed for the fixture the report was made from,
+with the row of the report's point range (which the fixture captures predate)."""
+import sqlite3, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+import nsys_fakes
+source = sys.argv[-1]
+point = sqlite3.connect(source).execute("SELECT text FROM NVTX_EVENTS WHERE text LIKE 'point:%'").fetchone()[0]
+lines = (nsys_fakes.FIXTURES / (Path(source).name.split(".")[0] + ".stats.txt")).read_text().splitlines()
+at = next(i for i, l in enumerate(lines) if l.startswith("Range,Style,Total Proj Time (ns)"))
+lines.insert(at + 1, f"vggt:{{point}},PushPop,1,1,1,1,1,1,1,0,1,1.0,0.0,1.0")
+print("\\n".join(lines))
+'''
+
+
+def test_gpu_check_script_compares_stage_times_with_nsys_stats(tmp_path):
+    import subprocess
+
+    out = tmp_path / "external"
+    ids = _sweep_results(out)
+    reports = tmp_path / "nsys"
+    reports.mkdir()
+    for exec_, name in FIXTURE_POINTS.items():
+        conn = nsys_fakes.load(name)
+        nsys_fakes.add_point_range(conn, ids[exec_])
+        nsys_fakes.save(conn, reports / f"{name}.sqlite")
+    assert cli("profile", f"analyze={reports}", f"out={out}").returncode == 0
+    fake = tmp_path / "fake_nsys"
+    fake.write_text(FAKE_STATS.format(python=sys.executable, tests=str(Path(__file__).parent)))
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu" / "nsys_stats_check.py"
+
+    def check():
+        return subprocess.run([sys.executable, str(script), str(out), "--nsys", str(fake)], capture_output=True,
+                              text=True, timeout=120)
+
+    done = check()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "8 (point, stage) pairs compared" in done.stdout and "MISMATCH" not in done.stdout
+    grid = pd.read_parquet(out / "profile_grid.parquet")
+    grid.loc[(grid["point_id"] == ids["sequential"]) & (grid["stage"] == "frame_block"), "gpu_ms"] *= 1.02
+    grid.to_parquet(out / "profile_grid.parquet", index=False)
+    done = check()
+    assert done.returncode == 1 and f"MISMATCH: {ids['sequential']} frame_block" in done.stdout
