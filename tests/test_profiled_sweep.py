@@ -483,9 +483,21 @@ def test_analyze_points_needs_the_sweep_results(tmp_path):
     ids = _sweep_results(tmp_path / "elsewhere")
     conn = nsys_fakes.load(FIXTURE_POINTS["fused"])
     nsys_fakes.add_point_range(conn, ids["fused"])
-    report = nsys_fakes.save(conn, tmp_path / "one.sqlite")
-    line = one_line_error(cli("profile", f"analyze={report}", f"out={tmp_path / 'empty'}"))
+    one = nsys_fakes.save(conn, tmp_path / "one.sqlite")
+    # one capture of one configuration (scripts/nsys_profile.sh: `profile profiler=none` under nsys) needs
+    # no sweep: it is read as one profile, as before
+    done = cli("profile", f"analyze={one}", f"out={tmp_path / 'single'}")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "single" / "profiles" / "one" / "nvtx_ranges.csv").exists()
+    assert not (tmp_path / "single" / "profile_grid.parquet").exists()
+    # several points are only points of a sweep: they need its results
+    nsys_fakes.append(conn, nsys_fakes.load(FIXTURE_POINTS["sequential"]))
+    nsys_fakes.add_point_range(conn, ids["sequential"], window=(nsys_fakes.span(conn)[1] - 10**6, nsys_fakes.span(conn)[1]))
+    two = nsys_fakes.save(conn, tmp_path / "two.sqlite")
+    line = one_line_error(cli("profile", f"analyze={two}", f"out={tmp_path / 'empty'}"))
     assert "has no results.parquet or results.csv to join the points to; give results=" in line
+    line = one_line_error(cli("profile", f"analyze={one}", f"results={tmp_path / 'nowhere'}", f"out={tmp_path / 'e2'}"))
+    assert line.endswith("give results=<the out directory of the sweep that was captured>")
     empty = tmp_path / "no_reports"
     empty.mkdir()
     assert "no .nsys-rep, .sqlite or .sqlite.gz reports" in one_line_error(

@@ -182,6 +182,11 @@ def grid_inputs(out: str) -> Tuple[pd.DataFrame, pd.DataFrame]:
     return pd.DataFrame(points), (pd.concat(ranges, ignore_index=True) if ranges else pd.DataFrame())
 
 
+def _native(value):
+    """A numpy scalar as the Python value JSON writes as itself."""
+    return value.item() if hasattr(value, "item") and not isinstance(value, (str, bytes)) else value
+
+
 def _results(directory: str) -> pd.DataFrame:
     try:
         return load_results(directory)
@@ -236,9 +241,10 @@ def analyze_points(source: str, out: str, results: Optional[str] = None, nsys: O
     Writes ``<out>/profiles/<point_id>/`` (tables, point.json with the point's knobs from the
     results row, profile_status.json ``ok`` with profiler ``external``), the combined tables and
     ``profile_grid``. A point whose window holds nothing gets status ``error`` with the reason.
-    Returns the point ids written, or None when ``source`` is one file without point ranges
-    (the caller reads it as one profile). Raises UserError for a folder without reports or
-    point ranges, and when there is no results table to join to.
+    Returns the point ids written, or None when ``source`` is one file without point ranges, or
+    with one point and no results table to join it to (a ``profile profiler=none`` capture): the
+    caller reads it as one profile. Raises UserError for a folder without reports or point
+    ranges, and when points need a results table that is not there.
     """
     files = report_files(source)
     if os.path.isdir(source) and not files:
@@ -267,6 +273,8 @@ def analyze_points(source: str, out: str, results: Optional[str] = None, nsys: O
     where = results or out
     timing = _results(where)
     if timing.empty and not any(os.path.exists(os.path.join(where, n)) for n in ("results.parquet", "results.csv")):
+        if not os.path.isdir(source) and len(found) == 1 and not results:
+            return None  # one capture of one configuration (`profile profiler=none` under nsys): one profile
         flag = f"results={results}" if results else f"out={out}"
         raise UserError(f"{flag} has no results.parquet or results.csv to join the points to; give results=<the out "
                         f"directory of the sweep that was captured>")
@@ -279,7 +287,7 @@ def analyze_points(source: str, out: str, results: Optional[str] = None, nsys: O
         if isinstance(tables, NoProfileData):
             write_status(out, pid, "external", "error", str(tables), path)
             continue
-        knobs = {k: row.get(k) for k in KNOBS} if row is not None else {}
+        knobs = {k: _native(row.get(k)) for k in KNOBS} if row is not None else {}
         if knobs:
             knobs["nvtx"] = True  # the capture ran with the model's ranges on
         iterations = forwards_in(tables["nvtx_ranges"])
