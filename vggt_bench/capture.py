@@ -34,7 +34,7 @@ from vggt_model.nvtx import Ranges
 
 from .env import environment
 from .errors import UserError
-from .nsys import NSYS_HINT, export_sqlite, find_nsys, stats_text  # noqa: F401  (NSYS_HINT: re-exported)
+from .nsys import export_sqlite, find_nsys, stats_text
 from .overrides import schema_keys
 from .profile_store import profile_dir, read_any, rebuild_combined, rebuild_grid, write_profile, write_status
 from .runner import forward_fn, free_memory, get_model, make_inputs
