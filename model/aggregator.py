@@ -178,11 +178,16 @@ class Aggregator(nn.Module):
         return outputs
 
     @staticmethod
-    def keep_output(frame_out: torch.Tensor, global_out: torch.Tensor, shape) -> torch.Tensor:
-        """A kept layer output ``[B, S, P, 2C]``: ``cat(frame_out, global_out, -1)``. Every plan that
-        keeps outputs on the device builds them here (the memory profiler recognises them by it)."""
+    def new_output(like: torch.Tensor, shape) -> torch.Tensor:
+        """An empty kept layer output ``[B, S, P, 2C]``. Every plan that keeps outputs on the device
+        allocates them here (the memory profiler recognises them by it)."""
         B, S, P, C = shape
-        out = frame_out.new_empty((B, S, P, 2 * C))
+        return like.new_empty((B, S, P, 2 * C))
+
+    def keep_output(self, frame_out: torch.Tensor, global_out: torch.Tensor, shape) -> torch.Tensor:
+        """A kept layer output ``[B, S, P, 2C]``: ``cat(frame_out, global_out, -1)``."""
+        B, S, P, C = shape
+        out = self.new_output(frame_out, shape)
         out[..., :C] = frame_out.view(B, S, P, C)
         out[..., C:] = global_out.view(B, S, P, C)
         return out
@@ -225,7 +230,7 @@ class Aggregator(nn.Module):
                 if promoted:  # the first block returns the stream in its own dtype, as upstream's does
                     tokens = self._layer(first, i, i < ex.prune_depth, tokens, B, S, P, C, rope)
                 if keep:
-                    out = tokens.new_empty((B, S, P, 2 * C))
+                    out = self.new_output(tokens, (B, S, P, C))
                     if promoted:
                         out[..., :C] = tokens.view(B, S, P, C)
                     out[..., C:] = tokens.view(B, S, P, C)

@@ -201,7 +201,7 @@ def hand_built_snapshot(aggregator):
         dict(action="alloc", addr=I, size=4 * MiB, frames=[frame(RUNNER, "make_inputs", 180)] + outer),  # 0
         dict(action="segment_alloc", addr=SEG, size=32 * MiB, frames=outer),  # 1: the forward starts here
         dict(action="alloc", addr=A1, size=12 * MiB, frames=[frame(TORCH_FN, "linear", 10), frame(LAYERS, "forward", 50)] + outer),
-        dict(action="alloc", addr=K, size=8 * MiB, frames=[frame(aggregator, "keep_output", 3),
+        dict(action="alloc", addr=K, size=8 * MiB, frames=[frame(aggregator, "new_output", 3),
                                                             frame(aggregator, "_forward_upstream", 170)] + outer),
         dict(action="alloc", addr=WS, size=6 * MiB, frames=[frame(TORCH_FN, "layer_norm", 99)]),
         dict(action="alloc", addr=AT, size=2 * MiB, frames=[frame(ATTENTION, "sdpa", 52), frame(LAYERS, "forward", 77)] + outer),
@@ -276,7 +276,7 @@ def test_snapshot_tables_timeline_peak_categories_and_stages(aggregator_py):
     assert cat[0x40000000]["category"] == "weights and inputs"  # freed later in the trace, live at the peak
     assert cat[0x20000000]["category"] == "weights and inputs"  # allocated before the forward start
     assert cat[0x11000000]["category"] == "kept layer outputs"
-    assert cat[0x11000000]["frame"] == "model/aggregator.py:keep_output:3" and cat[0x11000000]["stage"] == "vggt/aggregator"
+    assert cat[0x11000000]["frame"] == "model/aggregator.py:new_output:3" and cat[0x11000000]["stage"] == "vggt/aggregator"
     assert cat[0x30000000]["category"] == "activations" and cat[0x30000000]["frame"] == "model/layers.py:forward:50"
     assert cat[0x30C00000]["category"] == "workspace" and cat[0x30C00000]["frame"] == "nn/functional.py:layer_norm:99"
     assert cat[0x31200000]["category"] == "workspace" and cat[0x31200000]["stage"] == "vggt/camera_head"
@@ -294,13 +294,13 @@ def test_snapshot_tables_timeline_peak_categories_and_stages(aggregator_py):
 
 
 def test_kept_output_rule_names_the_functions_that_build_them_and_the_real_model_has_them():
-    for where in (frame("/x/model/aggregator.py", "keep_output", 143), frame("/x/model/aggregator.py", "snapshot", 150),
+    for where in (frame("/x/model/aggregator.py", "new_output", 143), frame("/x/model/aggregator.py", "snapshot", 150),
                   frame("/site/vggt_model/offload.py", "snapshot", 40)):
         assert mem.categorize(mem.Allocation(False, [where])) == "kept layer outputs", where
         assert mem.categorize(mem.Allocation(True, [where])) == "weights and inputs"
     other = [frame("/x/model/aggregator.py", "run_per_frame", 110)]
     assert mem.categorize(mem.Allocation(False, other)) == "activations"
-    elsewhere = [frame("/x/someone_else/aggregator.py", "keep_output", 1)]  # not one of our packages
+    elsewhere = [frame("/x/someone_else/aggregator.py", "new_output", 1)]  # not one of our packages
     assert mem.categorize(mem.Allocation(False, elsewhere)) == "workspace"
     cpp = [frame("??", "at::cuda::getCUDABlasLtWorkspace()", 0), frame(LAYERS, "forward", 50)]
     assert mem.categorize(mem.Allocation(False, cpp)) == "workspace"
@@ -309,17 +309,19 @@ def test_kept_output_rule_names_the_functions_that_build_them_and_the_real_model
     from vggt_model.aggregator import Aggregator
     from vggt_model.offload import Offloader
 
-    assert callable(Aggregator.keep_output) and callable(Aggregator.snapshot) and callable(Offloader.snapshot)
+    assert callable(Aggregator.new_output) and callable(Aggregator.snapshot) and callable(Offloader.snapshot)
     net = vggt_model.build(vggt_model.VGGTConfig.small(), "cpu")
     made = []
-    real = Aggregator.keep_output
+    real = Aggregator.new_output
     for plan in ("upstream", "lean"):
         net.configure(vggt_model.ExecutionConfig(memory_plan=plan))
-        net.aggregator.keep_output = lambda *a, _real=real: made.append(plan) or _real(*a)
+        net.aggregator.new_output = lambda *a, _real=real, _plan=plan: made.append(_plan) or _real(*a)
         with torch.inference_mode():
             out, _ = net.aggregate(torch.rand(1, 2, 3, 28, 42))
-        del net.aggregator.keep_output
-        assert made.count(plan) == sum(t is not None for t in out) == 4, plan
+        del net.aggregator.new_output
+        outputs = [t for t in out if t is not None]
+        assert made.count(plan) == len(outputs) == 4, plan
+        assert all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in outputs)  # nothing else held
 
 
 def test_missing_stacks_are_unattributed(aggregator_py):

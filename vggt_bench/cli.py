@@ -7,10 +7,12 @@ import sys
 from .errors import EXIT_USER_ERROR, say_error
 
 COMMANDS = {
-    "sweep": ("bench", "sweep a grid (a Hydra multirun); default: the `default` preset for this machine"),
+    "sweep": ("bench", "sweep a grid (a Hydra multirun); default: the `default` preset for this machine; "
+                       "profiler=torch|nsys|external also profiles every point"),
     "run": ("bench", "measure one configuration"),
     "verify": ("verify", "check our model against a reference case (case=DIR) or a checkpoint (checkpoint=PATH)"),
-    "profile": ("profile", "profile one configuration under profiler=torch|nsys, or analyze=PATH an existing trace"),
+    "profile": ("profile", "profile one configuration under profiler=torch|nsys, or analyze=PATH an existing trace "
+                           "or a folder of a sweep's nsys reports"),
     "report": ("report", "render figures and the report notebook from results=DIR"),
     "backends": (None, "list attention backends and whether each can run here"),
 }
@@ -69,6 +71,16 @@ def list_backends() -> int:
     return 0
 
 
+def _value(override: str) -> str:
+    """The value of ``key=value`` as Hydra reads it (quotes removed: out='/a b,c')."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return str(OverridesParser.create().parse_override(override).value())
+    except Exception:  # Hydra itself reports what it cannot parse
+        return override.split("=", 1)[1]
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -98,7 +110,7 @@ def main(argv=None) -> int:
 
         rest = stamped_out() + rest  # first: Hydra takes overrides before its own flags
         print(f"vggt_bench: results go to {rest[0].split('=', 1)[1]} (reports/runs/latest points at it)", flush=True)
-    out = next((a.split("=", 1)[1] for a in reversed(rest) if a.startswith("out=")), None)
+    out = next((_value(a) for a in reversed(rest) if a.startswith("out=")), None)
     if out is not None and "--help" not in rest:
         # Hydra writes its own logs under out/ before our code runs: check it first, in one line.
         from .results import unwritable

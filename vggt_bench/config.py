@@ -74,6 +74,15 @@ class BenchConfig:
     out: str = "reports/runs/latest"   # the CLI stamps a fresh directory per sweep when not given
     resume: bool = True
     report: bool = True                # render plots and the notebook at the end of a sweep
+    # Profiling each point of a sweep, AFTER its timing row is measured (timings never come from a
+    # profiled run): none | torch (PyTorch profiler, in process) | nsys (each point re-runs itself
+    # under `nsys profile --capture-range=cudaProfilerApi`) | external (you run the sweep under your
+    # own `nsys profile --capture-range=cudaProfilerApi --capture-range-end=repeat`; each point's
+    # captured forwards sit between their own cudaProfilerStart/Stop inside NVTX range point:<point_id>).
+    profiler: str = "none"
+    iterations: int = 3                # captured forwards per profile (after measure.warmup untimed ones)
+    nsys: Optional[str] = None         # path to the nsys binary; None: look on PATH
+    nsys_args: List[str] = field(default_factory=lambda: ["--trace=cuda,nvtx", "--sample=none", "--cpuctxsw=none"])
     model: ModelSettings = field(default_factory=ModelSettings)
     inputs: InputSettings = field(default_factory=InputSettings)
     measure: MeasureSettings = field(default_factory=MeasureSettings)
@@ -92,11 +101,10 @@ class VerifyConfig:
 @dataclass
 class ProfileConfig(BenchConfig):
     profiler: str = "torch"            # torch | nsys | none (capture loop only, under your own nsys) | memory
-    iterations: int = 3                # captured forwards (after measure.warmup untimed ones)
-    nsys: Optional[str] = None         # path to the nsys binary; None: look on PATH
-    nsys_args: List[str] = field(default_factory=lambda: ["--trace=cuda,nvtx", "--sample=none", "--cpuctxsw=none"])
     dry_run: bool = False              # print the nsys command and exit
-    analyze: Optional[str] = None      # re-read an existing .sqlite / .nsys-rep / torch trace .json
+    analyze: Optional[str] = None      # re-read an existing .sqlite / .nsys-rep / torch trace .json, or a
+                                       # folder of reports (or one report) holding point:<point_id> ranges
+    results: Optional[str] = None      # analyze: the sweep's out directory to join points to (default: out)
     tag: Optional[str] = None          # name of this profile inside <out>/profiles/
 
 

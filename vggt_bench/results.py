@@ -31,6 +31,25 @@ def point_id(knobs: dict) -> str:
     return hashlib.sha1(canonical.encode()).hexdigest()[:16]
 
 
+def atomic_write(path: str, write) -> None:
+    """Write ``path`` through ``write(binary file)`` into a temporary file, then rename it over:
+    readers see the old file or the new one, never half of one."""
+    _atomic_write(path, write)
+
+
+@contextlib.contextmanager
+def locked(out: str):
+    """An exclusive lock on the results directory ``out`` (``<out>/.lock``), for rebuilding the
+    tables every point shares while parallel launcher jobs write."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, ".lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _atomic_write(path: str, write) -> None:
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
@@ -98,14 +117,8 @@ class ResultStore:
         if problem:
             raise OSError(problem)
 
-    @contextlib.contextmanager
     def _lock(self):
-        with open(os.path.join(self.out, ".lock"), "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        return locked(self.out)
 
     def existing(self, pid: str) -> Optional[dict]:
         path = os.path.join(self.points_dir, f"{pid}.json")

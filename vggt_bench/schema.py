@@ -59,6 +59,8 @@ MEASUREMENTS = [
     "attention_auto",    # JSON: what attention=auto timed per site and shape (ms per backend), "" without auto
     "drift_rel",         # ||out - out(k=0)|| / ||out(k=0)|| of the last layer's tokens (NaN: not measured)
     "wall_s",            # seconds the whole point took (build, warm-up, timing)
+    "profiled",          # bool: whether the row's timings come from a profiled run: always False for a
+                         # sweep's row (profiles are separate captures: profile_grid, profiles/<point_id>/)
     # How far to trust the row (vggt_bench/noise.py, telemetry.py, timing.py document each):
     "noisy",             # bool: the latency is not to be trusted as is; noise_reason says why
     "noise_reason",      # "; "-joined reasons, e.g. "spread p90/p10 1.34 > 1.10; GPU throttled: sw_power_cap"
@@ -105,6 +107,10 @@ NVTX_RANGE_COLUMNS = [
 ]
 KERNEL_COLUMNS = ["kernel", "calls", "total_ms", "mean_ms", "median_ms", "min_ms", "max_ms", "pct"]
 CUDA_API_COLUMNS = ["api", "calls", "total_ms", "mean_ms", "pct"]
+# NVTX range (domain vggt) around each profiled point's captured forwards, inside its
+# cudaProfilerStart/Stop: "point:<point_id>". `profile analyze=` splits a report by these ranges.
+POINT_RANGE_PREFIX = "point:"
+
 GPU_ACTIVITY_COLUMNS = [
     "window_ms",            # captured window: first GPU op start to last GPU op end
     "busy_ms",              # union of GPU op intervals
@@ -112,6 +118,43 @@ GPU_ACTIVITY_COLUMNS = [
     "kernels",              # kernel launches in the window
     "gap_median_us",        # median idle gap between consecutive GPU ops
     "gap_p90_us",
+]
+
+# A sweep's profiles: <out>/profiles/<point_id>/profile_status.json, one per profiled point.
+PROFILE_STATUSES = (
+    "ok",        # profiled: the point's tables are in profiles/<point_id>/
+    "error",     # the capture failed: profile_message says why (a rerun tries again)
+    "skipped",   # not profiled because the point did not run (its status is oom/unavailable/error)
+    "captured",  # profiler=external: captured under your nsys; `profile analyze=DIR` makes its tables
+)
+# ONE tidy table across a profiled sweep: <out>/profile_grid.parquet and .csv, one row per (point,
+# stage) for points with tables, one row with stage "" for the others. Times are per forward
+# (the capture's totals divided by ``iterations``). Built by analysis.tables.profile_grid.
+PROFILE_GRID_COLUMNS = [
+    "point_id",
+    "profiled",         # True: these numbers come from a profiled run (NVTX ranges on, under a profiler)
+    "profiler",         # torch | nsys | external
+    "profile_status",   # PROFILE_STATUSES
+    "profile_message",  # why it failed / was skipped / where the capture is ("" when ok)
+    "iterations",       # captured forwards the totals cover
+    *KNOBS,             # the point's knobs as its timing row has them (nvtx as timed)
+    "gpu_name",
+    "status",           # the timing row's status (ok | oom | unavailable | error)
+    "latency_ms_median",  # the timing row's median latency, from the unprofiled run
+    "stage",            # patch_embed | frame_block | global_block | converted_block | heads | forward ("" no tables)
+    "calls",            # range instances per forward (heads: the four heads' summed)
+    "cpu_ms",           # CPU time of the stage's ranges per forward (on their thread)
+    "gpu_ms",           # GPU-projected time per forward (nsys nvtx_gpu_proj_sum; NaN without GPU data)
+    "gpu_busy_ms",      # summed durations of the GPU ops the stage launched, per forward
+    "kernels",          # kernels the stage launched, per forward
+    "gpu_ops",          # kernels + memcpys + memsets the stage launched, per forward
+    "window_ms",        # the capture's GPU window (first op start to last op end) per forward
+    "busy_ms",          # the union of GPU op intervals in that window, per forward
+    "idle_frac",        # 1 - busy / window over the whole capture (0..1)
+    "launches",         # kernels launched in the capture, per forward
+    "gap_median_us",    # median idle gap between consecutive GPU ops (microseconds)
+    "gap_p90_us",
+    "source",           # the trace the tables were read from
 ]
 
 # Memory profile tables (``profile profiler=memory``), one set per ``<out>/profiles/<tag>/``;

@@ -1,9 +1,15 @@
 """The `run` and `sweep` commands: one point per Hydra job, every point kept.
 
 A sweep is a Hydra multirun; its grid is the preset's ``hydra.sweeper.params`` plus any
-command-line sweeps (``frames=1,8,32``). ``SweepCallback`` shows a progress bar with an
-ETA (fed by ``progress``, whichever launcher runs the jobs), prints a summary when the sweep
-ends and renders the report. ``launchers`` adds what the submitit launchers (local, Slurm) need.
+command-line sweeps (``frames=1,8,32``). ``SweepCallback`` checks the profiler settings before
+any point runs, shows a progress bar with an ETA (fed by ``progress``, whichever launcher runs the jobs), prints a summary when
+the sweep ends and renders the report.
+
+With ``profiler=torch|nsys|external`` every point is first measured as without it (its timing
+row, ``profiled`` false) and then captured separately (``capture.profile_point``): per-point
+tables in ``<out>/profiles/<point_id>/`` and one table across the grid, ``profile_grid``. A
+resumed sweep skips a point only when it is measured and, with a profiler, profiled too.
+``launchers`` adds what the submitit launchers (local, Slurm) need.
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from . import launchers, progress
+from .capture import check_profiler, profile_point
 from .errors import UserError, fail
+from .profile_store import profile_done
 from .results import ResultStore
-from .runner import resolve, run_point
+from .runner import resolve, resolve_device, run_point
 from .timing import SettingsError, adaptive_settings
 
 SUMMARY_COLUMNS = [
@@ -39,25 +47,38 @@ def open_store(out: str) -> ResultStore:
 
 
 def run_job(cfg: DictConfig) -> dict:
-    """Measure the job's point (or skip it when already measured) and persist its row."""
+    """Measure the job's point (or skip it when already measured) and persist its row; with a
+    profiler, then profile it in a separate capture (or skip that when already profiled)."""
     try:
         point = resolve(cfg)
         adaptive = adaptive_settings(cfg.measure)
+        profiler = check_profiler(cfg, point.device)
     except (UserError, SettingsError) as exc:
         fail(str(exc))
     store = open_store(cfg.out)
     progress.job_started(point, cfg.experiment)
     pid = point.point_id
-    if cfg.resume and store.is_done(pid):
+    measured = bool(cfg.resume) and store.is_done(pid)
+    profiled = profiler == "none" or (bool(cfg.resume) and profile_done(cfg.out, pid, profiler))
+    if measured and profiled:
         row = store.existing(pid)
-        _say(f"skip  {_describe(point)}: already measured ({row['status']})")
+        _say(f"skip  {_describe(point)}: already measured ({row['status']})" + ("" if profiler == "none" else " and profiled"))
         return row
-    try:
-        row = run_point(point, int(cfg.measure.warmup), int(cfg.measure.repeats), bool(cfg.measure.drift), cfg.experiment, adaptive)
-    except UserError as exc:
-        fail(str(exc))
-    store.add(row)
-    _say(f"{row['status']:<5} {_describe(point)}: {_result(row)}")
+    if measured:
+        row = store.existing(pid)
+        _say(f"skip  {_describe(point)}: already measured ({row['status']}); profiling it")
+    else:
+        try:
+            row = run_point(point, int(cfg.measure.warmup), int(cfg.measure.repeats), bool(cfg.measure.drift), cfg.experiment, adaptive)
+        except UserError as exc:
+            fail(str(exc))
+        row["profiled"] = False  # headline timings never come from a profiled run
+        store.add(row)
+        _say(f"{row['status']:<5} {_describe(point)}: {_result(row)}")
+    if profiler != "none":
+        status = profile_point(cfg, point, row)
+        message = f": {status['profile_message']}" if status["profile_status"] in ("error", "skipped") else ""
+        _say(f"{'profile':<5} {_describe(point)}: {profiler} {status['profile_status']}{message}")
     if _single_run():
         _say(f"row: {os.path.join(store.points_dir, pid + '.json')}; table: {os.path.join(cfg.out, 'results.parquet')} "
              f"(and results.csv)")
@@ -141,11 +162,41 @@ def grid_size(config: DictConfig) -> int:
     return total
 
 
+def preflight(config: DictConfig) -> None:
+    """Refuse profiler settings that cannot work before any point runs (one line, exit 2)."""
+    try:
+        try:
+            device = resolve_device(str(config.device))
+        except UserError:
+            device = None  # each job says what is wrong with its device
+        check_profiler(config, device)
+    except UserError as exc:
+        fail(str(exc))
+
+
+def profile_summary(out: str) -> str:
+    """One line per profile status of a profiled sweep, and each failure's reason."""
+    from .analysis.tables import read_grid
+
+    grid = read_grid(out)
+    if grid.empty:
+        return ""
+    points = grid.drop_duplicates("point_id")
+    counts = points["profile_status"].value_counts().to_dict()
+    lines = [f"profiles: {', '.join(f'{n} {s}' for s, n in sorted(counts.items()))} -> "
+             f"{os.path.join(out, 'profile_grid.parquet')} (and .csv), {os.path.join(out, 'profiles')}/<point_id>/"]
+    for _, p in points[points["profile_status"].isin(["error", "captured"])].iterrows():
+        lines.append(f"  {p['profile_status']} S={p['frames']:g} {p['frame_exec']} {p['attention']} "
+                     f"k={p['prune_depth']:g} ({p['point_id']}): {p['profile_message']}")
+    return "\n".join(lines[:12])
+
+
 class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global _BAR, _PROGRESS
         from tqdm import tqdm
 
+        preflight(config)
         os.makedirs(config.out, exist_ok=True)
         try:
             total = grid_size(config)
@@ -170,6 +221,8 @@ class SweepCallback(Callback):
         frame = store.rebuild()
         print(f"\n{len(frame)} points in {os.path.join(config.out, 'results.parquet')} (and results.csv)")
         print(summary(frame))
+        if config.get("profiler", "none") != "none":
+            print(profile_summary(config.out))
         if config.get("report", True):
             from .report import render
 

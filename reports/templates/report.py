@@ -120,3 +120,23 @@ if failed.empty:
     display(Markdown("Every point ran."))
 else:
     display(failed)
+
+# %% [markdown]
+# ## Profiles across the grid
+#
+# A sweep run with `profiler=torch|nsys|external` profiles every point in a capture of its own, after
+# measuring it: the latencies above never come from a profiled run. One row per point: each stage's time
+# per forward (GPU-projected where the profiles have GPU times, else CPU time), the GPU's idle share and the
+# kernels launched per forward (`profile_grid.parquet`; per-point tables in `profiles/<point_id>/`).
+
+# %%
+grid = tables.profile_grid
+if grid.empty:
+    display(Markdown("No profiled sweep in this directory (no `profile_grid.parquet`)."))
+else:
+    display(analysis.grid_pivot(grid).round(3))
+    failed_profiles = grid.drop_duplicates("point_id")
+    failed_profiles = failed_profiles[failed_profiles["profile_status"] != "ok"]
+    if len(failed_profiles):
+        display(failed_profiles[["point_id", "frames", "frame_exec", "attention", "prune_depth", "profiler",
+                                 "profile_status", "profile_message"]].reset_index(drop=True))

@@ -24,7 +24,9 @@ import pandas as pd
 
 from vggt_model.config import APPROX, ExecutionConfig, knob_fields
 
-from ..schema import EXECUTION, GPU_ACTIVITY_COLUMNS, KNOBS, MEASUREMENTS, NVTX_RANGE_COLUMNS, RESULT_COLUMNS
+from ..schema import (
+    EXECUTION, GPU_ACTIVITY_COLUMNS, KNOBS, MEASUREMENTS, NVTX_RANGE_COLUMNS, PROFILE_GRID_COLUMNS, RESULT_COLUMNS,
+)
 
 # ---- which knob plays which part -------------------------------------------------------------------
 _KNOB_TYPE = {f.name: (f.type if isinstance(f.type, str) else f.type.__name__) for f in knob_fields(ExecutionConfig)}
@@ -45,11 +47,12 @@ STAGES = RANGE_STAGES + ["heads", "other"]
 INT_COLUMNS = ["frames", "batch", "height", "width", "query_points", "iterations"] + [
     k for k, t in _KNOB_TYPE.items() if t == "int"]
 BOOL_KNOBS = [k for k, t in _KNOB_TYPE.items() if t == "bool"]  # absent (older tables) means off
-BOOL_COLUMNS = BOOL_KNOBS + ["random_weights", "disagree"]
+BOOL_COLUMNS = BOOL_KNOBS + ["random_weights", "disagree", "profiled"]
 TEXT_COLUMNS = [
     "point_id", "experiment", "arch", "device", "part", "inputs", "gpu_name", "driver", "torch_version",
     "cuda_version", "cudnn_version", "python_version", "cpu", "git_commit", "host", "timestamp", "checkpoint",
     "status", "message", "peak_source", "tag", "profiler", "range", "domain",
+    "profile_status", "profile_message", "stage", "source",
 ] + [k for k, t in _KNOB_TYPE.items() if t == "str"]
 FLOAT_KNOBS = [k for k, t in _KNOB_TYPE.items() if t == "float"]
 
@@ -57,6 +60,7 @@ PROFILE_SUMMARY = "profile_summary.csv"
 
 
 PROFILE_RANGES = "profile_ranges.csv"
+PROFILE_GRID = "profile_grid"  # .parquet and .csv: one tidy table across a profiled sweep (profile_grid())
 
 # What makes two rows incomparable: one figure per combination present.
 
@@ -68,13 +72,14 @@ class Tables:
     results: pd.DataFrame
     profile_summary: pd.DataFrame = field(default_factory=pd.DataFrame)
     profile_ranges: pd.DataFrame = field(default_factory=pd.DataFrame)
+    profile_grid: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def _coerce(frame: pd.DataFrame) -> pd.DataFrame:
     """Types the report relies on, whatever Parquet/CSV made of all-missing columns."""
     frame = frame.copy()
     numeric = set(MEASUREMENTS) | set(GPU_ACTIVITY_COLUMNS) | set(NVTX_RANGE_COLUMNS) | {
-        "gpu_mem_gib", "kernels_per_frame_layer", *INT_COLUMNS}
+        "gpu_mem_gib", "kernels_per_frame_layer", "launches", *INT_COLUMNS}
     numeric -= set(TEXT_COLUMNS) | set(BOOL_COLUMNS)
     for col in frame.columns:
         if col in numeric:
@@ -148,7 +153,18 @@ def load_tables(out_dir: str) -> Tables:
             if len(table):
                 break
         profiles[name] = tidy_profile(table) if len(table) else pd.DataFrame()
-    return Tables(results, profiles[PROFILE_SUMMARY], profiles[PROFILE_RANGES])
+    return Tables(results, profiles[PROFILE_SUMMARY], profiles[PROFILE_RANGES], read_grid(out_dir))
+
+
+def read_grid(out_dir: str) -> pd.DataFrame:
+    """``<out>/profile_grid.parquet`` (else ``.csv``) as written by a profiled sweep, tidied;
+    an empty frame when there is none."""
+    path = os.path.join(out_dir, PROFILE_GRID + ".parquet")
+    if os.path.exists(path):
+        table = pd.read_parquet(path)
+    else:
+        table = read_csv(os.path.join(out_dir, PROFILE_GRID + ".csv"))
+    return tidy_grid(table) if len(table) else pd.DataFrame()
 
 
 def ok_rows(frame: pd.DataFrame) -> pd.DataFrame:
@@ -463,3 +479,188 @@ def summary_row(ranges: pd.DataFrame, activity: pd.DataFrame, iterations: int) -
             if column in ranges:
                 row[f"{stage}_{column}"] = per_iteration(ranges, stage, column, iterations)
     return row
+
+
+# ---- profiled sweeps: one table across the grid --------------------------------------------------
+GRID_STAGES = RANGE_STAGES + ["heads"]  # what the grid figures draw; "forward" is the whole forward
+_GRID_SUMS = ["calls", "cpu_ms", "gpu_ms", "gpu_busy_ms", "kernels", "gpu_ops"]
+
+
+def tidy_grid(frame: pd.DataFrame) -> pd.DataFrame:
+    """A profile grid with every PROFILE_GRID_COLUMNS column present and typed."""
+    frame = frame.copy()
+    for col in PROFILE_GRID_COLUMNS:
+        if col not in frame.columns:
+            frame[col] = None
+    frame = _coerce(frame[PROFILE_GRID_COLUMNS + [c for c in frame.columns if c not in PROFILE_GRID_COLUMNS]])
+    for col in BOOL_KNOBS:
+        frame[col] = frame[col].map(lambda v: False if v is None else v).astype(object)
+    return frame
+
+
+def point_stages(ranges: pd.DataFrame, iterations: float) -> pd.DataFrame:
+    """Per-forward totals of each stage of one profile, from its NVTX range table.
+
+    ranges: NVTX_RANGE_COLUMNS of one profile (any domains: a name's rows are summed).
+    iterations: forwards the profile captured. Returns one row per stage present, columns
+    ``stage`` and _GRID_SUMS divided by ``iterations`` (ms per forward, counts per forward):
+    the RANGE_STAGES, ``heads`` (the four heads summed) and ``forward`` (the top range:
+    ``vggt``, else ``aggregator``). NaN GPU times stay NaN (a CPU-only trace).
+    """
+    if ranges.empty:
+        return pd.DataFrame(columns=["stage"] + _GRID_SUMS)
+    cols = [c for c in _GRID_SUMS if c in ranges]
+    per = ranges.groupby("range")[cols].sum(min_count=1) / float(iterations)
+    rows = []
+    for stage in RANGE_STAGES:
+        if stage in per.index:
+            rows.append({"stage": stage, **per.loc[stage].to_dict()})
+    heads = [h for h in HEADS if h in per.index]
+    if heads:
+        rows.append({"stage": "heads", **per.loc[heads].sum(min_count=1).to_dict()})
+    top = "vggt" if "vggt" in per.index else "aggregator" if "aggregator" in per.index else None
+    if top is not None:
+        rows.append({"stage": "forward", **per.loc[top].to_dict()})
+    return pd.DataFrame(rows, columns=["stage"] + _GRID_SUMS)
+
+
+def forwards_in(ranges: pd.DataFrame) -> int:
+    """Forwards a profile holds: instances of its top range (``vggt``, else ``aggregator``),
+    at least 1."""
+    for top in ("vggt", "aggregator"):
+        calls = ranges.loc[ranges["range"] == top, "calls"].sum() if len(ranges) else 0
+        if calls > 0:
+            return int(calls)
+    return 1
+
+
+def profile_grid(points: pd.DataFrame, ranges: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
+    """ONE tidy table across a profiled sweep (PROFILE_GRID_COLUMNS).
+
+    points: one row per profiled point: ``point_id``, ``profiler``, ``profile_status``,
+        ``profile_message``, ``iterations``, ``source``, the capture's GPU_ACTIVITY_COLUMNS where
+        it has tables, and any knobs its profile recorded (used where ``results`` lacks the point).
+    ranges: the NVTX range tables of those points, with a ``point_id`` column.
+    results: the sweep's timing table; joined by ``point_id`` (knobs, gpu_name, status,
+        latency_ms_median of the unprofiled run).
+
+    One row per (point, stage) where the point has tables (``point_stages``), one row with
+    stage "" where it has none (failed, skipped or captured-not-yet-analysed), so every
+    profiled point is in the table with its status.
+    """
+    columns = PROFILE_GRID_COLUMNS
+    if points is None or points.empty:
+        return tidy_grid(pd.DataFrame(columns=columns))
+    points = points.drop_duplicates("point_id", keep="last").reset_index(drop=True)
+    results = tidy_results(results) if results is not None and len(results) else pd.DataFrame(columns=RESULT_COLUMNS)
+    joined_cols = [c for c in KNOBS + ["gpu_name", "status", "latency_ms_median"] if c in results]
+    timing = results.drop_duplicates("point_id", keep="last").set_index("point_id")[joined_cols]
+    rows = []
+    for _, p in points.iterrows():
+        pid = p["point_id"]
+        base = {c: p.get(c) for c in columns if c in p.index}
+        if pid in timing.index:
+            base.update({c: v for c, v in timing.loc[pid].items() if not missing(v) or missing(base.get(c))})
+        def num(key) -> float:
+            value = pd.to_numeric(pd.Series([p.get(key)]), errors="coerce").iloc[0]
+            return float(value) if not missing(value) else math.nan
+
+        iterations = num("iterations") if num("iterations") > 0 else 1.0
+        window = {"window_ms": num("window_ms") / iterations, "busy_ms": num("busy_ms") / iterations,
+                  "idle_frac": num("idle_frac"), "launches": num("kernels") / iterations,
+                  "gap_median_us": num("gap_median_us"), "gap_p90_us": num("gap_p90_us")}
+        base.update(point_id=pid, profiled=True, iterations=iterations, **window)
+        mine = ranges[ranges["point_id"] == pid] if ranges is not None and len(ranges) else pd.DataFrame()
+        stages = point_stages(mine, iterations) if p.get("profile_status") == "ok" else pd.DataFrame()
+        if stages.empty:
+            rows.append({**base, "stage": ""})
+        for _, st in stages.iterrows():
+            rows.append({**base, **st.to_dict()})
+    return tidy_grid(pd.DataFrame(rows))
+
+
+def _grid_basis(rows: pd.DataFrame) -> Tuple[str, str]:
+    """(column, basis): GPU-projected time where every row has one, else CPU time."""
+    if len(rows) and rows["gpu_ms"].notna().all() and (rows["gpu_ms"] > 0).any():
+        return "gpu_ms", "gpu"
+    return "cpu_ms", "cpu"
+
+
+def _grid_exact(grid: pd.DataFrame) -> Tuple[pd.DataFrame, List[str]]:
+    """Profiled (ok) rows of the exact model with a frame count, and notes on what was left out."""
+    notes = []
+    rows = grid[(grid["profile_status"] == "ok") & grid["frames"].notna()]
+    if rows.empty:
+        return rows, notes
+    depths = sorted(int(k) for k in rows["prune_depth"].dropna().unique())
+    rows, note = exact_rows(rows)
+    if note:
+        notes.append(note)
+    if len(depths) > 1:
+        notes.append(f"drew the exact model only; prune_depth {', '.join(str(k) for k in depths if k)} "
+                     "profiles are in profile_grid")
+    return rows, notes
+
+
+def grid_stage_times(grid: pd.DataFrame) -> pd.DataFrame:
+    """What the per-stage figure draws: per-forward time of each GRID_STAGES stage of every
+    profiled point of the exact model, against frames.
+
+    Columns: CONTEXT columns, frames, frame_exec, attention, prune_depth, profiler, stage, ms
+    (per forward), basis (``gpu``: GPU-projected time, as nsys nvtx_gpu_proj_sum; ``cpu``: no GPU
+    times in the profiles, CPU time of the ranges). ``attrs["notes"]`` says what was left out.
+    """
+    if grid is None or grid.empty:
+        return pd.DataFrame()
+    grid = tidy_grid(grid)
+    rows, notes = _grid_exact(grid)
+    rows = rows[rows["stage"].isin(GRID_STAGES)]
+    if rows.empty:
+        out = pd.DataFrame()
+        out.attrs["notes"] = notes
+        return out
+    col, basis = _grid_basis(rows)
+    if basis == "cpu" and grid["gpu_ms"].notna().any():
+        notes.append("some profiles have no GPU times: drew CPU time for all")
+    keep = [c for c in CONTEXT if c in rows] + ["frames", "frame_exec", "attention", "prune_depth", "profiler", "stage"]
+    keep = list(dict.fromkeys(keep))
+    out = rows[keep].assign(ms=rows[col].astype(float), basis=basis).reset_index(drop=True)
+    out.attrs["notes"] = notes
+    return out
+
+
+def grid_activity(grid: pd.DataFrame) -> pd.DataFrame:
+    """What the launch/idle figure draws: one row per profiled point of the exact model with GPU
+    activity: CONTEXT columns, frames, frame_exec, attention, profiler, idle_frac (0..1 of the
+    captured GPU window), launches (kernels per forward), gap_median_us. Empty when no profile
+    holds GPU kernels (CPU-only torch-profiler runs). ``attrs["notes"]`` as grid_stage_times."""
+    if grid is None or grid.empty:
+        return pd.DataFrame()
+    grid = tidy_grid(grid)
+    rows, notes = _grid_exact(grid)
+    rows = rows.drop_duplicates("point_id")
+    rows = rows[(rows["launches"].fillna(0) > 0) & rows["idle_frac"].notna()]
+    keep = list(dict.fromkeys([c for c in CONTEXT if c in rows] + [
+        "frames", "frame_exec", "attention", "prune_depth", "profiler", "idle_frac", "launches", "gap_median_us"]))
+    out = rows[keep].reset_index(drop=True)
+    out.attrs["notes"] = notes
+    return out
+
+
+def grid_pivot(grid: pd.DataFrame) -> pd.DataFrame:
+    """The grid as a reader's table: one row per profiled point (frames, frame_exec, attention,
+    prune_depth, profiler, profile_status), one column per stage: ms per forward (GPU-projected
+    where the profiles have GPU times, else CPU), plus idle_frac and launches per forward."""
+    if grid is None or grid.empty:
+        return pd.DataFrame()
+    grid = tidy_grid(grid)
+    col, _ = _grid_basis(grid[grid["stage"].isin(GRID_STAGES + ["forward"])])
+    index = ["frames", "frame_exec", "attention", "prune_depth", "profiler", "profile_status"]
+    staged = grid[grid["stage"] != ""]
+    table = staged.pivot_table(index=index, columns="stage", values=col, aggfunc="first", dropna=False)
+    order = [s for s in GRID_STAGES + ["forward"] if s in table.columns]
+    table = table.reindex(columns=order)
+    table.columns = [f"{s}_{col}" for s in order]
+    per_point = grid.drop_duplicates("point_id").set_index(index)[["idle_frac", "launches"]]
+    table = per_point.join(table, how="left") if len(table) else per_point
+    return table.sort_index().reset_index()

@@ -51,7 +51,7 @@ weights and inputs    allocated before the recorded forward began (including wha
                       left allocated: cuBLAS workspaces, cached RoPE tables)
 unattributed          no stack recorded (history without stacks)
 workspace             a C++ frame names a cuBLAS / cuDNN workspace (only with stacks="all")
-kept layer outputs    allocated in ``Aggregator.keep_output`` or ``Aggregator.snapshot`` (or
+kept layer outputs    allocated in ``Aggregator.new_output`` or ``Aggregator.snapshot`` (or
                       ``Offloader.snapshot``): every memory plan builds kept outputs there
 workspace             allocated inside an attention backend call (``attention.py``: the kernel's
                       output, logsumexp and scratch)
@@ -271,7 +271,7 @@ _LIBRARY_WORKSPACE = re.compile(r"workspace|cublas|cudnn", re.IGNORECASE)
 # and vggt_bench/ (wherever they are installed, and on whichever machine the snapshot was taken).
 _OUR_FOLDERS = ("model", "vggt_model", "vggt_bench")
 # Where kept layer outputs are made: every plan builds them in these functions, by name.
-_KEPT_OUTPUT_FUNCTIONS = {("aggregator.py", "keep_output"), ("aggregator.py", "snapshot"), ("offload.py", "snapshot")}
+_KEPT_OUTPUT_FUNCTIONS = {("aggregator.py", "new_output"), ("aggregator.py", "snapshot"), ("offload.py", "snapshot")}
 
 
 def is_ours(filename: str) -> bool:
@@ -327,7 +327,7 @@ CATEGORY_RULES = (
     (WEIGHTS, lambda a: a.before_forward, "allocated before the recorded forward began"),
     (UNATTRIBUTED, lambda a: not a.frames, "no stack recorded"),
     (WORKSPACE, _names_library_workspace, "a C++ frame names a cuBLAS/cuDNN workspace"),
-    (KEPT, _builds_kept_outputs, "made by Aggregator.keep_output / snapshot (or Offloader.snapshot)"),
+    (KEPT, _builds_kept_outputs, "made by Aggregator.new_output / snapshot (or Offloader.snapshot)"),
     (WORKSPACE, _in_attention_call, "inside an attention backend call"),
     (WORKSPACE, lambda a: a.ours is None, "no frame of our code: library internals"),
     (ACTIVATIONS, lambda a: True, "allocated during the forward"),

@@ -134,11 +134,25 @@ def _export_of(rep: Path) -> Path:
 
 
 class _Export:
-    """One open export. Reads each big table once, into int64 numpy columns."""
+    """One open export. Reads each big table once, into int64 numpy columns.
 
-    def __init__(self, conn: sqlite3.Connection):
+    ``window=(start_ns, end_ns)`` (the export's clock) narrows every table to what happened
+    inside it: NVTX range instances that start and end inside, CUDA API calls that start and
+    end inside, and the GPU operations those calls launched (wherever on the GPU timeline they
+    ran; an operation without a correlation id counts when it starts inside). ``within(window)``
+    gives such a view of an open export that shares its already-read tables.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, window=None, base: "_Export" = None):
         self.conn = conn
-        self.tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        self.window = None if window is None else (int(window[0]), int(window[1]))
+        self._base = base if base is not None else self
+        self.tables = (base.tables if base is not None else
+                       {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")})
+
+    def within(self, window) -> "_Export":
+        """A view of this export narrowed to ``window`` = (start_ns, end_ns)."""
+        return _Export(self.conn, window, base=self._base)
 
     def count(self, table: str, where: str = "") -> int:
         if table not in self.tables:
@@ -156,7 +170,20 @@ class _Export:
     @functools.cached_property
     def gpu_ops(self) -> pd.DataFrame:
         """Every kernel, memcpy and memset: start_ns, end_ns, correlation, pid, is_kernel,
-        name_id (StringIds id of the demangled kernel name; -1 for memcpy/memset)."""
+        name_id (StringIds id of the demangled kernel name; -1 for memcpy/memset).
+        In a window: the operations the window's API calls launched (see the class)."""
+        if self.window is None:
+            return self._base._all_gpu_ops
+        ops = self._base._all_gpu_ops
+        calls = self.api_calls
+        launched = pd.MultiIndex.from_arrays([ops["pid"], ops["correlation"]]).isin(
+            pd.MultiIndex.from_arrays([calls["pid"], calls["correlation"]]))
+        lo, hi = self.window
+        loose = (ops["correlation"] < 0) & (ops["start_ns"] >= lo) & (ops["start_ns"] <= hi)
+        return ops[launched | loose.to_numpy()].reset_index(drop=True)
+
+    @functools.cached_property
+    def _all_gpu_ops(self) -> pd.DataFrame:
         columns = ["start_ns", "end_ns", "correlation", "pid", "is_kernel", "name_id"]
         parts = [
             self.ints(
@@ -174,7 +201,15 @@ class _Export:
     @functools.cached_property
     def api_calls(self) -> pd.DataFrame:
         """Every CUDA runtime/driver call: thread (globalTid), start_ns, end_ns, correlation,
-        name_id, pid."""
+        name_id, pid. In a window: the calls that start and end inside it."""
+        if self.window is None:
+            return self._base._all_api_calls
+        calls = self._base._all_api_calls
+        lo, hi = self.window
+        return calls[(calls["start_ns"] >= lo) & (calls["end_ns"] <= hi)].reset_index(drop=True)
+
+    @functools.cached_property
+    def _all_api_calls(self) -> pd.DataFrame:
         columns = ["thread", "start_ns", "end_ns", "correlation", "name_id"]
         if _RUNTIME not in self.tables:
             calls = pd.DataFrame({c: pd.Series(dtype="int64") for c in columns})
@@ -186,6 +221,42 @@ class _Export:
             )
         calls["pid"] = calls["thread"].to_numpy() >> 24
         return calls
+
+    @property
+    def nvtx_events(self) -> pd.DataFrame:
+        """Every NVTX range event of the export (never windowed): domain, range, event_type,
+        thread (NaN for a StartEnd range ended on another thread), start_ns, end_ns (NaN:
+        never ended)."""
+        return self._base._all_nvtx_events
+
+    @functools.cached_property
+    def _all_nvtx_events(self) -> pd.DataFrame:
+        has_strings = "StringIds" in self.tables
+        strings = "LEFT JOIN StringIds AS s ON s.id = e.textId" if has_strings else ""
+        text = "coalesce(s.value, e.text)" if has_strings else "e.text"
+        styles = ", ".join(str(t) for t in _NVTX_RANGE_STYLES)
+        # A domain's name comes from its create event, per process (ids are per process).
+        return pd.read_sql_query(
+            f"""
+            WITH domains AS (
+                SELECT e.domainId AS id, e.globalTid >> 24 AS pid, {text} AS name
+                FROM {_NVTX} AS e {strings}
+                WHERE e.eventType = {_NVTX_DOMAIN_CREATE}
+                GROUP BY 1, 2
+            )
+            SELECT coalesce(d.name, '') AS domain, coalesce({text}, '') AS range,
+                   e.eventType AS event_type,
+                   CASE WHEN e.endGlobalTid IS NULL OR e.endGlobalTid = e.globalTid
+                        THEN e.globalTid END AS thread,
+                   e.start AS start_ns, e.end AS end_ns
+            FROM {_NVTX} AS e {strings}
+            LEFT JOIN domains AS d
+              ON d.id = e.domainId AND d.pid = (e.globalTid >> 24)
+            WHERE e.eventType IN ({styles})
+            ORDER BY e.start
+            """,
+            self.conn,
+        )
 
     def strings(self, ids) -> pd.Series:
         """StringIds values for some ids, indexed by id."""
@@ -443,6 +514,18 @@ def _activity_row(window_ms: float, busy_ms: float, kernels: int, gaps_us: np.nd
 # nsys tables
 
 
+def _window_events(export: _Export) -> pd.DataFrame:
+    """The export's NVTX range events, in its window when it has one: those that start inside
+    and end inside (or never end)."""
+    events = export.nvtx_events
+    if export.window is None:
+        return events
+    lo, hi = export.window
+    ended = events["end_ns"].notna()
+    inside = (events["start_ns"] >= lo) & (events["start_ns"] <= hi)
+    return events[inside & (~ended | (events["end_ns"] <= hi))].reset_index(drop=True)
+
+
 def nvtx_instances(path_or_conn: PathOrConn) -> pd.DataFrame:
     """One row per NVTX range instance, with its CPU span and its GPU projection.
 
@@ -460,32 +543,7 @@ def nvtx_instances(path_or_conn: PathOrConn) -> pd.DataFrame:
             table = pd.DataFrame(columns=columns)
             table.attrs["notes"] = []
             return table
-        has_strings = "StringIds" in export.tables
-        strings = "LEFT JOIN StringIds AS s ON s.id = e.textId" if has_strings else ""
-        text = "coalesce(s.value, e.text)" if has_strings else "e.text"
-        styles = ", ".join(str(t) for t in _NVTX_RANGE_STYLES)
-        # A domain's name comes from its create event, per process (ids are per process).
-        events = pd.read_sql_query(
-            f"""
-            WITH domains AS (
-                SELECT e.domainId AS id, e.globalTid >> 24 AS pid, {text} AS name
-                FROM {_NVTX} AS e {strings}
-                WHERE e.eventType = {_NVTX_DOMAIN_CREATE}
-                GROUP BY 1, 2
-            )
-            SELECT coalesce(d.name, '') AS domain, coalesce({text}, '') AS range,
-                   e.eventType AS event_type,
-                   CASE WHEN e.endGlobalTid IS NULL OR e.endGlobalTid = e.globalTid
-                        THEN e.globalTid END AS thread,
-                   e.start AS start_ns, e.end AS end_ns
-            FROM {_NVTX} AS e {strings}
-            LEFT JOIN domains AS d
-              ON d.id = e.domainId AND d.pid = (e.globalTid >> 24)
-            WHERE e.eventType IN ({styles})
-            ORDER BY e.start
-            """,
-            export.conn,
-        )
+        events = _window_events(export)
         unended = int(events["end_ns"].isna().sum())
         events = events[events["end_ns"].notna()].reset_index(drop=True)
         events["end_ns"] = events["end_ns"].astype("int64")
@@ -574,10 +632,13 @@ def gpu_activity(path_or_conn: PathOrConn, window=None) -> pd.DataFrame:
     return table
 
 
-def read_report(path: Union[str, os.PathLike]) -> dict[str, pd.DataFrame]:
+def read_report(path: Union[str, os.PathLike], window=None) -> dict[str, pd.DataFrame]:
     """All four profile tables of one nsys export, keyed as in TABLES.
 
     path: ``.sqlite``, ``.sqlite.gz`` or ``.nsys-rep`` (see :func:`connect`).
+    window: None for the whole export, or ``(start_ns, end_ns)`` in the export's clock: the
+    tables of what happened inside it (see ``_Export``), e.g. one point of a report that
+    holds several (:func:`read_report_windows`).
 
     Raises NoProfileData when the capture holds neither NVTX ranges nor GPU kernels (a
     capture range that missed the work): empty tables would read as "nothing to see".
@@ -587,23 +648,73 @@ def read_report(path: Union[str, os.PathLike]) -> dict[str, pd.DataFrame]:
     """
     path = Path(path)
     with _opened(path) as export:
+        return _tables(export if window is None else export.within(window), path)
+
+
+def range_windows(path_or_conn: PathOrConn, prefix: str) -> pd.DataFrame:
+    """Instances of the NVTX ranges whose name starts with ``prefix`` (any domain), in start
+    order: ``name`` (the rest of the range's name), ``domain``, ``start_ns``, ``end_ns``
+    (export clock), ``thread``. Ranges never ended are left out."""
+    with _opened(path_or_conn) as export:
+        if _NVTX not in export.tables:
+            return pd.DataFrame(columns=["name", "domain", "start_ns", "end_ns", "thread"])
+        events = export.nvtx_events
+    found = events[events["range"].str.startswith(prefix) & events["end_ns"].notna()]
+    found = found.assign(name=found["range"].str.slice(len(prefix)), end_ns=found["end_ns"].astype("int64"))
+    return found[["name", "domain", "start_ns", "end_ns", "thread"]].sort_values("start_ns").reset_index(drop=True)
+
+
+def read_report_windows(path: Union[str, os.PathLike], prefix: str) -> list[tuple[str, object]]:
+    """``[(name, tables)]``: the four tables of each instance of an NVTX range named
+    ``<prefix><name>`` in one export (e.g. ``point:<point_id>`` around each point of a sweep),
+    read as :func:`read_report` with that instance's window; the export is read once. Each
+    table's ``attrs["window"]`` is the instance's ``(start_ns, end_ns)``. Empty list: no such
+    range. Where a window holds no NVTX ranges and no kernels, its entry is the NoProfileData
+    exception (with the reason) instead of the tables, and the other windows are still read."""
+    path = Path(path)
+    out: list[tuple[str, object]] = []
+    with _opened(path) as export:
+        for w in range_windows(export, prefix).itertuples():
+            try:
+                tables = _tables(export.within((w.start_ns, w.end_ns)), path)
+            except NoProfileData as exc:
+                out.append((w.name, exc))
+                continue
+            for table in tables.values():
+                table.attrs["window"] = (int(w.start_ns), int(w.end_ns))
+            out.append((w.name, tables))
+    return out
+
+
+def _tables(export: _Export, path: Path) -> dict[str, pd.DataFrame]:
+    """The four tables of an open export (or a window of it); see :func:`read_report`."""
+    if export.window is None:
         styles = ", ".join(map(str, _NVTX_RANGE_STYLES))
         n_ranges = export.count(_NVTX, f"WHERE eventType IN ({styles})")
         n_kernels = export.count(_KERNEL)
-        if n_ranges == 0 and n_kernels == 0:
-            raise NoProfileData(
-                f"{path.name}: capture holds no NVTX ranges and no GPU kernels: the capture "
-                f"range probably missed the work; it has {export.count(_RUNTIME)} CUDA API "
-                f"calls, {export.count(_MEMCPY)} memcpys, {export.count(_MEMSET)} memsets "
-                f"(check where profiling starts and stops: --capture-range, "
-                f"cudaProfilerStart/Stop, --delay/--duration)"
-            )
-        tables = {
-            "nvtx_ranges": nvtx_ranges(export),
-            "kernels": kernel_summary(export),
-            "cuda_api": cuda_api_summary(export),
-            "gpu_activity": gpu_activity(export),
-        }
+        where = ""
+        found = (f"{export.count(_RUNTIME)} CUDA API calls, {export.count(_MEMCPY)} memcpys, "
+                 f"{export.count(_MEMSET)} memsets")
+    else:
+        events = _window_events(export) if _NVTX in export.tables else pd.DataFrame(columns=["start_ns", "end_ns"])
+        # the range that defines the window (point:<id>) is not evidence that the work was captured
+        n_ranges = int(((events["start_ns"] != export.window[0]) | (events["end_ns"] != export.window[1])).sum())
+        n_kernels = int(export.gpu_ops["is_kernel"].sum())
+        where = f" (window {export.window[0]}..{export.window[1]} ns)"
+        found = f"{len(export.api_calls)} CUDA API calls, {len(export.gpu_ops)} memcpys/memsets"
+    if n_ranges == 0 and n_kernels == 0:
+        raise NoProfileData(
+            f"{path.name}{where}: capture holds no NVTX ranges and no GPU kernels: the capture "
+            f"range probably missed the work; it has {found} "
+            f"(check where profiling starts and stops: --capture-range, "
+            f"cudaProfilerStart/Stop, --delay/--duration)"
+        )
+    tables = {
+        "nvtx_ranges": nvtx_ranges(export),
+        "kernels": kernel_summary(export),
+        "cuda_api": cuda_api_summary(export),
+        "gpu_activity": gpu_activity(export),
+    }
     notes = [n for t in tables.values() for n in t.attrs.get("notes", [])]
     if n_ranges == 0:
         notes.append("capture holds no NVTX ranges: nvtx_ranges is empty "

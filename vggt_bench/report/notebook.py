@@ -30,6 +30,11 @@ CAPTIONS = {
     "backends": "Achieved throughput of each attention backend at one shape.",
     "profile_stages": "Per-forward time in each named stage (NVTX / profiler ranges).",
     "profile_launches": "Kernel launches per frame layer and GPU idle time: the launch overhead that fusing removes.",
+    "profile_grid_stages": "Every point of a profiled sweep: each stage's time per forward against frames, fused vs "
+                           "sequential, per backend (from profile_grid; timings in the tables above come from separate, "
+                           "unprofiled runs).",
+    "profile_grid_activity": "Every point of a profiled sweep: the GPU's idle share of the captured window and the kernels "
+                             "launched per forward, against frames.",
 }
 
 

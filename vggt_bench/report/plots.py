@@ -29,6 +29,14 @@ backends            attention, frames, achieved_tflops, peak_tflops, frac_of_pea
 profile_stages      profile_ranges: range, gpu_ms (cpu_ms without a GPU), iterations, frames, frame_exec
 profile_launches    profile_summary: kernels_per_frame_layer, idle_frac, frames, frame_exec, attention
 ==================  ==============================================================================
+
+A profiled sweep (``sweep profiler=torch|nsys|external``) adds two figures drawn from
+``profile_grid`` (only when that table exists: GRID_FIGURES):
+
+=====================  ===========================================================================
+profile_grid_stages    grid_stage_times: per-stage time per forward vs frames, one panel per stage
+profile_grid_activity  grid_activity: GPU idle share and kernel launches per forward vs frames
+=====================  ===========================================================================
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ from ..analysis.tables import (
     CONTEXT, FRAME_EXEC_ORDER, STAGES, Tables, baseline_depth, context_line, contexts, context_slug,
     conversion_table, device_label, device_memory_gib, exact_rows, failure_notes, fmt_percent, launch_table, load_tables, missing, ok_rows, one_context, one_sided_notes, order_exec, part_name, shorten,
     speedup_pairs, stage_times, tidy_profile, tidy_results, unavailable_notes, with_gpu_name,
+    GRID_STAGES, grid_activity, grid_stage_times,
 )
 from . import reference as references
 
@@ -687,6 +696,94 @@ def profile_launches(summary: pd.DataFrame, ranges: Optional[pd.DataFrame] = Non
     return Plot(fig, note)
 
 
+def _series_legend(lax, table: pd.DataFrame) -> None:
+    """Legend of colour = backend, line style / marker = frame execution."""
+    colors = backend_colors(table["attention"])
+    handles = [Line2D([], [], color=colors[b], lw=2.5, label=b) for b in sorted(set(table["attention"]))]
+    handles += [Line2D([], [], color="black", ls=FRAME_EXEC_LINE.get(e, "-."), marker=FRAME_EXEC_MARKER.get(e, "d"),
+                       ms=5, label=e) for e in order_exec(table["frame_exec"])]
+    _side_legend(lax, handles, title="backend / execution")
+
+
+def _series_style(colors: dict, backend: str, exec_: str) -> dict:
+    return dict(color=colors[backend], ls=FRAME_EXEC_LINE.get(exec_, "-."), marker=FRAME_EXEC_MARKER.get(exec_, "d"),
+                ms=5, lw=1.6)
+
+
+def profile_grid_stages(grid: pd.DataFrame) -> Plot:
+    """How each stage's time per forward grows with frames across a profiled sweep: one panel per
+    stage (patch embed, frame blocks, global blocks, converted blocks, heads; those profiled),
+    log-log; colour = backend, line style = frame execution (fused vs sequential). GPU-projected
+    time (as nsys nvtx_gpu_proj_sum) where the profiles have GPU times, else CPU time, as the axis
+    says. The exact model only (prune_depth 0, or the smallest profiled)."""
+    times = grid_stage_times(grid)
+    notes = list(times.attrs.get("notes", []))
+    if times.empty:
+        return Plot(None, "; ".join(["no profiled point with stage ranges (sweep profiler=torch|nsys, or profile "
+                                     "analyze= of an external capture)"] + notes))
+    groups = contexts(times.assign(status="ok"))
+    if len(groups) > 1:
+        notes.append(f"profiles mix {len(groups)} settings; drew the largest")
+    times = groups[0][1]
+    times = times[times["ms"] > 0]
+    stages = [s for s in GRID_STAGES if s in set(times["stage"])]
+    if not stages:
+        return Plot(None, "profiled stages took no time")
+    fig, axes, lax = _new_figure(max(6.5, 3.2 * len(stages) + 2.0), 4.4, ncols=len(stages), legend=0.32)
+    colors = backend_colors(times["attention"])
+    for ax, stage in zip(axes, stages):
+        rows = times[times["stage"] == stage]
+        for (backend, exec_), s in rows.groupby(["attention", "frame_exec"]):
+            s = s.sort_values("frames")
+            ax.plot(s["frames"], s["ms"], **_series_style(colors, backend, exec_))
+        _frames_axis(ax, times["frames"])
+        ax.set_yscale("log")
+        _plain_log(ax.yaxis, float(rows["ms"].min()), float(rows["ms"].max()))
+        ax.set_title(_stage_label(stage), fontsize=10)
+    gpu = (times["basis"] == "gpu").all()
+    basis = "GPU-projected time" if gpu else "CPU time (no GPU times in the profiles)"
+    axes[0].set_ylabel(f"{basis} per forward (ms, log scale)")
+    _series_legend(lax, times)
+    profiler = " / ".join(sorted(set(times["profiler"]) - {""})) or "profile"
+    _suptitle(fig, f"Time per stage against frames, fused vs sequential, per backend ({profiler})", times)
+    return Plot(fig, "; ".join(notes))
+
+
+def profile_grid_activity(grid: pd.DataFrame) -> Plot:
+    """Launch overhead across a profiled sweep: the GPU's idle share of the captured window and the
+    kernels launched per forward, against frames; colour = backend, line style = frame execution.
+    Needs GPU profiles (a CPU torch-profiler run launches no kernels)."""
+    table = grid_activity(grid)
+    notes = list(table.attrs.get("notes", []))
+    if table.empty:
+        return Plot(None, "; ".join(["no profiled point holds GPU kernels (CPU-only torch-profiler runs): "
+                                     "no idle share or launches"] + notes))
+    groups = contexts(table.assign(status="ok"))
+    if len(groups) > 1:
+        notes.append(f"profiles mix {len(groups)} settings; drew the largest")
+    table = groups[0][1]
+    colors = backend_colors(table["attention"])
+    fig, (idle, launches), lax = _new_figure(11.5, 4.6, ncols=2, legend=0.3)
+    for (backend, exec_), s in table.groupby(["attention", "frame_exec"]):
+        s = s.sort_values("frames")
+        style = _series_style(colors, backend, exec_)
+        idle.plot(s["frames"], 100 * s["idle_frac"], **style)
+        launches.plot(s["frames"], s["launches"], **style)
+    for ax in (idle, launches):
+        _frames_axis(ax, table["frames"])
+    idle.set_ylabel("GPU idle, % of the captured window")
+    idle.set_ylim(0, max(5.0, float(np.nanmax(100 * table["idle_frac"].to_numpy(dtype=float))) * 1.15))
+    idle.set_title("GPU idle share", fontsize=10)
+    launches.set_yscale("log")
+    _plain_log(launches.yaxis, float(table["launches"].min()), float(table["launches"].max()))
+    launches.set_ylabel("kernel launches per forward (log scale)")
+    launches.set_title("kernel launches", fontsize=10)
+    _series_legend(lax, table)
+    profiler = " / ".join(sorted(set(table["profiler"]) - {""})) or "profile"
+    _suptitle(fig, f"GPU idle share and kernel launches against frames ({profiler})", table)
+    return Plot(fig, "; ".join(notes))
+
+
 RESULT_FIGURES: List[Tuple[str, Callable[..., Plot]]] = [
     ("scaling_wall", scaling_wall),
     ("fused_speedup", fused_speedup),
@@ -700,6 +797,13 @@ PROFILE_FIGURES = ["profile_stages", "profile_launches"]
 
 
 FIGURE_NAMES = [name for name, _ in RESULT_FIGURES] + PROFILE_FIGURES
+
+
+# Drawn only where the directory holds a profile_grid (a profiled sweep).
+GRID_FIGURES: List[Tuple[str, Callable[[pd.DataFrame], Plot]]] = [
+    ("profile_grid_stages", profile_grid_stages),
+    ("profile_grid_activity", profile_grid_activity),
+]
 
 
 class NamedPlot(NamedTuple):
@@ -717,7 +821,8 @@ def _split(frame: pd.DataFrame) -> List[Tuple[str, pd.DataFrame]]:
 
 
 def figures(tables: Tables, reference: Optional[str] = "upstream_h100") -> List[NamedPlot]:
-    """Every figure of the tables, one per figure and context, in FIGURE_NAMES order."""
+    """Every figure of the tables, one per figure and context, in FIGURE_NAMES order; then the
+    GRID_FIGURES where the tables hold a profile grid."""
     out: List[NamedPlot] = []
     result_parts = _split(tables.results) if len(tables.results) else [("", tables.results)]
     for name, fn in RESULT_FIGURES:
@@ -740,6 +845,16 @@ def figures(tables: Tables, reference: Optional[str] = "upstream_h100") -> List[
             except Exception as exc:
                 plot = Plot(None, f"failed: {type(exc).__name__}: {exc}")
             out.append(NamedPlot(stem, *plot))
+    grid = tables.profile_grid
+    if len(grid):
+        for name, fn in GRID_FIGURES:
+            for slug, rows in _split(grid):
+                stem = f"{name}__{slug}" if slug else name
+                try:
+                    plot = fn(rows)
+                except Exception as exc:
+                    plot = Plot(None, f"failed: {type(exc).__name__}: {exc}")
+                out.append(NamedPlot(stem, *plot))
     return out
 
 
@@ -765,7 +880,7 @@ def render_figures(out_dir: str, reference: Optional[str] = "upstream_h100") -> 
     os.makedirs(folder, exist_ok=True)
     for old in os.listdir(folder):
         stem, ext = os.path.splitext(old)
-        if ext in (".png", ".svg") and stem.split("__")[0] in FIGURE_NAMES:
+        if ext in (".png", ".svg") and stem.split("__")[0] in FIGURE_NAMES + [n for n, _ in GRID_FIGURES]:
             os.unlink(os.path.join(folder, old))
     written, notes = [], []
     for plot in figures(tables, reference):

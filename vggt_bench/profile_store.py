@@ -1,0 +1,303 @@
+"""Profiles on disk, and the tables built from all of them. Shared by ``profile`` and ``sweep``.
+
+Layout of a results directory ``<out>``:
+
+* ``profiles/<name>/``: one profile. ``<name>`` is the ``tag`` for ``profile`` and the
+  ``point_id`` for a profiled sweep and for ``profile analyze=`` of point-split reports. It holds
+  ``nvtx_ranges.csv``, ``kernels.csv``, ``cuda_api.csv``, ``gpu_activity.csv`` (schema.py),
+  ``notes.txt``, ``point.json`` (the profiled configuration: knobs, ``point_id``, ``profiler``,
+  ``iterations``, ``source``, ``profiled: true``) and the trace it was read from.
+* ``profiles/<point_id>/profile_status.json``: a sweep's record of that point's profile
+  (``profile_status`` one of schema.PROFILE_STATUSES, ``profile_message``, ``profiler``,
+  ``source``, ``timestamp``). A resumed sweep reads it to skip points already profiled.
+* ``profile_ranges.csv`` / ``profile_summary.csv``: every profile's ranges / one summary row
+  each (the ``profile`` command's combined tables).
+* ``profile_grid.parquet`` / ``.csv``: ONE tidy table across a profiled sweep
+  (``analysis.tables.profile_grid``; columns schema.PROFILE_GRID_COLUMNS).
+"""
+
+from __future__ import annotations
+
+import datetime
+import glob
+import json
+import os
+from typing import Callable, Dict, List, Optional, Tuple
+
+import pandas as pd
+
+from .analysis.tables import PROFILE_GRID, forwards_in, profile_grid, summary_row
+from .errors import UserError
+from .nsys import export_sqlite, find_nsys
+from .profiling import NoProfileData, read_report, read_trace
+from .profiling.nsys_sqlite import read_report_windows
+from .results import atomic_write, load_results, locked
+from .schema import KNOBS, POINT_RANGE_PREFIX, PROFILE_STATUSES
+
+PROFILES = "profiles"
+TABLE_NAMES = ("nvtx_ranges", "kernels", "cuda_api", "gpu_activity")
+POINT_FILE = "point.json"
+STATUS_FILE = "profile_status.json"
+PROFILE_DONE = ("ok", "skipped", "captured")  # statuses a resumed sweep does not profile again
+REPORT_SUFFIXES = (".sqlite", ".sqlite.gz", ".nsys-rep")  # in the order one stem's files are preferred
+
+
+def profile_dir(out: str, name: str) -> str:
+    return os.path.join(out, PROFILES, name)
+
+
+# ---- reading traces ----------------------------------------------------------------------------
+def sqlite_for(path: str, nsys: Optional[str] = None) -> str:
+    """The SQLite export of an nsys report: ``path`` itself unless it is a ``.nsys-rep``; then
+    the ``.sqlite`` beside it, made with ``nsys export`` when missing (needs nsys)."""
+    if not path.endswith(".nsys-rep"):
+        return path
+    sqlite = path[: -len(".nsys-rep")] + ".sqlite"
+    if not os.path.exists(sqlite):
+        export_sqlite(find_nsys(nsys), path, sqlite)
+    return sqlite
+
+
+def read_any(path: str, nsys: Optional[str] = None) -> Dict[str, pd.DataFrame]:
+    """Profile tables of an existing trace file of any supported kind."""
+    if not os.path.exists(path):
+        raise UserError(f"analyze={path}: no such file")
+    if path.endswith(".json") or path.endswith(".json.gz"):
+        return read_trace(path)
+    path = sqlite_for(path, nsys)
+    if path.endswith(".sqlite") or path.endswith(".sqlite.gz"):
+        return read_report(path)
+    raise UserError(f"analyze={path}: expected a .sqlite, .sqlite.gz, .nsys-rep or PyTorch trace .json")
+
+
+# ---- writing one profile -----------------------------------------------------------------------
+def write_tables(tables: Dict[str, pd.DataFrame], directory: str) -> None:
+    os.makedirs(directory, exist_ok=True)
+    for name in TABLE_NAMES:
+        tables[name].to_csv(os.path.join(directory, f"{name}.csv"), index=False)
+    notes = tables["nvtx_ranges"].attrs.get("notes", [])
+    with open(os.path.join(directory, "notes.txt"), "w") as f:
+        f.write("\n".join(notes) + ("\n" if notes else ""))
+
+
+def write_profile(directory: str, tables: Dict[str, pd.DataFrame], meta: dict) -> None:
+    """The four tables, notes.txt and point.json (``meta`` plus ``profiled: true``)."""
+    write_tables(tables, directory)
+    payload = json.dumps({**meta, "profiled": True}, indent=1, default=str).encode()
+    atomic_write(os.path.join(directory, POINT_FILE), lambda f: f.write(payload))
+
+
+def write_status(out: str, point_id: str, profiler: str, status: str, message: str = "", source: str = "",
+                 iterations: Optional[int] = None) -> dict:
+    """Record a sweep point's profile (``profiles/<point_id>/profile_status.json``); return it."""
+    if status not in PROFILE_STATUSES:
+        raise ValueError(f"profile status {status!r} is not one of {PROFILE_STATUSES}")
+    record = {
+        "point_id": point_id, "profiler": profiler, "profile_status": status, "profile_message": message,
+        "source": source, "iterations": iterations,
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    directory = profile_dir(out, point_id)
+    os.makedirs(directory, exist_ok=True)
+    payload = json.dumps(record, indent=1, default=str).encode()
+    atomic_write(os.path.join(directory, STATUS_FILE), lambda f: f.write(payload))
+    return record
+
+
+def read_status(out: str, point_id: str) -> Optional[dict]:
+    path = os.path.join(profile_dir(out, point_id), STATUS_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def profile_done(out: str, point_id: str, profiler: str) -> bool:
+    """Whether a resumed sweep with ``profiler`` may skip this point's profile: it has a status
+    of PROFILE_DONE from the same profiler, and an ``ok`` one still has its tables."""
+    status = read_status(out, point_id)
+    if status is None or status.get("profiler") != profiler or status.get("profile_status") not in PROFILE_DONE:
+        return False
+    if status["profile_status"] == "ok":
+        return os.path.exists(os.path.join(profile_dir(out, point_id), "nvtx_ranges.csv"))
+    return True
+
+
+def _current(directory: str) -> bool:
+    """A profile directory's tables are current unless its sweep status says the last capture failed
+    (the tables of an earlier capture then stay on disk, out of the combined tables)."""
+    path = os.path.join(directory, STATUS_FILE)
+    if not os.path.exists(path):
+        return True
+    with open(path) as f:
+        return json.load(f).get("profile_status") == "ok"
+
+
+# ---- tables across profiles --------------------------------------------------------------------
+def rebuild_combined(out: str) -> None:
+    """``profile_ranges.csv`` and ``profile_summary.csv`` from every ``<out>/profiles/*/``."""
+    ranges, summaries = [], []
+    for meta_path in sorted(glob.glob(os.path.join(out, PROFILES, "*", POINT_FILE))):
+        directory = os.path.dirname(meta_path)
+        table_path = os.path.join(directory, "nvtx_ranges.csv")
+        if not os.path.exists(table_path) or not _current(directory):
+            continue
+        with open(meta_path) as f:
+            meta = json.load(f)
+        r = pd.read_csv(table_path)
+        a = pd.read_csv(os.path.join(directory, "gpu_activity.csv"))
+        for key, value in meta.items():
+            r[key] = value
+        ranges.append(r)
+        summaries.append({**meta, **summary_row(r, a, int(meta.get("iterations", 1)))})
+    if ranges:
+        with locked(out):
+            table = pd.concat(ranges, ignore_index=True).to_csv(index=False).encode()
+            atomic_write(os.path.join(out, "profile_ranges.csv"), lambda f: f.write(table))
+            summary = pd.DataFrame(summaries).to_csv(index=False).encode()
+            atomic_write(os.path.join(out, "profile_summary.csv"), lambda f: f.write(summary))
+
+
+def grid_inputs(out: str) -> Tuple[pd.DataFrame, pd.DataFrame]:
+    """(points, ranges) for ``analysis.tables.profile_grid``: every point with a sweep status
+    file, its point.json and GPU activity where its profile is ok, and its range table."""
+    points, ranges = [], []
+    for status_path in sorted(glob.glob(os.path.join(out, PROFILES, "*", STATUS_FILE))):
+        directory = os.path.dirname(status_path)
+        with open(status_path) as f:
+            status = json.load(f)
+        row = dict(status)
+        if status.get("profile_status") == "ok" and os.path.exists(os.path.join(directory, "nvtx_ranges.csv")):
+            meta_path = os.path.join(directory, POINT_FILE)
+            if os.path.exists(meta_path):
+                with open(meta_path) as f:
+                    meta = json.load(f)
+                row.update({k: v for k, v in meta.items() if k in KNOBS or k in ("gpu_name", "iterations", "source")})
+            activity = pd.read_csv(os.path.join(directory, "gpu_activity.csv"))
+            if len(activity):
+                row.update(activity.iloc[0].to_dict())
+            r = pd.read_csv(os.path.join(directory, "nvtx_ranges.csv"))
+            ranges.append(r.assign(point_id=status["point_id"]))
+        points.append(row)
+    return pd.DataFrame(points), (pd.concat(ranges, ignore_index=True) if ranges else pd.DataFrame())
+
+
+def _native(value):
+    """A numpy scalar as the Python value JSON writes as itself."""
+    return value.item() if hasattr(value, "item") and not isinstance(value, (str, bytes)) else value
+
+
+def _results(directory: str) -> pd.DataFrame:
+    try:
+        return load_results(directory)
+    except FileNotFoundError:
+        return pd.DataFrame()
+
+
+def rebuild_grid(out: str, results: Optional[str] = None) -> pd.DataFrame:
+    """Write ``<out>/profile_grid.parquet`` and ``.csv`` from every profiled point of ``out``,
+    joined to the timing table of ``results`` (default ``out``); return the table (empty, and
+    nothing written, when no point of ``out`` has a profile status)."""
+    points, ranges = grid_inputs(out)
+    if points.empty:
+        return pd.DataFrame()
+    grid = profile_grid(points, ranges, _results(results or out))
+    with locked(out):
+        atomic_write(os.path.join(out, PROFILE_GRID + ".parquet"), lambda f: grid.to_parquet(f, index=False))
+        text = grid.to_csv(index=False).encode()
+        atomic_write(os.path.join(out, PROFILE_GRID + ".csv"), lambda f: f.write(text))
+    return grid
+
+
+# ---- reports of a sweep run under someone else's nsys --------------------------------------------
+def report_files(path: str) -> List[str]:
+    """The nsys reports of a folder (one per stem: .sqlite, else .sqlite.gz, else .nsys-rep), or
+    ``[path]`` for a file."""
+    if not os.path.isdir(path):
+        return [path]
+    by_stem: Dict[str, str] = {}
+    for name in sorted(os.listdir(path)):
+        for rank, suffix in enumerate(REPORT_SUFFIXES):
+            if name.endswith(suffix):
+                stem = name[: -len(suffix)]
+                best = by_stem.get(stem)
+                if best is None or rank < REPORT_SUFFIXES.index(next(s for s in REPORT_SUFFIXES if best.endswith(s))):
+                    by_stem[stem] = name
+                break
+    return [os.path.join(path, by_stem[s]) for s in sorted(by_stem)]
+
+
+def analyze_points(source: str, out: str, results: Optional[str] = None, nsys: Optional[str] = None,
+                   log: Callable[[str], None] = print) -> Optional[List[str]]:
+    """Tables of every point in nsys reports captured from ``sweep profiler=external``, joined to
+    the sweep's results by point id.
+
+    source: a folder of reports (``.nsys-rep`` / ``.sqlite`` / ``.sqlite.gz``; one per point, as
+        ``--capture-range-end=repeat`` writes them, or any mix) or one report holding several
+        points. Each point is the window of its NVTX range ``point:<point_id>``
+        (nsys_sqlite.read_report_windows).
+    results: the sweep's out directory (its results table); default ``out``.
+
+    Writes ``<out>/profiles/<point_id>/`` (tables, point.json with the point's knobs from the
+    results row, profile_status.json ``ok`` with profiler ``external``), the combined tables and
+    ``profile_grid``. A point whose window holds nothing gets status ``error`` with the reason.
+    Returns the point ids written, or None when ``source`` is one file without point ranges, or
+    with one point and no results table to join it to (a ``profile profiler=none`` capture): the
+    caller reads it as one profile. Raises UserError for a folder without reports or point
+    ranges, and when points need a results table that is not there.
+    """
+    files = report_files(source)
+    if os.path.isdir(source) and not files:
+        raise UserError(f"analyze={source}: no .nsys-rep, .sqlite or .sqlite.gz reports in this folder")
+    found: Dict[str, Tuple[str, object]] = {}
+    for path in files:
+        try:
+            windows = read_report_windows(sqlite_for(path, nsys), POINT_RANGE_PREFIX)
+        except (OSError, ValueError) as exc:  # a report that cannot be opened or read
+            if not os.path.isdir(source):
+                raise
+            log(f"note: {path}: cannot read it ({type(exc).__name__}: {exc}); left out")
+            continue
+        if not windows and os.path.isdir(source):
+            log(f"note: {os.path.basename(path)} holds no {POINT_RANGE_PREFIX}<point_id> range: left out "
+                f"(analyze={path} reads it as one profile)")
+        for pid, tables in windows:
+            if pid in found:
+                log(f"note: point {pid} is in {found[pid][0]} and {path}: kept the later capture")
+            found[pid] = (path, tables)
+    if not found:
+        if not os.path.isdir(source):
+            return None
+        raise UserError(f"analyze={source}: no report holds a {POINT_RANGE_PREFIX}<point_id> NVTX range; capture them "
+                        f"with `sweep profiler=external` under nsys --trace=cuda,nvtx, or analyze one report at a time")
+    where = results or out
+    timing = _results(where)
+    if timing.empty and not any(os.path.exists(os.path.join(where, n)) for n in ("results.parquet", "results.csv")):
+        if not os.path.isdir(source) and len(found) == 1 and not results:
+            return None  # one capture of one configuration (`profile profiler=none` under nsys): one profile
+        flag = f"results={results}" if results else f"out={out}"
+        raise UserError(f"{flag} has no results.parquet or results.csv to join the points to; give results=<the out "
+                        f"directory of the sweep that was captured>")
+    rows = {r["point_id"]: r for r in timing.to_dict("records")} if len(timing) else {}
+    written = []
+    for pid, (path, tables) in found.items():
+        row = rows.get(pid)
+        if row is None:
+            log(f"note: point {pid} ({os.path.basename(path)}) is not in the results of {where}: its tables carry no knobs")
+        if isinstance(tables, NoProfileData):
+            write_status(out, pid, "external", "error", str(tables), path)
+            continue
+        knobs = {k: _native(row.get(k)) for k in KNOBS} if row is not None else {}
+        if knobs:
+            knobs["nvtx"] = True  # the capture ran with the model's ranges on
+        iterations = forwards_in(tables["nvtx_ranges"])
+        window = tables["nvtx_ranges"].attrs.get("window", (None, None))
+        meta = {**knobs, "point_id": pid, "tag": pid, "profiler": "external", "iterations": iterations,
+                "source": path, "window_start_ns": window[0], "window_end_ns": window[1],
+                "gpu_name": (row or {}).get("gpu_name", "")}
+        write_profile(profile_dir(out, pid), tables, meta)
+        write_status(out, pid, "external", "ok", "", path, iterations)
+        written.append(pid)
+    rebuild_combined(out)
+    rebuild_grid(out, results)
+    return written
