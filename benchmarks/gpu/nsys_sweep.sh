@@ -46,7 +46,7 @@ for stage in $STAGES; do
 print(g[g.stage != ''].pivot_table(index=['frames', 'frame_exec', 'attention'], columns='stage', values='gpu_ms').round(2)); \
 print(g.drop_duplicates('point_id')[['frames', 'frame_exec', 'attention', 'profile_status', 'idle_frac', 'launches']])" ;;
     check)
-      $PY benchmarks/gpu/nsys_stats_check.py $OUT/managed $OUT/external --nsys "$(command -v $NSYS)" || status=1 ;;
+      $PY "$(dirname "$0")/nsys_stats_check.py" $OUT/managed $OUT/external --nsys "$(command -v $NSYS)" || status=1 ;;
     *) echo "unknown stage $stage"; status=1 ;;
   esac
   echo "=== $stage done in $((SECONDS - t0)) s"
