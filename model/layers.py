@@ -56,6 +56,14 @@ class Mlp(nn.Module):
     def forward(self, x):
         return self.fc2(self.act(self.fc1(x)))
 
+    def forward_inplace_act(self, x):
+        """The same, with GELU applied in place on fc1's output (no second hidden-size tensor): the
+        lean memory plan's MLP. The same kernel, so the same bits."""
+        h = self.fc1(x)
+        if isinstance(self.act, nn.GELU) and self.act.approximate == "none":
+            return self.fc2(torch.ops.aten.gelu_(h))
+        return self.fc2(self.act(h))
+
 
 class Rope2D:
     """2D rotary position tables for one frame's token grid, shared by every layer.
@@ -173,7 +181,7 @@ class Block(nn.Module):
             with ranges("attention"):
                 x.add_(self.ls1(self.attn(self.norm1(x), attend, rope)))
             with ranges("mlp"):
-                x.add_(self.ls2(self.mlp(self.norm2(x))))
+                x.add_(self.ls2(self.mlp.forward_inplace_act(self.norm2(x))))
             return x
         return self._chunked(x, attend, rope, ranges, rows)
 
@@ -210,5 +218,5 @@ class Block(nn.Module):
                 xc.add_(self.ls1(attn.proj(o.transpose(1, 2).reshape(B, n, C))))
                 del q, o
             with ranges("mlp"):
-                xc.add_(self.ls2(self.mlp(self.norm2(xc))))
+                xc.add_(self.ls2(self.mlp.forward_inplace_act(self.norm2(xc))))
         return x

@@ -39,6 +39,9 @@ for stage in "$@"; do
     memprof) # what is live at the peak: upstream's plan vs lean, 100 frames, upstream's precision
       run memprof 150 python3 -m vggt_bench profile profiler=memory out=$W/memprof model.dtype=bf16_autocast frames=100 model.memory_plan=upstream tag=upstream_plan
       run memprof 150 python3 -m vggt_bench profile profiler=memory out=$W/memprof model.dtype=bf16_autocast frames=100 model.memory_plan=lean tag=lean ;;
+    chunks) # token_chunk: memory against time, 100 frames, upstream's precision (upstream's plan in the same run)
+      run chunks 200 $S out=$W/chunks model.dtype=bf16_autocast frames=100 model.memory_plan=lean model.token_chunk=8192,16384,32768 measure.warmup=1 measure.repeats=3
+      run chunks 60 $S out=$W/chunks model.dtype=bf16_autocast frames=100 model.memory_plan=upstream measure.warmup=1 measure.repeats=3 ;;
     wall)   # one exact forward past 1,200 frames (background-able: setsid bash study.sh wall)
       run wall 580 $S out=$W/wall $FAST frames=1200 measure.warmup=0 measure.repeats=1 ;;
     pack)
