@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 from .errors import EXIT_USER_ERROR, say_error
@@ -124,14 +126,30 @@ def main(argv=None) -> int:
     config.register()
     sys.argv = [f"vggt_bench-{command}"] + rest
     app = hydra.main(version_base=None, config_path=experiments_dir(), config_name=config_name)(_task(command))
+
+    def interrupted(*_):
+        # Ctrl-C can land anywhere, Hydra's config composition included (which would report a
+        # mangled state as a config error): leave at once. Every point is already on disk (each
+        # written atomically the moment it was measured), so nothing measured is lost.
+        kept = _points_in(out) if out else 0
+        if kept:  # the tables may lag the last point written: bring them up to date unless a writer holds them
+            from .results import ResultStore
+
+            try:
+                ResultStore(out).rebuild(wait=False)
+            except Exception:
+                pass  # the points are the record; the next run rebuilds the tables
+        where = f"{kept} point{'s' if kept != 1 else ''} kept in {out}; rerun the same command to resume" if out else \
+            "nothing was being written"
+        print(f"\nvggt_bench: interrupted; {where}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(130)
+
+    signal.signal(signal.SIGINT, interrupted)
     try:
         app()
     except KeyboardInterrupt:
-        kept = _points_in(out) if out else 0
-        where = f"{kept} point{'s' if kept != 1 else ''} kept in {out}; rerun the same command to resume" if out else \
-            "nothing was being written"
-        print(f"\nvggt_bench: interrupted; {where}", file=sys.stderr)
-        return 130
+        interrupted()
     return 0
 
 

@@ -38,12 +38,13 @@ def atomic_write(path: str, write) -> None:
 
 
 @contextlib.contextmanager
-def locked(out: str):
+def locked(out: str, wait: bool = True):
     """An exclusive lock on the results directory ``out`` (``<out>/.lock``), for rebuilding the
-    tables every point shares while parallel launcher jobs write."""
+    tables every point shares while parallel launcher jobs write. ``wait=False``: raise
+    BlockingIOError at once when someone holds it."""
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, ".lock"), "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         try:
             yield
         finally:
@@ -117,8 +118,8 @@ class ResultStore:
         if problem:
             raise OSError(problem)
 
-    def _lock(self):
-        return locked(self.out)
+    def _lock(self, wait: bool = True):
+        return locked(self.out, wait)
 
     def existing(self, pid: str) -> Optional[dict]:
         path = os.path.join(self.points_dir, f"{pid}.json")
@@ -154,8 +155,8 @@ class ResultStore:
             frame = frame.sort_values(["timestamp", "point_id"], kind="stable").reset_index(drop=True)
         return frame
 
-    def rebuild(self) -> pd.DataFrame:
-        with self._lock():
+    def rebuild(self, wait: bool = True) -> pd.DataFrame:
+        with self._lock(wait):
             frame = self.table()
             _atomic_write(os.path.join(self.out, "results.parquet"), lambda f: frame.to_parquet(f, index=False))
             _atomic_write(os.path.join(self.out, "results.csv"), lambda f: f.write(frame.to_csv(index=False).encode()))

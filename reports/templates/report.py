@@ -112,6 +112,24 @@ else:
             .sort_values(["frame_exec", "attention", "frames", "prune_depth"]).round(4).reset_index(drop=True))
 
 # %% [markdown]
+# ### Ours against upstream's code, and the memory wall
+
+# %%
+ratios = analysis.impl_ratios(results)
+if ratios.empty:
+    display(Markdown("No point of upstream's code beside ours (sweep `model.impl=ours,upstream`)."))
+else:
+    display(ratios[["frames", "configuration", "ours_ms", "upstream_ms", "speedup", "ours_act_gib", "upstream_act_gib",
+                    "memory_ratio", "same_run", "noisy"]].round(3).reset_index(drop=True))
+fits = analysis.memory_fit(results)
+if fits.empty:
+    display(Markdown("No series with peak GPU memory at two frame counts or more: no memory wall fitted."))
+else:
+    display(fits[[c for c in ["impl", "memory_plan", "attention", "dtype", "points", "slope_mb_per_frame", "intercept_gib",
+                              "max_residual_gib", "wall_frames_device", "wall_frames_141", "wall_frames_192"]
+                  if c in fits]].round(2).reset_index(drop=True))
+
+# %% [markdown]
 # ## Points that did not run
 
 # %%

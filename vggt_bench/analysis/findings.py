@@ -114,11 +114,26 @@ def _join_configs(rows: pd.DataFrame, limit: int = 4) -> str:
 
 def _findings(label: str, rows: pd.DataFrame) -> Findings:
     statuses = rows["status"].value_counts().to_dict()
+    # Conclusions come from trusted timings only: a noisy point is listed, never compared.
+    noisy = rows[(rows["status"] == "ok") & rows["noisy"].fillna(False).astype(bool)]
+    rows_all, rows = rows, rows.drop(noisy.index)
     exact, _ = t.exact_rows(rows)
     ok = t.ok_rows(exact)
     lines = []
     status_text = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
-    lines.append(f"**{label}**: {len(rows)} points ({status_text}).")
+    lines.append(f"**{label}**: {len(rows_all)} points ({status_text}).")
+    if len(noisy):
+        where = "; ".join(f"S={int(r['frames'])} {config_label(r, EXACT_CONFIG)}: {r['noise_reason']}"
+                          for _, r in noisy.head(4).iterrows())
+        lines.append(f"{len(noisy)} noisy point(s) are left out of every conclusion below ({where}"
+                     f"{'; ...' if len(noisy) > 4 else ''}).")
+    ratios = t.impl_ratios(rows)
+    same = ratios[ratios["same_run"] & ~ratios["noisy"]] if len(ratios) else ratios
+    if len(same):
+        parts = [f"S={int(r['frames'])} {fmt_x(r['speedup'])} time, {fmt_x(r['memory_ratio'])} memory"
+                 for _, r in same.sort_values("frames").iterrows() if r["configuration"] == same.iloc[0]["configuration"]]
+        lines.append(f"Against upstream's code in the same run ({same.iloc[0]['configuration']}; speed-up = upstream / "
+                     f"ours, memory = ours / upstream's activation memory): " + "; ".join(parts) + ".")
     # Fastest exact configuration per frame count.
     fastest = []
     for frames, at in ok.groupby("frames"):

@@ -30,7 +30,9 @@ from ..schema import (
 
 # ---- which knob plays which part -------------------------------------------------------------------
 _KNOB_TYPE = {f.name: (f.type if isinstance(f.type, str) else f.type.__name__) for f in knob_fields(ExecutionConfig)}
-SERIES = ["frame_exec", "frame_chunk", "attention"]  # drawn side by side within one figure
+# drawn side by side within one figure: which code (ours or upstream's), how it holds memory, how
+# frame attention is batched, which kernels run
+SERIES = ["impl", "memory_plan", "frame_exec", "frame_chunk", "attention", "global_attention"]
 APPROXIMATIONS = [f.name for f in knob_fields(ExecutionConfig) if f.metadata["fidelity"] == APPROX]
 EXACT_VALUE = {f.name: f.metadata["exact"] for f in knob_fields(ExecutionConfig)
                if f.metadata["fidelity"] == APPROX and f.metadata["exact"] is not None}
@@ -47,11 +49,12 @@ STAGES = RANGE_STAGES + ["heads", "other"]
 INT_COLUMNS = ["frames", "batch", "height", "width", "query_points", "iterations"] + [
     k for k, t in _KNOB_TYPE.items() if t == "int"]
 BOOL_KNOBS = [k for k, t in _KNOB_TYPE.items() if t == "bool"]  # absent (older tables) means off
-BOOL_COLUMNS = BOOL_KNOBS + ["random_weights", "disagree", "profiled"]
+BOOL_COLUMNS = BOOL_KNOBS + ["random_weights", "disagree", "profiled", "noisy"]
 TEXT_COLUMNS = [
     "point_id", "experiment", "arch", "device", "part", "inputs", "gpu_name", "driver", "torch_version",
     "cuda_version", "cudnn_version", "python_version", "cpu", "git_commit", "host", "timestamp", "checkpoint",
-    "status", "message", "peak_source", "tag", "profiler", "range", "domain",
+    "status", "message", "peak_source", "tag", "profiler", "range", "domain", "impl", "noise_reason", "gpu_uuid",
+    "attention_ran", "upstream_source",
     "profile_status", "profile_message", "stage", "source",
 ] + [k for k, t in _KNOB_TYPE.items() if t == "str"]
 FLOAT_KNOBS = [k for k, t in _KNOB_TYPE.items() if t == "float"]
@@ -104,15 +107,33 @@ def as_bool(value):
 
 
 def tidy_results(frame: pd.DataFrame) -> pd.DataFrame:
-    """The results table with every RESULT_COLUMNS column present and numeric columns as floats."""
+    """The results table with every RESULT_COLUMNS column present and numeric columns as floats.
+
+    Tables from before a column existed get its meaning: ``impl`` ours, ``memory_plan`` upstream
+    (the only plan there was), and ``noisy``/``noise_reason`` computed from what the rows hold.
+    """
     frame = frame.copy()
+    missing_noise = "noisy" not in frame.columns or frame["noisy"].isna().all()
+    for col, old_value in (("impl", "ours"), ("memory_plan", "upstream")):
+        if col not in frame.columns:
+            frame[col] = old_value
     for col in RESULT_COLUMNS:
         if col not in frame.columns:
             frame[col] = None
+    if missing_noise and len(frame):
+        from ..noise import flag_noisy
+
+        frame = flag_noisy(frame)
     frame = _coerce(frame)
-    for col in BOOL_KNOBS:
+    for col in BOOL_KNOBS + ["noisy"]:
         frame[col] = frame[col].map(lambda v: False if v is None else v).astype(object)
     return frame
+
+
+def trusted(frame: pd.DataFrame) -> pd.DataFrame:
+    """``ok`` rows whose timing is not flagged noisy: what conclusions may be drawn from."""
+    ok = ok_rows(frame)
+    return ok[~ok["noisy"].fillna(False).astype(bool)] if "noisy" in ok else ok
 
 
 def tidy_profile(frame: pd.DataFrame) -> pd.DataFrame:
@@ -664,3 +685,99 @@ def grid_pivot(grid: pd.DataFrame) -> pd.DataFrame:
     per_point = grid.drop_duplicates("point_id").set_index(index)[["idle_frac", "launches"]]
     table = per_point.join(table, how="left") if len(table) else per_point
     return table.sort_index().reset_index()
+
+
+# ---- ours against upstream's code ------------------------------------------------------------------
+IMPL_MATCH = ["device", "gpu_name", "arch", "height", "width", "batch", "part", "inputs", "frames"]
+
+
+def impl_ratios(results: pd.DataFrame) -> pd.DataFrame:
+    """Every ``ok`` row of ours against upstream's code at the same workload and frame count.
+
+    Upstream's row is the one at the same precision when measured, else at bf16_autocast (its own
+    way). ``same_run``: both on the same GPU (its UUID) in this table, the only comparison that
+    backs a claim. Columns: the workload, ``configuration`` (ours), ``dtype``, ``upstream_dtype``,
+    ``ours_ms``, ``upstream_ms``, ``speedup`` (upstream / ours), ``ours_act_gib``,
+    ``upstream_act_gib``, ``memory_ratio`` (ours / upstream), ``same_run``, ``noisy`` (either).
+    """
+    from .findings import EXACT_CONFIG, config_label
+
+    ok = ok_rows(tidy_results(results))
+    if ok.empty or not (ok["impl"] == "upstream").any():
+        return pd.DataFrame()
+    ours, theirs = ok[ok["impl"] != "upstream"], ok[ok["impl"] == "upstream"]
+    out = []
+    for _, r in ours.iterrows():
+        same = theirs
+        for col in IMPL_MATCH:
+            same = same[same[col].map(lambda v: "" if missing(v) else v) == ("" if missing(r[col]) else r[col])]
+        if same.empty:
+            continue
+        pick = same[same["dtype"] == r["dtype"]]
+        pick = pick if len(pick) else same[same["dtype"] == "bf16_autocast"]
+        if pick.empty:
+            continue
+        u = pick.sort_values("latency_ms_median").iloc[0]
+        out.append({**{c: r[c] for c in IMPL_MATCH}, "configuration": config_label(r, EXACT_CONFIG),
+                    "dtype": r["dtype"], "upstream_dtype": u["dtype"], "ours_ms": r["latency_ms_median"],
+                    "upstream_ms": u["latency_ms_median"], "speedup": u["latency_ms_median"] / r["latency_ms_median"],
+                    "ours_act_gib": r["act_gib"], "upstream_act_gib": u["act_gib"],
+                    "memory_ratio": r["act_gib"] / u["act_gib"] if u["act_gib"] and not missing(u["act_gib"]) else np.nan,
+                    "same_run": bool(r["gpu_uuid"]) and r["gpu_uuid"] == u["gpu_uuid"],
+                    "noisy": bool(r["noisy"]) or bool(u["noisy"])})
+    return pd.DataFrame(out)
+
+
+# ---- the memory wall ---------------------------------------------------------------------------------
+GIB = 2**30
+# Cards the fit predicts the wall for, besides the device measured: (label, usable GiB as the
+# driver reports it; 141 GB H200 and 192 GB B200 as sold, in GiB).
+WALL_CARDS = [("141 GB (H200)", 141e9 / GIB), ("192 GB (B200)", 192e9 / GIB)]
+
+
+def memory_fit(results: pd.DataFrame) -> pd.DataFrame:
+    """A line through peak allocated GiB against frames, per context and series (``ok`` GPU rows,
+    two frame counts or more), and the frame count where it meets each card's memory.
+
+    Columns: the context and series knobs, ``points``, ``slope_gib_per_frame``,
+    ``slope_mb_per_frame`` (10**6 bytes), ``intercept_gib``, ``max_residual_gib``, ``r2``, and
+    ``wall_frames_<card>`` for the device measured (``device``) and each of WALL_CARDS. The wall is
+    ``(memory - intercept) / slope``: linear growth, which the exact model has with flash-style
+    attention (its scores are never materialised); past the measured range it is a prediction.
+    """
+    ok = ok_rows(tidy_results(results))
+    ok = ok[ok["peak_alloc_gib"].notna() & ok["frames"].notna()]
+    keys = [c for c in CONTEXT + SERIES + APPROXIMATIONS if c in ok]
+    out = []
+    for key, rows in ok.groupby(keys, dropna=False, sort=True):
+        rows = rows.sort_values("frames")
+        if rows["frames"].nunique() < 2:
+            continue
+        x, y = rows["frames"].to_numpy(float), rows["peak_alloc_gib"].to_numpy(float)
+        slope, intercept = np.polyfit(x, y, 1)
+        fitted = slope * x + intercept
+        total = float(((y - y.mean()) ** 2).sum())
+        row = dict(zip(keys, key))
+        row.update(points=len(rows), slope_gib_per_frame=slope, slope_mb_per_frame=slope * GIB / 1e6,
+                   intercept_gib=intercept, max_residual_gib=float(np.abs(y - fitted).max()),
+                   r2=1 - float(((y - fitted) ** 2).sum()) / total if total > 0 else 1.0,
+                   device_mem_gib=float(rows["device_mem_gib"].max()),
+                   frames_measured_max=float(x.max()))
+        for label, gib in [("device", row["device_mem_gib"])] + WALL_CARDS:
+            row[f"wall_frames_{label.split()[0]}"] = (gib - intercept) / slope if slope > 0 else np.nan
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def memory_residuals(results: pd.DataFrame) -> pd.DataFrame:
+    """Each fitted point with its residual (GiB): what ``memory_fit``'s lines leave out."""
+    ok = ok_rows(tidy_results(results))
+    ok = ok[ok["peak_alloc_gib"].notna()]
+    fits = memory_fit(results)
+    if fits.empty:
+        return pd.DataFrame()
+    keys = [c for c in CONTEXT + SERIES + APPROXIMATIONS if c in ok and c in fits]
+    merged = ok.merge(fits[keys + ["slope_gib_per_frame", "intercept_gib"]], on=keys, how="inner")
+    merged["fitted_gib"] = merged["slope_gib_per_frame"] * merged["frames"] + merged["intercept_gib"]
+    merged["residual_gib"] = merged["peak_alloc_gib"] - merged["fitted_gib"]
+    return merged

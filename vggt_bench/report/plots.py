@@ -59,6 +59,7 @@ from ..analysis.tables import (
     speedup_pairs, stage_times, tidy_profile, tidy_results, unavailable_notes, with_gpu_name,
     GRID_STAGES, grid_activity, grid_stage_times,
 )
+from ..analysis.tables import WALL_CARDS, impl_ratios, memory_fit, memory_residuals
 from . import reference as references
 
 FIGURES_DIR = "figures"
@@ -170,6 +171,43 @@ def _latency_unit(ms_values) -> Tuple[str, float]:
     return ("s", 1e-3) if top >= 1000 else ("ms", 1.0)
 
 
+UPSTREAM_LINE = "upstream's code (same run)"
+
+
+def line_labels(rows: pd.DataFrame, varying_in: Optional[pd.DataFrame] = None) -> List[str]:
+    """A line's name from the series knobs that vary (``varying_in``: the rows that decide which):
+    the attention backend always; ``upstream's code`` for impl=upstream; ``memory_plan=...`` and
+    ``global=...`` where they vary. Frame execution is drawn as the line style, not named here."""
+    base = rows if varying_in is None else varying_in
+    vary = [k for k in ("memory_plan", "global_attention") if k in base and base[k].nunique(dropna=False) > 1]
+    out = []
+    for _, r in rows.iterrows():
+        if r.get("impl") == "upstream":
+            out.append(UPSTREAM_LINE)
+            continue
+        parts = [str(r["attention"])] + [f"{'global=' if k == 'global_attention' else k + '='}{r[k]}" for k in vary]
+        out.append(" · ".join(parts))
+    return out
+
+
+def line_colors(labels) -> dict:
+    """``backend_colors`` for our lines, black for upstream's code."""
+    colors = backend_colors([l for l in labels if l != UPSTREAM_LINE])
+    colors[UPSTREAM_LINE] = "black"
+    return colors
+
+
+def _mark_noisy(ax, rows: pd.DataFrame, column: str, scale: float = 1.0) -> list:
+    """Hollow red rings on the points flagged noisy; the legend handle when there are any."""
+    noisy = rows[rows["noisy"].fillna(False).astype(bool)] if "noisy" in rows else rows.iloc[0:0]
+    if noisy.empty:
+        return []
+    ax.plot(noisy["frames"], noisy[column] * scale, ls="none", marker="o", ms=11, mfc="none", mec="#d62728", mew=1.4,
+            zorder=5)
+    return [Line2D([], [], ls="none", marker="o", ms=9, mfc="none", mec="#d62728", mew=1.4,
+                   label="noisy (not used for conclusions)")]
+
+
 def scaling_wall(results: pd.DataFrame, reference: Optional[str] = "upstream_h100") -> Plot:
     """Latency of the timed part vs frames (log-log): colour = attention backend, line style =
     frame execution (fused solid, sequential dashed, chunked dotted), p10-p90 shaded.
@@ -196,22 +234,26 @@ def scaling_wall(results: pd.DataFrame, reference: Optional[str] = "upstream_h10
                               width=int(first["width"]), part=first["part"]):
             ref = references.REFERENCES[reference]()
     unit, scale = _latency_unit(list(ok["latency_ms_median"]) + ([1000.0] if ref is not None else []))
-    colors = backend_colors(rows["attention"])
+    rows = rows.assign(_line=line_labels(rows))
+    ok = ok.assign(_line=line_labels(ok, rows))
+    colors = line_colors(rows["_line"])
     fig, (ax,), lax = _new_figure(10.0, 5.4, legend=0.28)
     execs = order_exec(ok["frame_exec"])
     foot: List[str] = []
-    for (backend, exec_), series in ok.groupby(["attention", "frame_exec"], sort=True):
+    for (line, exec_), series in ok.groupby(["_line", "frame_exec"], sort=True):
         series = series.sort_values("frames")
         x = series["frames"].to_numpy()
-        ax.plot(x, series["latency_ms_median"] * scale, color=colors[backend], ls=FRAME_EXEC_LINE.get(exec_, "-."),
+        ax.plot(x, series["latency_ms_median"] * scale, color=colors[line], ls=FRAME_EXEC_LINE.get(exec_, "-."),
                 marker=FRAME_EXEC_MARKER.get(exec_, "d"), ms=4, lw=1.6)
         ax.fill_between(x, series["latency_ms_p10"] * scale, series["latency_ms_p90"] * scale,
-                        color=colors[backend], alpha=0.12, lw=0)
+                        color=colors[line], alpha=0.12, lw=0)
+    noisy = _mark_noisy(ax, ok, "latency_ms_median", scale)
     _frames_axis(ax, list(rows["frames"]) + (list(ref["frames"]) if ref is not None else []))
     ax.set_yscale("log")
     ys = ok["latency_ms_median"] * scale
     _plain_log(ax.yaxis, float(ys.min()), float(ys.max()))
-    handles = [Line2D([], [], color=colors[b], lw=2.5, label=b) for b in sorted(set(ok["attention"]))]
+    handles = [Line2D([], [], color=colors[b], lw=2.5, label=b) for b in sorted(set(ok["_line"]))]
+    handles += noisy
     handles += [Line2D([], [], color="black", ls=FRAME_EXEC_LINE.get(e, "-."), marker=FRAME_EXEC_MARKER.get(e, "d"),
                        ms=4, label=e) for e in execs]
     # Guides through the fastest point at the largest frame count.
@@ -231,18 +273,19 @@ def scaling_wall(results: pd.DataFrame, reference: Optional[str] = "upstream_h10
         foot.append("reference: " + str(ref["source"].iloc[0]))
     if len(ooms):
         trans = ax.get_xaxis_transform()
-        series_keys = sorted(set(zip(ooms["attention"], ooms["frame_exec"])))
-        for i, (backend, exec_) in enumerate(series_keys):
-            s = ooms[(ooms["attention"] == backend) & (ooms["frame_exec"] == exec_)]
+        ooms = rows[rows["status"] == "oom"]
+        series_keys = sorted(set(zip(ooms["_line"], ooms["frame_exec"])))
+        for i, (line, exec_) in enumerate(series_keys):
+            s = ooms[(ooms["_line"] == line) & (ooms["frame_exec"] == exec_)]
             ax.plot(s["frames"], [0.95 - 0.035 * i] * len(s), transform=trans, ls="none", marker="x", ms=8, mew=2,
-                    color=colors[backend], clip_on=False)
+                    color=colors[line], clip_on=False)
         ax.annotate("OOM", xy=(float(ooms["frames"].min()), 0.95), xycoords=trans, xytext=(-8, 0),
                     textcoords="offset points", ha="right", va="center", fontsize=9, fontweight="bold")
         ax.set_ylim(top=ax.get_ylim()[1] * (1 + 0.6 * len(series_keys)))  # room for the OOM strip
         handles.append(Line2D([], [], color="black", ls="none", marker="x", ms=8, mew=2,
                               label="out of memory (top strip)"))
     ax.set_ylabel(f"{part_name(ok)} latency, median ({unit}, log scale)")
-    _side_legend(lax, handles, title="backend / execution")
+    _side_legend(lax, handles, title="series / frame execution")
     _suptitle(fig, f"Scaling wall: {part_name(ok)} latency vs frames", ok,
               extra="" if baseline_depth(rows) == 0 else f"prune_depth={baseline_depth(rows)}")
     _footnote(fig, unavailable_notes(rows) + failure_notes(rows) + foot)
@@ -784,10 +827,89 @@ def profile_grid_activity(grid: pd.DataFrame) -> Plot:
     return Plot(fig, "; ".join(notes))
 
 
+def memory_wall(results: pd.DataFrame) -> Plot:
+    """Peak allocated GiB against frames (linear axes) with a fitted line per series, and the frame
+    count where each line meets the device's memory and larger cards (``analysis.memory_fit``);
+    the right panel shows what the lines leave out (residuals, GiB)."""
+    frame, note = one_context(tidy_results(results))
+    fits = memory_fit(frame)
+    if fits.empty:
+        return Plot(None, "no series with peak GPU memory at two frame counts or more")
+    resid = memory_residuals(frame)
+    fig, (ax, res), lax = _new_figure(12.0, 5.0, ncols=2, legend=0.42)
+    keys = [c for c in fits.columns if c in resid.columns and c in frame.columns
+            and c not in ("frames", "device_mem_gib")]
+    fits = fits.assign(_line=line_labels(fits.assign(impl=fits.get("impl", "ours")), frame))
+    colors = line_colors(fits["_line"])
+    handles = []
+    for _, f in fits.iterrows():
+        sel = np.ones(len(resid), dtype=bool)
+        for k in keys:
+            sel &= (resid[k].map(lambda v: "" if missing(v) else v) == ("" if missing(f[k]) else f[k])).to_numpy()
+        pts = resid[sel].sort_values("frames")
+        color = colors[f["_line"]]
+        xmax = max(float(pts["frames"].max()), float(f["wall_frames_device"]) if f["wall_frames_device"] > 0 else 0)
+        xs = np.linspace(0, xmax, 50)
+        ax.plot(pts["frames"], pts["peak_alloc_gib"], ls="none", marker="o", color=color, ms=5)
+        ax.plot(xs, f["slope_gib_per_frame"] * xs + f["intercept_gib"], color=color, lw=1.3)
+        res.plot(pts["frames"], pts["residual_gib"], marker="o", color=color, lw=1)
+        walls = ", ".join(f"{c.split()[0]}: {f['wall_frames_' + c.split()[0]]:,.0f}" for c in ["device"] + [w[0] for w in WALL_CARDS])
+        handles.append(Line2D([], [], color=color, marker="o", lw=1.3,
+                              label=f"{f['_line']}\n{f['slope_mb_per_frame'] / 1.048576:.1f} MiB/frame; wall {walls}"))
+    device = float(fits["device_mem_gib"].max())
+    for label, gib, style in [("device", device, "-.")] + [(c, g, ":") for c, g in WALL_CARDS]:
+        ax.axhline(gib, color="#b2182b", ls=style, lw=1)
+        ax.annotate(f"{label}: {gib:.0f} GiB", (0, gib), xytext=(3, 3), textcoords="offset points", fontsize=7.5,
+                    color="#b2182b")
+    ax.set_xlabel("frames S")
+    ax.set_ylabel("GPU memory, peak allocated (GiB)")
+    ax.set_title("peak memory and the fitted wall", fontsize=10)
+    res.axhline(0, color="black", lw=0.8)
+    res.set_xlabel("frames S")
+    res.set_ylabel("measured - fitted (GiB)")
+    res.set_title("residuals", fontsize=10)
+    _side_legend(lax, handles, title="series: slope; predicted wall (frames)")
+    _suptitle(fig, "The memory wall: GiB per frame, fitted, and where it meets the card", frame)
+    _footnote(fig, ["wall = (memory - intercept) / slope: linear growth, a prediction past the largest frame count "
+                    "measured; 141 GB and 192 GB are cards not measured here"])
+    return Plot(fig, note)
+
+
+def upstream_ratio(results: pd.DataFrame) -> Plot:
+    """Ours against upstream's code measured in the same run: speed-up (upstream / ours latency) and
+    activation memory (ours / upstream) against frames, one line per configuration of ours."""
+    table = impl_ratios(results)
+    if table.empty:
+        return Plot(None, "no point of upstream's code beside ours (sweep model.impl=ours,upstream)")
+    fig, (ax, mem), lax = _new_figure(12.0, 4.8, ncols=2, legend=0.45)
+    colors = backend_colors(table["configuration"])
+    for config, rows in table.groupby("configuration"):
+        rows = rows.sort_values("frames")
+        style = dict(color=colors[config], marker="o", ms=4, lw=1.5, ls="-" if rows["same_run"].all() else "--")
+        ax.plot(rows["frames"], rows["speedup"], **style)
+        mem.plot(rows["frames"], rows["memory_ratio"], **style)
+        _mark_noisy(ax, rows.rename(columns={"speedup": "_y"}), "_y")
+    for a in (ax, mem):
+        a.axhline(1.0, color="black", ls=":", lw=1)
+        _frames_axis(a, table["frames"])
+    ax.set_ylabel("speed-up over upstream's code (×)")
+    mem.set_ylabel("activation memory, ours / upstream's (×)")
+    ax.set_title("time", fontsize=10)
+    mem.set_title("memory (peak minus allocated before the forward)", fontsize=10)
+    handles = [Line2D([], [], color=colors[c], lw=2, label=c) for c in sorted(colors)]
+    if not table["same_run"].all():
+        handles.append(Line2D([], [], color="black", ls="--", label="not the same GPU: context only"))
+    _side_legend(lax, handles, title="ours (vs upstream's code)")
+    _suptitle(fig, "Ours against upstream's code, same run", tidy_results(results))
+    return Plot(fig, "")
+
+
 RESULT_FIGURES: List[Tuple[str, Callable[..., Plot]]] = [
     ("scaling_wall", scaling_wall),
+    ("upstream_ratio", upstream_ratio),
     ("fused_speedup", fused_speedup),
     ("memory", memory),
+    ("memory_wall", memory_wall),
     ("conversion", conversion),
     ("backends", backends),
 ]
