@@ -91,7 +91,7 @@ def _coerce(frame: pd.DataFrame) -> pd.DataFrame:
             frame[col] = frame[col].map(as_bool).astype("object")
         elif col in TEXT_COLUMNS:
             frame[col] = frame[col].map(lambda v: "" if missing(v) else str(v)).astype("object")
-    return frame
+    return frame.copy()  # consolidated: the column-by-column writes above fragment it
 
 
 def missing(value) -> bool:
@@ -117,9 +117,9 @@ def tidy_results(frame: pd.DataFrame) -> pd.DataFrame:
     for col, old_value in (("impl", "ours"), ("memory_plan", "upstream")):
         if col not in frame.columns:
             frame[col] = old_value
-    for col in RESULT_COLUMNS:
-        if col not in frame.columns:
-            frame[col] = None
+    absent = [c for c in RESULT_COLUMNS if c not in frame.columns]
+    if absent:  # added at once: one column at a time fragments the frame
+        frame = pd.concat([frame, pd.DataFrame({c: [None] * len(frame) for c in absent}, index=frame.index)], axis=1)
     if missing_noise and len(frame):
         from ..noise import flag_noisy
 
@@ -200,7 +200,8 @@ def contexts(frame: pd.DataFrame) -> List[Tuple[dict, pd.DataFrame]]:
     if frame.empty:
         return []
     cols = [c for c in CONTEXT if c in frame.columns]
-    keyed = frame.assign(**{f"_ctx_{c}": frame[c].map(lambda v: "" if missing(v) else v) for c in cols})
+    keys = pd.DataFrame({f"_ctx_{c}": frame[c].map(lambda v: "" if missing(v) else v) for c in cols}, index=frame.index)
+    keyed = pd.concat([frame, keys], axis=1)  # at once: column by column fragments a wide frame
     groups = []
     for key, rows in keyed.groupby([f"_ctx_{c}" for c in cols], sort=True, dropna=False):
         rows = rows.drop(columns=[f"_ctx_{c}" for c in cols])
@@ -229,6 +230,8 @@ def context_slug(context: dict, varying: Sequence[str]) -> str:
             value = f"compile-{value}"
         elif col == "cuda_graph":
             value = "cudagraph" if value else "nocudagraph"
+        if isinstance(value, float) and value.is_integer():  # an int knob read back as a float column
+            value = int(value)
         parts.append(str(value))
     slug = "_".join(parts)
     return re.sub(r"[^A-Za-z0-9._-]+", "-", slug).strip("-")
