@@ -81,3 +81,13 @@ def test_results_files_are_as_readable_as_the_users_other_files(tmp_path):
     os.umask(mask)
     for path in [tmp_path / "results.csv", tmp_path / "results.parquet", *(tmp_path / "points").glob("*.json")]:
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~mask, path
+
+
+@pytest.mark.parametrize("name, content", [("report.sqlite", "not a database"), ("trace.json", '{"broken'),
+                                           ("notes.txt", "plain text")])
+def test_analyze_on_a_file_that_is_not_a_trace_is_one_line(name, content, tmp_path):
+    path = tmp_path / name
+    path.write_text(content)
+    done = cli("profile", f"analyze={path}", f"out={tmp_path / 'out'}")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"analyze={path}" in one_line(done)

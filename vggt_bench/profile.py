@@ -20,7 +20,12 @@ The capturing is ``vggt_bench.capture`` (one function per profiler, shared with
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
+import pickle
+import sqlite3
+import zlib
 from typing import Dict
 
 import pandas as pd
@@ -60,6 +65,11 @@ def _show(tables: Dict[str, pd.DataFrame], iterations: int) -> None:
         print(f"note: {note}")
 
 
+# What reading a file that is not a trace raises: the file's own fault, said in one line.
+UNREADABLE = (sqlite3.DatabaseError, json.JSONDecodeError, gzip.BadGzipFile, UnicodeDecodeError, EOFError,
+              pickle.UnpicklingError, KeyError, zlib.error)
+
+
 def _analyze(cfg) -> int:
     """``analyze=PATH``: a memory snapshot, point-split nsys reports, or one trace as one profile."""
     if str(cfg.analyze).endswith(".pickle"):
@@ -87,7 +97,13 @@ def main(cfg) -> int:
         if cfg.profiler not in PROFILERS:
             raise UserError(f"unknown profiler {cfg.profiler!r}; use profiler=torch, nsys, none or memory")
         if cfg.analyze:
-            return _analyze(cfg)
+            try:
+                return _analyze(cfg)
+            except UNREADABLE as exc:
+                raise UserError(f"analyze={cfg.analyze}: not a trace this reads ({type(exc).__name__}: "
+                                f"{(str(exc).strip().splitlines() or [''])[0][:120]}); give an Nsight Systems "
+                                f".nsys-rep/.sqlite export, a PyTorch profiler trace .json, a folder of them, or a "
+                                f"memory_snapshot.pickle")
         point = resolve(cfg)
         point_id = point.point_id  # of the configuration as given, before its ranges are switched on
         if int(cfg.iterations) < 1:

@@ -212,8 +212,8 @@ def main(cfg) -> int:
         say_error(str(exc))
         return EXIT_USER_ERROR
     m = cfg.model
-    print(f"case {cfg.case} on {device}: dtype={m.dtype} attention={m.attention} frame_exec={m.frame_exec} "
-          f"prune_depth={m.prune_depth}")
+    print(f"case {cfg.case} on {device}: dtype={m.dtype} attention={m.attention} global_attention={m.global_attention} "
+          f"frame_exec={m.frame_exec} memory_plan={m.memory_plan} prune_depth={m.prune_depth}")
     print(format_checks(checks))
     failed = [c for c in checks if not c.passed]
     if failed:
