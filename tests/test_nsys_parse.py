@@ -8,8 +8,6 @@ scripts/trim_nsys_sqlite.py, beside the output of
 
 from __future__ import annotations
 
-import io
-import re
 import sqlite3
 import subprocess
 import sys
@@ -19,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from vggt_bench.nsys import parse_stats as parse_stats_text
 from vggt_bench.profiling import nsys_sqlite as ns
 from vggt_bench.schema import (
     CUDA_API_COLUMNS,
@@ -44,25 +43,7 @@ REL = 0.01  # agreement required with nsys; the tables are in fact exact to the 
 
 def parse_stats(path: Path) -> dict[str, object]:
     """{report name: DataFrame | "SKIPPED: ..." | None (printed nothing)} of one stats file."""
-    sections: dict[str, list[str]] = {}
-    current = None
-    for line in path.read_text().splitlines():
-        match = re.match(r"Processing \[.*\] with \[.*/(\w+)\.py\]\.\.\.", line)
-        if match:
-            current = match.group(1)
-            sections[current] = []
-        elif current is not None:
-            sections[current].append(line)
-    parsed: dict[str, object] = {}
-    for name, lines in sections.items():
-        body = [l for l in lines if l.strip() and not l.startswith("Generating SQLite")]
-        if not body:
-            parsed[name] = None
-        elif body[0].startswith("SKIPPED"):
-            parsed[name] = body[0]
-        else:
-            parsed[name] = pd.read_csv(io.StringIO("\n".join(body)))
-    return parsed
+    return parse_stats_text(path.read_text())
 
 
 STATS = {name: parse_stats(FIXTURES / f"{name}.stats.txt") for name in WITH_DATA + [EMPTY]}

@@ -6,10 +6,12 @@ Shared by ``profile`` and ``sweep`` (both run ``nsys profile`` per configuration
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import shutil
 import subprocess
-from typing import Optional
+from typing import Dict, Optional, Union
 
 from .errors import UserError
 
@@ -46,3 +48,30 @@ def stats_text(nsys: str, sqlite: str) -> str:
     done = subprocess.run([nsys, "stats", "--report", STATS_REPORTS, "--format", "csv", sqlite],
                           capture_output=True, text=True)
     return done.stdout + done.stderr
+
+
+def parse_stats(text: str) -> Dict[str, object]:
+    """What ``nsys stats --format csv`` printed, by report name: a DataFrame where it printed a table,
+    the ``SKIPPED: ...`` line where it skipped the report, None where it printed nothing. Our own
+    tables are checked against these (tests and ``benchmarks/gpu/nsys_stats_check.py``)."""
+    import pandas as pd
+
+    sections: Dict[str, list] = {}
+    current = None
+    for line in text.splitlines():
+        match = re.match(r"Processing \[.*\] with \[.*/(\w+)\.py\]\.\.\.", line)
+        if match:
+            current = match.group(1)
+            sections[current] = []
+        elif current is not None:
+            sections[current].append(line)
+    parsed: Dict[str, Union[pd.DataFrame, str, None]] = {}
+    for name, lines in sections.items():
+        body = [l for l in lines if l.strip() and not l.startswith(("Generating SQLite", "NOTICE"))]
+        if not body:
+            parsed[name] = None
+        elif body[0].startswith("SKIPPED"):
+            parsed[name] = body[0]
+        else:
+            parsed[name] = pd.read_csv(io.StringIO("\n".join(body)))
+    return parsed

@@ -25,14 +25,14 @@ attached but not capturing, against the managed one, timed without nsys).
 from __future__ import annotations
 
 import argparse
-import io
 import os
-import re
 import shutil
 import subprocess
 import sys
 
 import pandas as pd
+
+from vggt_bench.nsys import parse_stats
 
 STAGE_RANGES = {
     "patch_embed": ["patch_embed"], "frame_block": ["frame_block"], "global_block": ["global_block"],
@@ -40,28 +40,10 @@ STAGE_RANGES = {
 }
 
 
-def parse_stats(text: str) -> dict:
-    """{report name: DataFrame} of `nsys stats --format csv` output (sections that printed a table)."""
-    sections, current = {}, None
-    for line in text.splitlines():
-        match = re.match(r"Processing \[.*\] with \[.*/(\w+)\.py\]\.\.\.", line)
-        if match:
-            current = match.group(1)
-            sections[current] = []
-        elif current is not None:
-            sections[current].append(line)
-    parsed = {}
-    for name, lines in sections.items():
-        body = [l for l in lines if l.strip() and not l.startswith(("Generating SQLite", "SKIPPED", "NOTICE"))]
-        if body:
-            parsed[name] = pd.read_csv(io.StringIO("\n".join(body)))
-    return parsed
-
-
 def projection(text: str) -> pd.DataFrame:
     """nvtx_gpu_proj_sum of a stats output, indexed by range name without its domain."""
     stats = parse_stats(text)
-    if "nvtx_gpu_proj_sum" not in stats:
+    if not isinstance(stats.get("nvtx_gpu_proj_sum"), pd.DataFrame):
         raise ValueError("no nvtx_gpu_proj_sum table in the nsys stats output")
     proj = stats["nvtx_gpu_proj_sum"]
     proj = proj.assign(domain=proj["Range"].str.partition(":")[0], name=proj["Range"].str.partition(":")[2])
