@@ -267,3 +267,18 @@ def test_a_folder_of_unreadable_images_is_one_line(tmp_path):
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot read the images" in lines[0] and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("setting", ["model.compile=default", "model.memory_plan=offload", "model.attention=eager"])
+def test_settings_that_claim_the_same_function_are_checked_against_eager_fp32(setting, tmp_path):
+    """measure.drift=true: every row says how far the setting is from the eager fp32 model on the same
+    weights and inputs; in fp32 that is rounding, far below any real change (prune_depth=1 is ~1e-3)."""
+    done = cli("run", "experiment=smoke", "frames=2", setting, "measure.drift=true", "measure.repeats=1",
+               "measure.warmup=1", f"out={tmp_path}", timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = load_results(str(tmp_path)).iloc[0]
+    assert row["status"] == "ok" and 0 <= row["drift_vs_eager"] < 1e-5, row["drift_vs_eager"]
+    pruned = cli("run", "experiment=smoke", "frames=2", "model.prune_depth=2", "measure.drift=true",
+                 "measure.repeats=1", f"out={tmp_path / 'k'}")
+    assert pruned.returncode == 0, pruned.stderr[-2000:]
+    assert load_results(str(tmp_path / "k")).iloc[0]["drift_vs_eager"] > 1e-4  # the check can fail

@@ -273,6 +273,30 @@ def _last_layer(out) -> torch.Tensor:
     return vggt_model.materialize(tokens[-1]).float()
 
 
+def _drift_vs_eager(point: Point, fn, net, images) -> float:
+    """Relative L2 distance of this setting's last layer tokens from the exact reference: our model,
+    the same weights (in fp32, as built or loaded) and inputs, run eagerly in fp32 (SDPA, upstream's
+    plan, no compile, no CUDA graph). It covers what claims the same function (compile, CUDA graph,
+    each backend, each plan, upstream's code) and, for half precision, the rounding too."""
+    if point.part == "aggregator":
+        out = fn()  # the timed callable itself: a CUDA graph's replay, compiled blocks
+        test = _last_layer(out)
+    else:
+        test = _last_layer(net.aggregate(images))
+    cfg = point.model_config()
+    if point.part == "aggregator":
+        cfg.camera_head = cfg.depth_head = cfg.point_head = cfg.track_head = None
+    ref_net = vggt_model.build(cfg, point.device, point.seed)
+    if point.checkpoint:
+        state = vggt_model.checkpoint.read_state_dict(point.checkpoint)
+        ref_net.load_state_dict({k: v for k, v in state.items() if k in ref_net.state_dict()}, strict=True)
+    ref_net.configure(ExecutionConfig(memory_plan="upstream", attention="sdpa"))
+    ref = _last_layer(ref_net.aggregate(images.float()))
+    del ref_net
+    free_memory()
+    return float((test - ref).norm() / ref.norm())
+
+
 def _auto_timings(net) -> str:
     """JSON of what ``auto`` measured per site and shape: ``{site: {"q [..] k [..] dtype": {backend: ms or why}}}``."""
     import json
@@ -350,6 +374,7 @@ def measure(point: Point, warmup: int, repeats: int, drift: bool = False,
         row["attention_ran"] = net.attention_report()
         row["attention_auto"] = _auto_timings(net)
         row["drift_rel"] = math.nan
+        row["drift_vs_eager"] = _drift_vs_eager(point, fn, net, images) if drift else math.nan
         if drift and ex.prune_depth > 0:
             # Only the aggregator is needed: the drift is measured on the last layer's tokens.
             test = _last_layer(net.aggregate(images))

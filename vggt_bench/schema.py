@@ -57,6 +57,7 @@ MEASUREMENTS = [
     "frac_of_peak",      # achieved / peak
     "attention_ran",     # what each call site ran: "frame=sdpa_cudnn global=flash_attn4" (auto: "auto(...)")
     "attention_auto",    # JSON: what attention=auto timed per site and shape (ms per backend), "" without auto
+    "drift_vs_eager",    # measure.drift: rel. L2 of the last layer's tokens vs the eager fp32 model, same weights/inputs
     "drift_rel",         # ||out - out(k=0)|| / ||out(k=0)|| of the last layer's tokens (NaN: not measured)
     "wall_s",            # seconds the whole point took (build, warm-up, timing)
     "profiled",          # bool: whether the row's timings come from a profiled run: always False for a
