@@ -155,7 +155,7 @@ def test_bad_value_inside_a_job_stops_the_sweep_in_one_line(slurm, tmp_path):
                    timeout=600)
     assert done.returncode == 2, (done.stdout[-2000:], done.stderr[-2000:])
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("vggt_bench: error: unknown attention backend 'flashy'"), done.stderr[-2000:]
+    assert last.startswith("vggt_bench: error: unknown model.attention 'flashy'"), done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     assert not os.path.exists(tmp_path / "points") or not os.listdir(tmp_path / "points")  # no row for it
 

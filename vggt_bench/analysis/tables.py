@@ -695,7 +695,7 @@ IMPL_MATCH = ["device", "gpu_name", "arch", "height", "width", "batch", "part", 
 
 
 def impl_ratios(results: pd.DataFrame) -> pd.DataFrame:
-    """Every ``ok`` row of ours against upstream's code at the same workload and frame count.
+    """Every ``ok`` row of our exact model against upstream's code at the same workload and frame count.
 
     Upstream's row is the one at the same precision when measured, else at bf16_autocast (its own
     way). ``same_run``: both on the same GPU (its UUID) in this table, the only comparison that
@@ -709,6 +709,8 @@ def impl_ratios(results: pd.DataFrame) -> pd.DataFrame:
     if ok.empty or not (ok["impl"] == "upstream").any():
         return pd.DataFrame()
     ours, theirs = ok[ok["impl"] != "upstream"], ok[ok["impl"] == "upstream"]
+    for knob, value in EXACT_VALUE.items():  # the same function only: no approximation of ours
+        ours = ours[ours[knob].isna() | (ours[knob] == value)]
     out = []
     for _, r in ours.iterrows():
         same = theirs
