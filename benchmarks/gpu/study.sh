@@ -17,6 +17,7 @@
 # CUDA graphs for few frames). Stages after `ladder` use it.
 set -u
 OUT=${OUT:-/tmp/vggt-study}; mkdir -p "$OUT"
+cd "${VGGT_WORK:-/tmp/vggt-work}"  # the installed package, not the checkout's folders (scripts/gpu_env.sh)
 S="python3 -m vggt_bench sweep report=false experiment=adhoc"
 BEST="model.dtype=bf16 model.attention=sdpa_cudnn"
 for stage in "$@"; do
