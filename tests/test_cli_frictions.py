@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import ROOT, cli_process, run_cli as cli
-from vggt_bench.results import load_results
+from vggt_bench.results import ResultStore, load_results, locked
 
 
 def one_line(done):
@@ -52,6 +52,23 @@ def test_ctrl_c_during_a_sweep_is_one_line_keeps_the_points_and_exits_130(tmp_pa
     kept = len(list(points.glob("*.json")))
     assert last == f"vggt_bench: interrupted; {kept} point{'s' if kept != 1 else ''} kept in {tmp_path}; rerun the same command to resume"
     assert kept >= 1 and len(load_results(str(tmp_path))) == kept
+    assert not list(tmp_path.glob(".tmp-*")) and not list(points.glob(".tmp-*")), "half-written files left behind"
+
+
+def test_ctrl_c_inside_our_own_table_rebuild_still_leaves_the_tables(tmp_path):
+    # CI 2026-11-25: the signal landed while this process held the tables' lock mid-rebuild; the
+    # handler's rebuild could not take the lock, and the run was left with points but no table.
+    store = ResultStore(str(tmp_path))
+    store.ensure_writable()
+    store.add({"point_id": "a", "status": "ok", "timestamp": 1.0})
+    with open(os.path.join(store.points_dir, "b.json"), "w") as f:
+        f.write('{"point_id": "b", "status": "ok", "timestamp": 2.0}')
+    with locked(str(tmp_path)):  # what the interrupted rebuild holds
+        stale = tmp_path / f".tmp-{os.getpid()}-abcresults.csv"
+        stale.write_text("half")
+        store.rebuild_before_exit()
+    assert list(load_results(str(tmp_path))["point_id"]) == ["a", "b"]
+    assert not stale.exists()
 
 
 def test_verify_on_a_non_checkpoint_never_suggests_unsafe_loading(tmp_path):

@@ -132,11 +132,11 @@ def main(argv=None) -> int:
         # mangled state as a config error): leave at once. Every point is already on disk (each
         # written atomically the moment it was measured), so nothing measured is lost.
         kept = _points_in(out) if out else 0
-        if kept:  # the tables may lag the last point written: bring them up to date unless a writer holds them
+        if kept:  # the tables may lag the last point written (or be mid-rebuild): bring them up to date
             from .results import ResultStore
 
             try:
-                ResultStore(out).rebuild(wait=False)
+                ResultStore(out).rebuild_before_exit()
             except Exception:
                 pass  # the points are the record; the next run rebuilds the tables
         where = f"{kept} point{'s' if kept != 1 else ''} kept in {out}; rerun the same command to resume" if out else \

@@ -37,23 +37,29 @@ def atomic_write(path: str, write) -> None:
     _atomic_write(path, write)
 
 
+_HELD_HERE: set = set()  # results directories whose lock this process holds right now
+
+
 @contextlib.contextmanager
 def locked(out: str, wait: bool = True):
     """An exclusive lock on the results directory ``out`` (``<out>/.lock``), for rebuilding the
     tables every point shares while parallel launcher jobs write. ``wait=False``: raise
     BlockingIOError at once when someone holds it."""
     os.makedirs(out, exist_ok=True)
+    key = os.path.realpath(out)
     with open(os.path.join(out, ".lock"), "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        _HELD_HERE.add(key)
         try:
             yield
         finally:
+            _HELD_HERE.discard(key)
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _atomic_write(path: str, write) -> None:
     directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".tmp-{os.getpid()}-", suffix=os.path.basename(path))
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -158,9 +164,31 @@ class ResultStore:
     def rebuild(self, wait: bool = True) -> pd.DataFrame:
         with self._lock(wait):
             frame = self.table()
-            _atomic_write(os.path.join(self.out, "results.parquet"), lambda f: frame.to_parquet(f, index=False))
-            _atomic_write(os.path.join(self.out, "results.csv"), lambda f: f.write(frame.to_csv(index=False).encode()))
+            self._write_tables(frame)
         return frame
+
+
+    def rebuild_before_exit(self) -> None:
+        """Bring the tables up to date as the process leaves (Ctrl-C), and remove this process's
+        half-written temporary files. The signal may land inside this process's own rebuild,
+        which holds the lock and will never resume: then rebuild under that lock rather than wait
+        for it. Another process holding it (a parallel launcher job) rebuilds them itself."""
+        pid = os.getpid()
+        for directory in (self.out, self.points_dir):
+            for tmp in glob.glob(os.path.join(directory, f".tmp-{pid}-*")):
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+        if os.path.realpath(self.out) in _HELD_HERE:
+            self._write_tables(self.table())
+            return
+        try:
+            self.rebuild(wait=False)
+        except BlockingIOError:
+            pass  # another writer holds the tables and rebuilds them after its point
+
+    def _write_tables(self, frame: pd.DataFrame) -> None:
+        _atomic_write(os.path.join(self.out, "results.parquet"), lambda f: frame.to_parquet(f, index=False))
+        _atomic_write(os.path.join(self.out, "results.csv"), lambda f: f.write(frame.to_csv(index=False).encode()))
 
 
 def load_results(directory: str) -> pd.DataFrame:
