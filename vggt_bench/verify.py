@@ -18,6 +18,7 @@ import torch
 import vggt_model
 from vggt_model.config import ConfigError, VGGTConfig
 
+from . import distributed
 from .config import execution_config
 from .errors import EXIT_USER_ERROR, UserError, say_error
 from .runner import resolve_device
@@ -123,9 +124,11 @@ def _outputs(net: vggt_model.VGGT, case: dict, images: torch.Tensor, queries) ->
                 out = net(images, queries, return_intermediates=True)
     finally:
         hook.remove()
-    flat = {f"aggregated_tokens.{i}": vggt_model.materialize(t) for i, t in enumerate(out.pop("aggregated_tokens"))
+    whole = (lambda t: t) if net.context is None else net.context.gather_frames  # context parallel: every rank's frames
+    flat = {f"aggregated_tokens.{i}": whole(vggt_model.materialize(t)) for i, t in enumerate(out.pop("aggregated_tokens"))
             if t is not None}
-    flat["patch_embed_tokens"] = torch.cat(captured)
+    embedded = torch.cat(captured)  # [B * S, P', C]
+    flat["patch_embed_tokens"] = whole(embedded.unflatten(0, (images.shape[0], -1))).flatten(0, 1)
     for key, value in out.items():
         flat[key] = torch.stack(value) if isinstance(value, list) else value
     return flat
@@ -163,6 +166,27 @@ def verify_case(directory: str, device: str, settings, tolerance_scale: float = 
                 continue
             checks.append(compare(label, ours[name], io[f"{prefix}.{name}"], atol, rtol, rel_l2_max))
     return checks
+
+
+def verify_cases(jobs, device: str) -> List[List[Check]]:
+    """``verify_case`` for each ``(directory, settings, tolerance_scale)`` in turn: in the ranks of a
+    context-parallel group, one launch verifies many settings."""
+    return [verify_case(directory, device, settings, scale) for directory, settings, scale in jobs]
+
+
+def verify_on_ranks(jobs, device: str, ranks: int) -> List[List[Check]]:
+    """``verify_cases`` in ``ranks`` processes started here (``model.context_parallel``): rank 0's checks."""
+    return distributed.first_result(distributed.launch(ranks, verify_cases, (jobs, device), device))
+
+
+def check_context_parallel(directory: str, ranks: int, device: str) -> None:
+    """One line (UserError) when the case cannot be split over ``ranks``: frames, heads, backend."""
+    case, _, io = read_case(directory)
+    try:
+        heads = VGGTConfig.from_modules(case["modules"]).aggregator.num_heads
+    except (ConfigError, TypeError, KeyError) as exc:
+        raise CaseError(f"case.json modules: {exc}")
+    distributed.check(ranks, io["input.images"].shape[1], heads, device)
 
 
 def format_checks(checks: List[Check]) -> str:
@@ -206,14 +230,28 @@ def main(cfg) -> int:
             if cfg.case is None:
                 return code
         device = resolve_device(cfg.device)
-        checks = verify_case(cfg.case, device, cfg.model, float(cfg.tolerance_scale))
+        ranks = int(cfg.model.context_parallel)
+        if ranks > 1:  # the case's frames over ranks: started here, or this process is one (torchrun, srun)
+            check_context_parallel(cfg.case, ranks, device)
+            if distributed.launched() is None:
+                from omegaconf import OmegaConf
+
+                settings = OmegaConf.to_object(cfg.model) if OmegaConf.is_config(cfg.model) else cfg.model
+                checks = verify_on_ranks([(cfg.case, settings, float(cfg.tolerance_scale))], device, ranks)[0]
+            else:
+                distributed.join(device, ranks)
+                checks = verify_case(cfg.case, device, cfg.model, float(cfg.tolerance_scale))
+        else:
+            checks = verify_case(cfg.case, device, cfg.model, float(cfg.tolerance_scale))
     except (CaseError, UserError, vggt_model.checkpoint.CheckpointError, ConfigError,
             vggt_model.attention.BackendUnavailable) as exc:
         say_error(str(exc))
         return EXIT_USER_ERROR
+    if not distributed.writes_rows():  # another rank of an external launch: rank 0 reports
+        return 0
     m = cfg.model
     print(f"case {cfg.case} on {device}: dtype={m.dtype} attention={m.attention} frame_exec={m.frame_exec} "
-          f"prune_depth={m.prune_depth}")
+          f"prune_depth={m.prune_depth}" + (f" context_parallel={m.context_parallel}" if m.context_parallel != 1 else ""))
     print(format_checks(checks))
     failed = [c for c in checks if not c.passed]
     if failed:
