@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import pickle
 import re
 import socket
 import subprocess
@@ -219,11 +220,13 @@ def _free_port() -> int:
 def _worker(index: int, world: int, port: int, device: str, fn: Callable, args: tuple, results) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(index), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(index), LOCAL_WORLD_SIZE=str(world))
+    # results travel pickled by value: torch.multiprocessing would share tensors through this process's
+    # file descriptors, which are gone once it has ended
     try:
         join(device, world)
-        results.put((index, "ok", fn(*args)))
+        results.put((index, "ok", pickle.dumps(fn(*args))))
     except RankFailed as exc:
-        results.put((index, "failed", exc.columns))
+        results.put((index, "failed", pickle.dumps(exc.columns)))
         os._exit(1)  # the launcher stops the ranks that wait for this one in a collective
     finally:
         leave()
@@ -246,7 +249,7 @@ def launch(ranks: int, fn: Callable, args: tuple = (), device: str = "cpu") -> D
     def drain():
         while not results.empty():
             index, state, value = results.get()
-            got[index] = (state, value)
+            got[index] = (state, pickle.loads(value))
 
     while True:
         drain()

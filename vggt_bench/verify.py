@@ -134,8 +134,23 @@ def _outputs(net: vggt_model.VGGT, case: dict, images: torch.Tensor, queries) ->
     return flat
 
 
-def verify_case(directory: str, device: str, settings, tolerance_scale: float = 1.0) -> List[Check]:
+INPUTS = (("output", "input.images"), ("output_square", "input.images_square"))  # outputs' prefix per input
+
+
+def case_outputs(directory: str, device: str, settings) -> Dict[str, Dict[str, torch.Tensor]]:
+    """Our model's outputs for each input of a case, ``{prefix: {output name: tensor}}``, built from
+    the case's modules and weights and run with ``settings`` (a ``model.*`` node)."""
     case, state, io = read_case(directory)
+    net, _ = _case_model(directory, case, state, device, settings)
+    ours = {}
+    for prefix, key in INPUTS:
+        if key in io:
+            queries = io.get("input.query_points") if case["kind"] == "vggt" else None
+            ours[prefix] = _outputs(net, case, io[key].to(device), None if queries is None else queries.to(device))
+    return ours
+
+
+def _case_model(directory: str, case: dict, state: dict, device: str, settings):
     try:
         cfg = VGGTConfig.from_modules(case["modules"]).validate()
     except (ConfigError, TypeError, KeyError) as exc:
@@ -149,22 +164,38 @@ def verify_case(directory: str, device: str, settings, tolerance_scale: float = 
     net.to(device)
     vggt_model.set_precision(net, execution.dtype, execution.tf32)
     net.configure(execution)
+    return net, execution
+
+
+def verify_case(directory: str, device: str, settings, tolerance_scale: float = 1.0) -> List[Check]:
+    case, state, io = read_case(directory)
+    net, execution = _case_model(directory, case, state, device, settings)
     rel_l2_max = HALF_REL_L2.get(execution.dtype)
     checks = []
-    for prefix, key in (("output", "input.images"), ("output_square", "input.images_square")):
+    for prefix, key in INPUTS:
         if key not in io:
             continue
         queries = io.get("input.query_points") if case["kind"] == "vggt" else None
         ours = _outputs(net, case, io[key].to(device), None if queries is None else queries.to(device))
-        expected = sorted(k[len(prefix) + 1 :] for k in io if k.startswith(prefix + "."))
-        for name in expected:
-            atol, rtol = _tolerance(case, name, tolerance_scale)
-            label = name if prefix == "output" else f"{prefix}.{name}"
-            if name not in ours:
-                checks.append(Check(label, tuple(io[f"{prefix}.{name}"].shape), math.inf, math.inf, math.inf, atol, rtol,
-                                    math.inf, False, "not produced by our model"))
-                continue
-            checks.append(compare(label, ours[name], io[f"{prefix}.{name}"], atol, rtol, rel_l2_max))
+        checks += check_outputs(case, io, prefix, ours, tolerance_scale, rel_l2_max)
+    return checks
+
+
+def check_outputs(case: dict, io: dict, prefix: str, ours: Dict[str, torch.Tensor], tolerance_scale: float = 1.0,
+                  rel_l2_max: Optional[float] = None, reference: Optional[Dict[str, torch.Tensor]] = None) -> List[Check]:
+    """Every output the case has under ``prefix`` against ``reference`` (default: upstream's, from
+    ``io``) with the case's tolerances."""
+    checks = []
+    expected = sorted(k[len(prefix) + 1 :] for k in io if k.startswith(prefix + "."))
+    for name in expected:
+        atol, rtol = _tolerance(case, name, tolerance_scale)
+        label = name if prefix == "output" else f"{prefix}.{name}"
+        ref = io[f"{prefix}.{name}"] if reference is None else reference[name]
+        if name not in ours:
+            checks.append(Check(label, tuple(ref.shape), math.inf, math.inf, math.inf, atol, rtol,
+                                math.inf, False, "not produced by our model"))
+            continue
+        checks.append(compare(label, ours[name], ref, atol, rtol, rel_l2_max))
     return checks
 
 
