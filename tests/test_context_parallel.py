@@ -316,6 +316,23 @@ def test_what_context_parallelism_does_not_combine_with_is_an_unavailable_reason
     assert distributed.unavailable(point) is None  # converted layers are frame attention: local
 
 
+def test_profiling_is_refused_in_one_line_and_a_profiled_sweep_skips_such_points(tmp_path):
+    from omegaconf import OmegaConf
+
+    from vggt_bench.capture import profile_point
+    from vggt_bench.runner import Point
+
+    done = cli("profile", "frames=3", "model.arch=small", "model.context_parallel=2", f"out={tmp_path}")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "vggt_bench: error: profile runs one process; model.context_parallel > 1 runs several (run/sweep rows have "
+        "comm_ms): profile its ranks with torchrun under your own nsys, or use context_parallel=1"]
+    point = Point("small", "cpu", 3, 1, 56, 84, "aggregator", 0, "synthetic", vggt_model.ExecutionConfig(context_parallel=2))
+    cfg = OmegaConf.create({"out": str(tmp_path), "profiler": "torch", "iterations": 1})
+    status = profile_point(cfg, point, {"status": "ok", "point_id": point.point_id})
+    assert status["profile_status"] == "skipped" and "context_parallel > 1" in status["profile_message"]
+
+
 def test_the_model_outside_a_group_says_how_to_start_one():
     net = vggt_model.VGGT(vggt_model.VGGTConfig.small())
     with pytest.raises(vggt_model.ConfigError, match=r"^context_parallel=2 needs torch.distributed initialised with "

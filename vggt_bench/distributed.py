@@ -194,8 +194,8 @@ def join(device: str, ranks: int) -> None:
                         f"SLURM_PROCID/SLURM_NTASKS)")
     os.environ.setdefault("MASTER_ADDR", found.master_addr)
     os.environ.setdefault("MASTER_PORT", found.master_port)
-    if device.startswith("cuda"):
-        torch.cuda.set_device(found.local_rank)
+    if device.startswith("cuda"):  # srun --gpus-per-task shows each task its one GPU as device 0
+        torch.cuda.set_device(found.local_rank % max(1, torch.cuda.device_count()))
     elif "OMP_NUM_THREADS" not in os.environ:  # the ranks of one machine share its cores
         from .telemetry import usable_cores
 
