@@ -217,6 +217,15 @@ def test_context_parallel_speedup_matches_each_point_with_its_one_rank_point():
     assert pd.isna(table.loc[16, "speedup"]) and table.loc[16, "status_1"] == ""
 
 
+def test_the_sweep_summary_shows_the_ranks_when_some_point_had_several():
+    from vggt_bench.sweep import summary
+
+    rows = pd.DataFrame([dict(frames=4, frame_exec="fused", status="ok", latency_ms_median=9.0, context_parallel=n)
+                         for n in (1, 2)])
+    assert "context_parallel" in summary(rows).splitlines()[0]
+    assert "context_parallel" not in summary(rows[rows["context_parallel"] == 1]).splitlines()[0]
+
+
 def _external_env(**extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_RANK",
                                                                     "MASTER_", "TORCHELASTIC", "OMP_NUM_THREADS"))}

@@ -148,6 +148,8 @@ def summary(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "no results"
     cols = [c for c in SUMMARY_COLUMNS if c in frame.columns]
+    if "context_parallel" in frame and (pd.to_numeric(frame["context_parallel"], errors="coerce") > 1).any():
+        cols.insert(cols.index("status"), "context_parallel")  # ranks, where some points ran on several
     view = frame[cols].copy()
     for c in ("latency_ms_median", "peak_alloc_gib", "peak_rss_gib", "fps", "achieved_tflops"):
         if c in view:
