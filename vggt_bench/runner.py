@@ -272,7 +272,8 @@ def free_memory():
 def _last_layer(out, net) -> torch.Tensor:
     tokens = out[0] if isinstance(out, tuple) else out["aggregated_tokens"]
     last = vggt_model.materialize(tokens[-1]).float()
-    return last if net.context is None else net.context.gather_frames(last)  # every rank's frames
+    context = getattr(net, "context", None)  # upstream's model has none
+    return last if context is None else context.gather_frames(last)  # every rank's frames
 
 
 def _auto_timings(net) -> str:
