@@ -58,6 +58,7 @@ class Aggregator(nn.Module):
         self.ranges: Ranges = OFF
         self.attend = None  # set by configure(): frame layers and the patch embed
         self.attend_global = None  # set by configure(): global layers
+        self.context = None  # set by configure() for context_parallel > 1 (model.context_parallel)
         self._rope_cache = {}
 
     def reset_buffers(self):
@@ -74,10 +75,13 @@ class Aggregator(nn.Module):
 
     # ---- pieces ---------------------------------------------------------------------------
     def special_tokens(self, B: int, S: int) -> torch.Tensor:
-        """``[B*S, 1+R, C]``: index 0 of the camera/register tokens for frame 0, index 1 for the rest."""
+        """``[B*S, 1+R, C]``: index 0 of the camera/register tokens for frame 0, index 1 for the rest
+        (sharded over ranks, frame 0 is on the first rank only)."""
+        firsts = 1 if self.context is None or self.context.holds_first_frame else 0
+
         def per_frame(t):
-            first = t[:, :1].expand(B, 1, *t.shape[2:])
-            rest = t[:, 1:].expand(B, S - 1, *t.shape[2:])
+            first = t[:, :1].expand(B, firsts, *t.shape[2:])
+            rest = t[:, 1:].expand(B, S - firsts, *t.shape[2:])
             return torch.cat((first, rest), dim=1).reshape(B * S, *t.shape[2:])
 
         return torch.cat((per_frame(self.camera_token), per_frame(self.register_token)), dim=1)
@@ -315,6 +319,9 @@ class Aggregator(nn.Module):
             block = self.global_blocks[i] if self.execution.prune_weights == "global" else self.frame_blocks[i]
             with ranges("converted_block"):
                 self.run_per_frame_inplace(block, tokens, rope)
+        elif self.context is not None:  # context parallel: the other ranks' frames join in (model/context_parallel.py)
+            with ranges("global_block"):
+                self.context.global_block(self.global_blocks[i], tokens.view(B, S * P, C), rope, ranges)
         else:
             with ranges("global_block"):
                 self.global_blocks[i](tokens.view(B, S * P, C), self.attend_global, rope, ranges, mode="chunked",

@@ -399,6 +399,7 @@ class ExecutionConfig:
     cuda_graph: the caller replays the forward as one CUDA graph (``GraphedForward``).
     nvtx: emit NVTX / profiler ranges around every stage.
     memory_plan, token_chunk: how much memory the same function holds (``Aggregator``).
+    context_parallel: the frames of a scene sharded over that many ranks (``model.context_parallel``).
     """
 
     frame_exec: str = knob("fused", choices=FRAME_EXEC, help="frame attention: all frames in one call, one per call, or frame_chunk per call")
@@ -425,6 +426,10 @@ class ExecutionConfig:
                                  "in pinned host memory")
     token_chunk: int = knob(8192, minimum=0,
                             help="tokens per chunk of the per-token work under the lean and offload plans (0: no chunks)")
+    context_parallel: int = knob(1, minimum=1,
+                                 help="ranks (torch.distributed) one scene's frames are sharded over; global attention "
+                                      "stays exact through all-to-all over heads (DeepSpeed-Ulysses), the heads' outputs "
+                                      "are gathered")
 
     def validate(self, depth: int, prefix: str = "") -> "ExecutionConfig":
         validate_fields(type(self), self, prefix, depth=depth)

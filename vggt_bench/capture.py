@@ -254,6 +254,9 @@ def profile_point(cfg, point, row: dict) -> dict:
     if row.get("status") != "ok":
         status = write_status(out, pid, profiler, "skipped",
                               f"not profiled: the point's timing status is {row.get('status')}")
+    elif point.execution.context_parallel > 1:
+        status = write_status(out, pid, profiler, "skipped", "not profiled: model.context_parallel > 1 runs in "
+                              "several processes (its row has comm_ms); profile its ranks under torchrun yourself")
     else:
         try:
             if profiler == "external":

@@ -107,6 +107,17 @@ def main(argv=None) -> int:
             say_error(problem)
             return EXIT_USER_ERROR
 
+    from .distributed import launched
+
+    ext = launched()
+    if ext is not None and ext.rank != 0 and "--help" not in rest:
+        # another rank of torchrun/srun: rank 0 owns the results directory, Hydra's files and `latest`
+        import tempfile
+
+        scratch = tempfile.mkdtemp(prefix=f"vggt_bench-rank{ext.rank}-")
+        named = command not in ("run", "sweep", "profile") or any(a.startswith("out=") for a in rest)
+        rest = ([] if named else [f"out={scratch}/out"]) + rest + [
+            f"hydra.run.dir={scratch}/hydra", f"hydra.sweep.dir={scratch}/hydra"]
     if command in ("run", "sweep", "profile") and not any(a.startswith("out=") for a in rest) and "--help" not in rest:
         from .sweep import stamped_out
 

@@ -105,6 +105,9 @@ def main(cfg) -> int:
                                 f".nsys-rep/.sqlite export, a PyTorch profiler trace .json, a folder of them, or a "
                                 f"memory_snapshot.pickle")
         point = resolve(cfg)
+        if point.execution.context_parallel > 1:
+            raise UserError("profile runs one process; model.context_parallel > 1 runs several (run/sweep rows have "
+                            "comm_ms): profile its ranks with torchrun under your own nsys, or use context_parallel=1")
         point_id = point.point_id  # of the configuration as given, before its ranges are switched on
         if int(cfg.iterations) < 1:
             raise UserError(f"iterations must be >= 1, got {cfg.iterations}")

@@ -25,7 +25,7 @@ from vggt_model import attention
 from vggt_model.config import ConfigError, ExecutionConfig, VGGTConfig, knob_fields
 from vggt_model.inputs import IMAGE_EXTENSIONS, image_folder, synthetic_images
 
-from . import env, flops, gpus, noise, telemetry, timing, upstream
+from . import distributed, env, flops, gpus, noise, telemetry, timing, upstream
 from .config import execution_config
 from .errors import UserError
 from .results import point_id
@@ -118,6 +118,7 @@ def resolve(cfg) -> Point:
         raise UserError(f"model.checkpoint not found: {m.checkpoint} (give the path of model.pt or a .safetensors file)")
     if m.impl not in upstream.IMPLS:
         raise UserError(f"unknown model.impl {m.impl!r}; choose one of {list(upstream.IMPLS)}")
+    distributed.check(execution.context_parallel, int(cfg.frames), mcfg.aggregator.num_heads, device)
     note = ""
     if m.impl == "upstream":
         upstream.locate(m.upstream_path)  # one line naming how to get it, before anything runs
@@ -268,9 +269,11 @@ def free_memory():
         torch.cuda.empty_cache()
 
 
-def _last_layer(out) -> torch.Tensor:
+def _last_layer(out, net) -> torch.Tensor:
     tokens = out[0] if isinstance(out, tuple) else out["aggregated_tokens"]
-    return vggt_model.materialize(tokens[-1]).float()
+    last = vggt_model.materialize(tokens[-1]).float()
+    context = getattr(net, "context", None)  # upstream's model has none
+    return last if context is None else context.gather_frames(last)  # every rank's frames
 
 
 def _drift_vs_eager(point: Point, fn, net, images) -> float:
@@ -314,6 +317,9 @@ def measure(point: Point, warmup: int, repeats: int, drift: bool = False,
             adaptive: Optional[timing.AdaptiveSettings] = None) -> dict:
     """All measurement columns of one point (status ``ok``), or raise."""
     device = point.device
+    why = distributed.unavailable(point)  # what context parallelism does not combine with
+    if why:
+        return {"status": "unavailable", "message": why}
     with torch.inference_mode():
         net = get_model(point)
         ex = point.execution
@@ -345,6 +351,7 @@ def measure(point: Point, warmup: int, repeats: int, drift: bool = False,
         built = (time.perf_counter() - built) * 1e3
         warm = timing.warm_up(fn, device, warmup)
         warm.setup_ms = built
+        distributed.start_window(net)
         meter = telemetry.Meter(device).start()
         if adaptive is not None:
             run = timing.time_adaptive(fn, device, adaptive)
@@ -371,15 +378,16 @@ def measure(point: Point, warmup: int, repeats: int, drift: bool = False,
         else:
             row["peak_alloc_gib"] = row["peak_reserved_gib"] = row["act_gib"] = math.nan
             row["device_mem_gib"] = env.machine_memory_gib()
+        row.update(distributed.rank_columns(net, row, len(times)))  # every rank's memory and collectives
         row["attention_ran"] = net.attention_report()
         row["attention_auto"] = _auto_timings(net)
         row["drift_rel"] = math.nan
         row["drift_vs_eager"] = _drift_vs_eager(point, fn, net, images) if drift else math.nan
         if drift and ex.prune_depth > 0:
             # Only the aggregator is needed: the drift is measured on the last layer's tokens.
-            test = _last_layer(net.aggregate(images))
+            test = _last_layer(net.aggregate(images), net)
             net.configure(ex.replace(prune_depth=0))
-            ref = _last_layer(net.aggregate(images))
+            ref = _last_layer(net.aggregate(images), net)
             row["drift_rel"] = float((test - ref).norm() / ref.norm())
         del images, queries, fn
     return row
@@ -418,7 +426,8 @@ def derived(point: Point, row: dict, gpu_name: str) -> dict:
     if row.get("status") == "ok" and median:
         out["fps"] = point.frames * point.batch / (median / 1e3)
         out["achieved_tflops"] = out["flops"] / (median / 1e3) / 1e12
-        out["frac_of_peak"] = out["achieved_tflops"] / peak if peak == peak else math.nan
+        devices = point.execution.context_parallel  # the ranks' devices together
+        out["frac_of_peak"] = out["achieved_tflops"] / (peak * devices) if peak == peak else math.nan
     return out
 
 
@@ -432,7 +441,10 @@ def run_point(point: Point, warmup: int, repeats: int, drift: bool = False, expe
     row["checkpoint"] = point.checkpoint or ""
     row["upstream_source"] = upstream.describe(point.upstream_path) if point.impl == "upstream" else ""
     try:
-        row.update(measure(point, warmup, repeats, drift, adaptive))
+        if point.execution.context_parallel > 1:  # N ranks measure it together (vggt_bench/distributed.py)
+            row.update(distributed.measure_point(point, warmup, repeats, drift, adaptive))
+        else:
+            row.update(measure(point, warmup, repeats, drift, adaptive))
     except vggt_model.checkpoint.CheckpointError as exc:
         raise UserError(str(exc))
     except Exception as exc:  # a point's failure is a result; Ctrl-C and SystemExit (a launcher's requeue) pass
@@ -444,7 +456,9 @@ def run_point(point: Point, warmup: int, repeats: int, drift: bool = False, expe
     finally:
         free_memory()
     row.update(derived(point, row, row.get("gpu_name", "")))
-    row["params"] = sum(p.numel() for p in _CACHE["model"].parameters()) if "model" in _CACHE else math.nan
+    if "model" in _CACHE:
+        row["params"] = sum(p.numel() for p in _CACHE["model"].parameters())
+    row.setdefault("params", math.nan)  # context parallel: from rank 0
     row.update(noise.columns(row))
     row["wall_s"] = time.perf_counter() - t0
     return row

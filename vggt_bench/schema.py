@@ -54,11 +54,17 @@ MEASUREMENTS = [
     "achieved_tflops",   # flops / median latency
     "peak_tflops",       # dense peak of the device at this dtype (NaN if unknown)
     "peak_source",       # where peak_tflops comes from
-    "frac_of_peak",      # achieved / peak
+    "frac_of_peak",      # achieved / (peak x world_size)
     "attention_ran",     # what each call site ran: "frame=sdpa_cudnn global=flash_attn4" (auto: "auto(...)")
     "attention_auto",    # JSON: what attention=auto timed per site and shape (ms per backend), "" without auto
     "drift_vs_eager",    # measure.drift: rel. L2 of the last layer's tokens vs the eager fp32 model, same weights/inputs
     "drift_rel",         # ||out - out(k=0)|| / ||out(k=0)|| of the last layer's tokens (NaN: not measured)
+    # model.context_parallel (vggt_bench/distributed.py): one row per point, written by rank 0
+    "world_size",        # ranks that ran the forward together (1 without context parallelism)
+    "comm_ms",           # time in collectives per timed forward (all-to-all, all-gather), the most of any rank
+    "comm_mib",          # MiB a rank hands to other ranks per forward (payload), the most of any rank
+    "rank_peak_gib_max",   # peak memory of the busiest rank (GPU: max allocated; CPU: peak RSS)
+    "rank_peak_gib_mean",  # mean over ranks of the same
     "wall_s",            # seconds the whole point took (build, warm-up, timing)
     "profiled",          # bool: whether the row's timings come from a profiled run: always False for a
                          # sweep's row (profiles are separate captures: profile_grid, profiles/<point_id>/)

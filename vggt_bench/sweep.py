@@ -23,7 +23,7 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from . import launchers, progress
+from . import distributed, launchers, progress
 from .capture import check_profiler, profile_point
 from .errors import UserError, fail
 from .profile_store import profile_done
@@ -55,6 +55,8 @@ def run_job(cfg: DictConfig) -> dict:
         profiler = check_profiler(cfg, point.device)
     except (UserError, SettingsError) as exc:
         fail(str(exc))
+    if not distributed.writes_rows():  # another rank of torchrun/srun: measures with rank 0, writes nothing
+        return _as_other_rank(cfg, point, adaptive)
     store = open_store(cfg.out)
     progress.job_started(point, cfg.experiment)
     pid = point.point_id
@@ -75,6 +77,7 @@ def run_job(cfg: DictConfig) -> dict:
         row["profiled"] = False  # headline timings never come from a profiled run
         store.add(row)
         _say(f"{row['status']:<5} {_describe(point)}: {_result(row)}")
+        distributed.stop_if_stuck()
     if profiler != "none":
         status = profile_point(cfg, point, row)
         message = f": {status['profile_message']}" if status["profile_status"] in ("error", "skipped") else ""
@@ -83,6 +86,15 @@ def run_job(cfg: DictConfig) -> dict:
         _say(f"row: {os.path.join(store.points_dir, pid + '.json')}; table: {os.path.join(cfg.out, 'results.parquet')} "
              f"(and results.csv)")
     return row
+
+
+def _as_other_rank(cfg: DictConfig, point, adaptive) -> dict:
+    """A rank other than 0 under torchrun/srun: take part in the context-parallel points (and skip
+    those rank 0 skips as measured); one-rank points are rank 0's alone."""
+    if point.execution.context_parallel == 1 or (bool(cfg.resume) and ResultStore(cfg.out).is_done(point.point_id)):
+        return {}
+    return run_point(point, int(cfg.measure.warmup), int(cfg.measure.repeats), bool(cfg.measure.drift), cfg.experiment,
+                     adaptive)
 
 
 def _single_run() -> bool:
@@ -136,6 +148,8 @@ def summary(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "no results"
     cols = [c for c in SUMMARY_COLUMNS if c in frame.columns]
+    if "context_parallel" in frame and (pd.to_numeric(frame["context_parallel"], errors="coerce") > 1).any():
+        cols.insert(cols.index("status"), "context_parallel")  # ranks, where some points ran on several
     view = frame[cols].copy()
     for c in ("latency_ms_median", "peak_alloc_gib", "peak_rss_gib", "fps", "achieved_tflops"):
         if c in view:
@@ -196,6 +210,8 @@ class SweepCallback(Callback):
         global _BAR, _PROGRESS
         from tqdm import tqdm
 
+        if not distributed.writes_rows():  # torchrun/srun: rank 0 shows the progress and the summary
+            return
         preflight(config)
         os.makedirs(config.out, exist_ok=True)
         try:
@@ -211,10 +227,13 @@ class SweepCallback(Callback):
         launchers.in_job()
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        progress.job_ended(config)
+        if distributed.writes_rows():
+            progress.job_ended(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         end_progress()
+        if not distributed.writes_rows():
+            return
         store = ResultStore(config.out)
         if not os.path.isdir(store.points_dir):
             return

@@ -18,6 +18,7 @@ import torch
 import vggt_model
 from vggt_model.config import ConfigError, VGGTConfig
 
+from . import distributed
 from .config import execution_config
 from .errors import EXIT_USER_ERROR, UserError, say_error
 from .runner import resolve_device
@@ -123,16 +124,33 @@ def _outputs(net: vggt_model.VGGT, case: dict, images: torch.Tensor, queries) ->
                 out = net(images, queries, return_intermediates=True)
     finally:
         hook.remove()
-    flat = {f"aggregated_tokens.{i}": vggt_model.materialize(t) for i, t in enumerate(out.pop("aggregated_tokens"))
+    whole = (lambda t: t) if net.context is None else net.context.gather_frames  # context parallel: every rank's frames
+    flat = {f"aggregated_tokens.{i}": whole(vggt_model.materialize(t)) for i, t in enumerate(out.pop("aggregated_tokens"))
             if t is not None}
-    flat["patch_embed_tokens"] = torch.cat(captured)
+    embedded = torch.cat(captured)  # [B * S, P', C]
+    flat["patch_embed_tokens"] = whole(embedded.unflatten(0, (images.shape[0], -1))).flatten(0, 1)
     for key, value in out.items():
         flat[key] = torch.stack(value) if isinstance(value, list) else value
     return flat
 
 
-def verify_case(directory: str, device: str, settings, tolerance_scale: float = 1.0) -> List[Check]:
+INPUTS = (("output", "input.images"), ("output_square", "input.images_square"))  # outputs' prefix per input
+
+
+def case_outputs(directory: str, device: str, settings) -> Dict[str, Dict[str, torch.Tensor]]:
+    """Our model's outputs for each input of a case, ``{prefix: {output name: tensor}}``, built from
+    the case's modules and weights and run with ``settings`` (a ``model.*`` node)."""
     case, state, io = read_case(directory)
+    net, _ = _case_model(directory, case, state, device, settings)
+    ours = {}
+    for prefix, key in INPUTS:
+        if key in io:
+            queries = io.get("input.query_points") if case["kind"] == "vggt" else None
+            ours[prefix] = _outputs(net, case, io[key].to(device), None if queries is None else queries.to(device))
+    return ours
+
+
+def _case_model(directory: str, case: dict, state: dict, device: str, settings):
     try:
         cfg = VGGTConfig.from_modules(case["modules"]).validate()
     except (ConfigError, TypeError, KeyError) as exc:
@@ -146,23 +164,60 @@ def verify_case(directory: str, device: str, settings, tolerance_scale: float = 
     net.to(device)
     vggt_model.set_precision(net, execution.dtype, execution.tf32)
     net.configure(execution)
+    return net, execution
+
+
+def verify_case(directory: str, device: str, settings, tolerance_scale: float = 1.0) -> List[Check]:
+    case, state, io = read_case(directory)
+    net, execution = _case_model(directory, case, state, device, settings)
     rel_l2_max = HALF_REL_L2.get(execution.dtype)
     checks = []
-    for prefix, key in (("output", "input.images"), ("output_square", "input.images_square")):
+    for prefix, key in INPUTS:
         if key not in io:
             continue
         queries = io.get("input.query_points") if case["kind"] == "vggt" else None
         ours = _outputs(net, case, io[key].to(device), None if queries is None else queries.to(device))
-        expected = sorted(k[len(prefix) + 1 :] for k in io if k.startswith(prefix + "."))
-        for name in expected:
-            atol, rtol = _tolerance(case, name, tolerance_scale)
-            label = name if prefix == "output" else f"{prefix}.{name}"
-            if name not in ours:
-                checks.append(Check(label, tuple(io[f"{prefix}.{name}"].shape), math.inf, math.inf, math.inf, atol, rtol,
-                                    math.inf, False, "not produced by our model"))
-                continue
-            checks.append(compare(label, ours[name], io[f"{prefix}.{name}"], atol, rtol, rel_l2_max))
+        checks += check_outputs(case, io, prefix, ours, tolerance_scale, rel_l2_max)
     return checks
+
+
+def check_outputs(case: dict, io: dict, prefix: str, ours: Dict[str, torch.Tensor], tolerance_scale: float = 1.0,
+                  rel_l2_max: Optional[float] = None, reference: Optional[Dict[str, torch.Tensor]] = None) -> List[Check]:
+    """Every output the case has under ``prefix`` against ``reference`` (default: upstream's, from
+    ``io``) with the case's tolerances."""
+    checks = []
+    expected = sorted(k[len(prefix) + 1 :] for k in io if k.startswith(prefix + "."))
+    for name in expected:
+        atol, rtol = _tolerance(case, name, tolerance_scale)
+        label = name if prefix == "output" else f"{prefix}.{name}"
+        ref = io[f"{prefix}.{name}"] if reference is None else reference[name]
+        if name not in ours:
+            checks.append(Check(label, tuple(ref.shape), math.inf, math.inf, math.inf, atol, rtol,
+                                math.inf, False, "not produced by our model"))
+            continue
+        checks.append(compare(label, ours[name], ref, atol, rtol, rel_l2_max))
+    return checks
+
+
+def verify_cases(jobs, device: str) -> List[List[Check]]:
+    """``verify_case`` for each ``(directory, settings, tolerance_scale)`` in turn: in the ranks of a
+    context-parallel group, one launch verifies many settings."""
+    return [verify_case(directory, device, settings, scale) for directory, settings, scale in jobs]
+
+
+def verify_on_ranks(jobs, device: str, ranks: int) -> List[List[Check]]:
+    """``verify_cases`` in ``ranks`` processes started here (``model.context_parallel``): rank 0's checks."""
+    return distributed.first_result(distributed.launch(ranks, verify_cases, (jobs, device), device))
+
+
+def check_context_parallel(directory: str, ranks: int, device: str) -> None:
+    """One line (UserError) when the case cannot be split over ``ranks``: frames, heads, backend."""
+    case, _, io = read_case(directory)
+    try:
+        heads = VGGTConfig.from_modules(case["modules"]).aggregator.num_heads
+    except (ConfigError, TypeError, KeyError) as exc:
+        raise CaseError(f"case.json modules: {exc}")
+    distributed.check(ranks, io["input.images"].shape[1], heads, device)
 
 
 def format_checks(checks: List[Check]) -> str:
@@ -206,14 +261,29 @@ def main(cfg) -> int:
             if cfg.case is None:
                 return code
         device = resolve_device(cfg.device)
-        checks = verify_case(cfg.case, device, cfg.model, float(cfg.tolerance_scale))
+        ranks = int(cfg.model.context_parallel)
+        if ranks > 1:  # the case's frames over ranks: started here, or this process is one (torchrun, srun)
+            check_context_parallel(cfg.case, ranks, device)
+            if distributed.launched() is None:
+                from omegaconf import OmegaConf
+
+                settings = OmegaConf.to_object(cfg.model) if OmegaConf.is_config(cfg.model) else cfg.model
+                checks = verify_on_ranks([(cfg.case, settings, float(cfg.tolerance_scale))], device, ranks)[0]
+            else:
+                distributed.join(device, ranks)
+                checks = verify_case(cfg.case, device, cfg.model, float(cfg.tolerance_scale))
+        else:
+            checks = verify_case(cfg.case, device, cfg.model, float(cfg.tolerance_scale))
     except (CaseError, UserError, vggt_model.checkpoint.CheckpointError, ConfigError,
             vggt_model.attention.BackendUnavailable) as exc:
         say_error(str(exc))
         return EXIT_USER_ERROR
+    if not distributed.writes_rows():  # another rank of an external launch: rank 0 reports
+        return 0
     m = cfg.model
     print(f"case {cfg.case} on {device}: dtype={m.dtype} attention={m.attention} global_attention={m.global_attention} "
-          f"frame_exec={m.frame_exec} memory_plan={m.memory_plan} prune_depth={m.prune_depth}")
+          f"frame_exec={m.frame_exec} memory_plan={m.memory_plan} prune_depth={m.prune_depth}"
+          + (f" context_parallel={m.context_parallel}" if m.context_parallel != 1 else ""))
     print(format_checks(checks))
     failed = [c for c in checks if not c.passed]
     if failed:

@@ -127,6 +127,7 @@ def tidy_results(frame: pd.DataFrame) -> pd.DataFrame:
     frame = _coerce(frame)
     for col in BOOL_KNOBS + ["noisy"]:
         frame[col] = frame[col].map(lambda v: False if v is None else v).astype(object)
+    frame["context_parallel"] = frame["context_parallel"].fillna(1.0)  # tables from before it: one rank
     return frame
 
 
@@ -396,6 +397,31 @@ def conversion_table(results: pd.DataFrame) -> pd.DataFrame:
     ok = (table["status"] == "ok") & (table["status_k0"] == "ok")
     table["speedup"] = np.where(ok, table["latency_ms_k0"] / table["latency_ms"], np.nan)
     return table[KNOBS + ["gpu_name", "status", "status_k0", "latency_ms", "latency_ms_k0", "speedup", "drift_rel"]]
+
+
+def context_parallel_speedup(results: pd.DataFrame) -> pd.DataFrame:
+    """Every point with ``context_parallel`` N > 1 matched to its one-rank point (same knobs and GPU
+    otherwise): ``speedup`` = latency on 1 rank / latency on N, ``efficiency`` = speedup / N,
+    ``memory_ratio`` = the busiest rank's peak / the one-rank peak, ``comm_share`` = comm_ms / latency.
+
+    Columns: the knobs, gpu_name, status, status_1, latency_ms, latency_ms_1, speedup, efficiency,
+    rank_peak_gib_max, rank_peak_gib_1, memory_ratio, comm_ms, comm_mib, comm_share. Without the
+    one-rank point in the table the comparisons are NaN (status_1 empty)."""
+    frame = tidy_results(results)
+    keys = [k for k in KNOBS if k != "context_parallel"] + ["gpu_name"]
+    base = frame[frame["context_parallel"] == 1].drop_duplicates(keys, keep="last")
+    base = base[keys + ["latency_ms_median", "rank_peak_gib_max", "status"]].rename(columns={
+        "latency_ms_median": "latency_ms_1", "rank_peak_gib_max": "rank_peak_gib_1", "status": "status_1"})
+    ranks = frame[frame["context_parallel"] > 1].rename(columns={"latency_ms_median": "latency_ms"})
+    table = ranks.merge(base, on=keys, how="left").copy()  # one block: the columns below are added to it
+    table["status_1"] = table["status_1"].fillna("")
+    ok = (table["status"] == "ok") & (table["status_1"] == "ok")
+    table["speedup"] = np.where(ok, table["latency_ms_1"] / table["latency_ms"], np.nan)
+    table["efficiency"] = table["speedup"] / table["context_parallel"]
+    table["memory_ratio"] = np.where(ok, table["rank_peak_gib_max"] / table["rank_peak_gib_1"], np.nan)
+    table["comm_share"] = np.where(table["status"] == "ok", table["comm_ms"] / table["latency_ms"], np.nan)
+    return table[KNOBS + ["gpu_name", "status", "status_1", "latency_ms", "latency_ms_1", "speedup", "efficiency",
+                          "rank_peak_gib_max", "rank_peak_gib_1", "memory_ratio", "comm_ms", "comm_mib", "comm_share"]]
 
 
 PROFILE_KEYS = ["frames", "frame_exec", "attention", *APPROXIMATIONS, "tag", "profiler"]

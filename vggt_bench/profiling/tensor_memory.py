@@ -6,8 +6,9 @@ pages. ``LiveTensorMemory`` is a ``TorchDispatchMode`` that sees every tensor an
 while it is active, groups them by storage, and counts a storage's bytes from its first tensor
 until the last Python tensor on it is gone. Its ``peak_bytes`` is the most memory the code's own
 intermediate tensors held at once: what a memory plan changes, without allocator slack. Tensors
-made before the mode (weights, inputs) are not counted. Slow (a Python callback per operator):
-for tests and small models.
+made before the mode (weights, inputs) are not counted, nor views of them made inside it (a slice
+of the input is the input's memory). Slow (a Python callback per operator): for tests and small
+models.
 """
 
 from __future__ import annotations
@@ -37,12 +38,19 @@ class LiveTensorMemory(TorchDispatchMode):
             self.live_bytes -= entry[0]
             del self._refs[key]
 
-    def _track(self, t: torch.Tensor) -> None:
+    @staticmethod
+    def _key(t: torch.Tensor):
+        storage = t.untyped_storage()
+        return storage.device.type, storage.device.index, storage.data_ptr()
+
+    def _track(self, t: torch.Tensor, outside=frozenset()) -> None:
         if id(t) in self._seen:
             return  # an in-place op hands back the tensor it was given
+        key = self._key(t)
+        if key in outside:
+            return  # a view of a tensor made before the mode: its memory is not the code's
         self._seen.add(id(t))
         storage = t.untyped_storage()
-        key = (storage.device.type, storage.device.index, storage.data_ptr())
         if key not in self._refs:
             self._refs[key] = [storage.nbytes(), 0]
             self.live_bytes += storage.nbytes()
@@ -52,7 +60,9 @@ class LiveTensorMemory(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        outside = frozenset(k for k in map(self._key, inputs) if k not in self._refs)
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr():
-                self._track(t)
+                self._track(t, outside)
         return out
