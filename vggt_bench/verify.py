@@ -212,12 +212,18 @@ def main(cfg) -> int:
         say_error(str(exc))
         return EXIT_USER_ERROR
     m = cfg.model
+    execution = execution_config(m)
+    approx = "".join(f" {n}={getattr(m, n):g}" for n in execution.approximations())
     print(f"case {cfg.case} on {device}: dtype={m.dtype} attention={m.attention} frame_exec={m.frame_exec} "
-          f"prune_depth={m.prune_depth}")
+          f"prune_depth={m.prune_depth}{approx}")
     print(format_checks(checks))
     failed = [c for c in checks if not c.passed]
     if failed:
-        why = " (prune_depth > 0 changes the function: this is its drift)" if m.prune_depth > 0 else ""
+        why = ""
+        if m.prune_depth > 0:
+            why = " (prune_depth > 0 changes the function: this is its drift)"
+        elif approx:
+            why = f" ({approx.strip()} approximates the function: this is its drift)"
         print(f"FAIL: {len(failed)} of {len(checks)} outputs outside tolerance{why}")
         return 1
     print(f"PASS: all {len(checks)} outputs within tolerance")
