@@ -427,7 +427,7 @@ def merge_assignment(metric: torch.Tensor, layout: Layout, ratio: float, dtype: 
         sims = unit[sources[part]] @ dst_units.T
         value, index = sims.max(dim=-1)
         best[part], best_dst[part] = value.float(), index
-    merged = best.topk(r, sorted=False).indices
+    merged = torch.sort(best, descending=True, stable=True).indices[:r]  # the r most similar (ties: first)
     src, dst = sources[merged], plan.dst[best_dst[merged]]
     kept = torch.ones(N, dtype=torch.bool, device=device)
     kept[src] = False
