@@ -461,7 +461,12 @@ def launch_table(summary: pd.DataFrame, ranges: Optional[pd.DataFrame] = None) -
         fb = r[r["range"] == "frame_block"]
         keys = [k for k in KNOBS + ["tag", "profiler"] if k in fb and k in summary]
         per = fb.assign(_k=fb["kernels"] / fb["calls"]).groupby(keys, dropna=False)["_k"].sum().rename("_kpl")
-        summary = summary.merge(per.reset_index(), on=keys, how="left")
+        per = per.reset_index()
+        for k in keys:  # a key that is all missing comes back from groupby as float: match the summary's dtype
+            if per[k].dtype != summary[k].dtype:
+                per[k] = per[k].astype(object)
+                summary[k] = summary[k].astype(object)
+        summary = summary.merge(per, on=keys, how="left")
         summary["kernels_per_frame_layer"] = summary["kernels_per_frame_layer"].fillna(summary["_kpl"])
         summary = summary.drop(columns="_kpl")
     return summary

@@ -535,11 +535,15 @@ def approximations(results: pd.DataFrame) -> Plot:
             ax.set_xscale("log")
             if len(drawn):
                 ax.set_yscale("log")
-                _plain_log(ax.xaxis, max(drawn["speedup"].min(), 1e-3), max(drawn["speedup"].max(), 1.0))
+                span = max(abs(math.log2(drawn["speedup"].min())), abs(math.log2(drawn["speedup"].max())), 0.6)
+                ax.xaxis.set_major_locator(ticker.FixedLocator(_speedup_ticks(span)))
+                ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:.3g}×"))
+                ax.xaxis.set_minor_formatter(ticker.NullFormatter())
                 lo, hi = float(drawn[col].min()), float(drawn[col].max())
                 decades = math.log10(hi / lo) if hi > lo else 0.0
                 ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades <= 2.6 else (1.0,)))
-                ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: fmt_percent(v)))
+                ax.yaxis.set_major_formatter(ticker.FuncFormatter(
+                    lambda v, _: fmt_percent(v) if v >= 1e-3 else f"{v:.2g}"))
                 ax.yaxis.set_minor_formatter(ticker.NullFormatter())
                 if decades < 0.3:  # a decade at least, so the axis carries a labelled tick
                     mid = math.sqrt(lo * hi)
