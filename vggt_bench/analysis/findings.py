@@ -307,7 +307,9 @@ def status_table(results: pd.DataFrame) -> pd.DataFrame:
     frame = t.tidy_results(results)
     bad = frame[frame["status"] != "ok"]
     cols = ["frames", "frame_exec", "attention", "prune_depth", "dtype", "status", "message"]
+    approximation = [t.setting(r) for r in bad.to_dict("records")]
     bad = bad[cols].copy()
+    bad.insert(4, "approximation", approximation)
     bad["frames"] = bad["frames"].astype("Int64")
     bad["prune_depth"] = bad["prune_depth"].astype("Int64")
     bad["message"] = bad["message"].map(lambda m: t.shorten(m, 120))

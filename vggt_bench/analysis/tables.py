@@ -322,8 +322,11 @@ def fmt_percent(value: float) -> str:
 def failure_notes(frame: pd.DataFrame, statuses=("error",)) -> List[str]:
     out = []
     for _, row in frame[frame["status"].isin(statuses)].iterrows():
+        approx = setting(row)
         out.append(f"{row['status']}: S={int_text(row['frames'])} {row['frame_exec']} {row['attention']} "
-                   f"k={int_text(row['prune_depth'])}: {row['message']}")
+                   f"k={int_text(row['prune_depth'])}"
+                   + (f" {approx}" if approx not in ("exact",) and not approx.startswith("k=") else "")
+                   + f": {row['message']}")
     return out
 
 

@@ -12,8 +12,8 @@ Tables mixing settings are split, never averaged:
   the file names then carry what varies (``scaling_wall__bf16_autocast.png``). A figure function
   handed several contexts draws the one with the most ``ok`` rows and says so in its note.
 * Within a context each figure fixes what it does not plot: the exact model (``prune_depth``
-  0, or the smallest depth measured) everywhere except the conversion figure; ``fused`` frame
-  execution for the backend shoot-out.
+  0, or the smallest depth measured, and no attention approximation) everywhere except the
+  conversion and approximations figures; ``fused`` frame execution for the backend shoot-out.
 * Lines and bars use only ``status == "ok"`` rows; ``oom`` rows are drawn as markers,
   ``unavailable`` backends as hatched n/a bars, ``error`` rows are named in a footnote.
 
