@@ -11,6 +11,7 @@ from typing import List, Optional
 import torch
 import torch.nn as nn
 
+from . import approximate
 from .config import AggregatorConfig, DinoV2Config, ExecutionConfig
 from .dinov2 import ConvPatchEmbed, DinoV2
 from .layers import Block, Rope2D, row_chunks
@@ -60,6 +61,7 @@ class Aggregator(nn.Module):
         self.attend_global = None  # set by configure(): global layers
         self.context = None  # set by configure() for context_parallel > 1 (model.context_parallel)
         self._rope_cache = {}
+        self.grid = (0, 0)  # the patch grid of the current forward (rows, cols): approximations read it
 
     def reset_buffers(self):
         """(Re)fill the normalisation constants, e.g. after ``to_empty``."""
@@ -161,6 +163,7 @@ class Aggregator(nn.Module):
             tokens = self.embed(images)  # [B*S, P, C]
         _, P, C = tokens.shape
         rope = self.rope_tables(H // p, W // p, images.device)
+        self.grid = (H // p, W // p)
 
         outputs: List[Optional[torch.Tensor]] = []
         k = self.execution.prune_depth
@@ -221,6 +224,7 @@ class Aggregator(nn.Module):
             tokens = self._embed_chunked(images, chunk_frames)  # [B*S, P, C], the residual stream
         C = tokens.shape[-1]
         rope = self.rope_tables(H // p, W // p, images.device)
+        self.grid = (H // p, W // p)
         rows = chunk_frames * P
         if self.cfg.aa_block_size != 1 or offload:
             return self._lean_by_snapshots(tokens, images.device, B, S, P, C, rope, rows, offload)
@@ -324,8 +328,7 @@ class Aggregator(nn.Module):
                 self.context.global_block(self.global_blocks[i], tokens.view(B, S * P, C), rope, ranges)
         else:
             with ranges("global_block"):
-                self.global_blocks[i](tokens.view(B, S * P, C), self.attend_global, rope, ranges, mode="chunked",
-                                      rows=rows)
+                self._global(i, tokens, B, S, P, C, rope, "chunked", rows)
 
     def _layer(self, kind, i, converted, tokens, B, S, P, C, rope):
         ranges = self.ranges
@@ -337,4 +340,14 @@ class Aggregator(nn.Module):
             with ranges("converted_block"):
                 return self.run_per_frame(block, tokens, rope)
         with ranges("global_block"):
-            return self.global_blocks[i](tokens.view(B, S * P, C), self.attend_global, rope, ranges).view(B * S, P, C)
+            return self._global(i, tokens, B, S, P, C, rope, "return").view(B * S, P, C)
+
+    def _global(self, i, tokens, B, S, P, C, rope, mode, rows=0):
+        """Global layer ``i`` over ``tokens [B*S, P, C]`` as one sequence per batch item; where an
+        attention approximation is on for this layer, ``vggt_model.approximate`` runs it instead."""
+        x = tokens.view(B, S * P, C)
+        if self.execution.approximated(i, self.cfg.depth):
+            layout = approximate.Layout(S, P, self.patch_start_idx, *self.grid)
+            return approximate.global_layer(self.global_blocks[i], x, self.attend_global, rope, self.ranges,
+                                            self.execution, layout, inplace=mode != "return", rows=rows)
+        return self.global_blocks[i](x, self.attend_global, rope, self.ranges, mode=mode, rows=rows)

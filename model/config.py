@@ -328,17 +328,18 @@ PRECISION = "precision"  # arithmetic precision: same function, different roundi
 
 
 def knob(default, *, help: str, choices=None, minimum=None, maximum=None, fidelity: str = SAME, exact=None,
-         applied: str = "configure"):
+         applied: str = "configure", open_min: bool = False, open_max: bool = False):
     """A dataclass field with the metadata every consumer of a knob reads.
 
     choices: the allowed values (a tuple, or a zero-argument callable for a registry);
     minimum/maximum: bounds for numbers (``maximum`` may name a limit given to ``validate_fields``,
-    e.g. ``"depth"``); fidelity: SAME, APPROX (with ``exact``: the value at which it is exact) or
+    e.g. ``"depth"``), inclusive unless ``open_min``/``open_max`` exclude them (``(0, 1]``);
+    fidelity: SAME, APPROX (with ``exact``: the value at which it is exact) or
     PRECISION; applied: ``configure`` (handed to ``VGGT.configure``), ``build`` (applied once when the
     model is built: precision, compile) or ``harness`` (how the harness calls the model).
     """
     meta = dict(help=help, choices=choices, minimum=minimum, maximum=maximum, fidelity=fidelity, exact=exact,
-                applied=applied)
+                applied=applied, open_min=open_min, open_max=open_max)
     return field(default=default, metadata=meta)
 
 
@@ -351,7 +352,8 @@ def validate_fields(cls, values, prefix: str = "", **limits) -> None:
     """Check ``values`` (a mapping or an object with attributes) against ``cls``'s knob metadata.
 
     Raises ConfigError with one line in one format: ``unknown model.frame_exec 'x'; choose one of
-    [...]`` or ``model.prune_depth must be in 0..24 (depth), got 30``.
+    [...]`` or ``model.prune_depth must be in 0..24 (depth), got 30`` (an open bound in interval
+    notation: ``model.kv_keep must be in (0, 1], got 0``).
     """
     get = values.get if hasattr(values, "get") else (lambda name, default=None: getattr(values, name, default))
     for f in knob_fields(cls):
@@ -368,9 +370,20 @@ def validate_fields(cls, values, prefix: str = "", **limits) -> None:
             why, hi = f" ({hi})", limits.get(hi)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{prefix}{f.name} must be a number, got {value!r}")
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            span = f"{lo}..{hi}" if lo is not None and hi is not None else (f">= {lo}" if lo is not None else f"<= {hi}")
-            raise ConfigError(f"{prefix}{f.name} must be {'in ' if '..' in span else ''}{span}{why}, got {value}")
+        open_lo, open_hi = meta.get("open_min", False), meta.get("open_max", False)
+        below = lo is not None and (value <= lo if open_lo else value < lo)
+        above = hi is not None and (value >= hi if open_hi else value > hi)
+        if below or above:
+            if lo is not None and hi is not None and (open_lo or open_hi):
+                span = f"in {'(' if open_lo else '['}{lo:g}, {hi:g}{')' if open_hi else ']'}"
+            elif lo is not None and hi is not None:
+                span = f"in {lo}..{hi}"
+            elif lo is not None:
+                span = f"{'>' if open_lo else '>='} {lo}"
+            else:
+                span = f"{'<' if open_hi else '<='} {hi}"
+            raise ConfigError(f"{prefix}{f.name} must be {span}{why}, got {value:g}" if isinstance(value, float)
+                              else f"{prefix}{f.name} must be {span}{why}, got {value}")
 
 
 def _backend_names():
@@ -393,6 +406,10 @@ class ExecutionConfig:
     prune_depth: the first k global layers attend within each frame only (global-to-frame
         conversion; k=0 is upstream). ``prune_weights`` says whose weights a converted layer
         uses: the global block's own (``global``, as AVGGT) or the frame block's again (``frame``).
+    kv_keep, merge_ratio, global_sparsity: approximations of the global layers' attention
+        (``vggt_model.approximate``: K/V subsampling as AVGGT, token merging as FastVGGT, block-sparse
+        attention as Faster VGGT), at most one at a time, on the global layers ``approx_layers`` names
+        that ``prune_depth`` did not convert; each is exact at its default (1, 0, 0).
     attention: name of a backend in ``vggt_model.attention.BACKENDS`` (or ``auto``), at every site;
         ``global_attention`` overrides it at the global layers.
     dtype, tf32, compile: applied when the model is built (``vggt_model.execution``).
@@ -408,6 +425,22 @@ class ExecutionConfig:
                             help="the first k global layers attend within each frame only (global-to-frame conversion)")
     prune_weights: str = knob("global", choices=PRUNE_WEIGHTS, fidelity=APPROX,
                               help="weights of a converted layer: the global block's own or the frame block's")
+    kv_keep: float = knob(1.0, minimum=0.0, maximum=1.0, open_min=True, fidelity=APPROX, exact=1.0,
+                          help="global layers attend to this fraction of the other frames' patch tokens (a strided "
+                               "grid; own frame and camera/register tokens whole; the rest as one mean key/value per "
+                               "frame, weighted by its count), as AVGGT (arXiv 2512.02541); 1: exact")
+    merge_ratio: float = knob(0.0, minimum=0.0, maximum=1.0, open_max=True, fidelity=APPROX, exact=0.0,
+                              help="fraction of the tokens merged into their most similar destination token before "
+                                   "global attention and copied back after (first frame, camera/register and salient "
+                                   "tokens never merged), as FastVGGT (arXiv 2509.02560); 0: exact")
+    global_sparsity: float = knob(0.0, minimum=0.0, maximum=1.0, open_max=True, fidelity=APPROX, exact=0.0,
+                                  help="fraction of the 128-token key blocks each query block of patch tokens skips in "
+                                       "global attention, chosen by mean-pooled Q.K scores (own frame and "
+                                       "camera/register blocks always kept; flex attention block mask), as Faster "
+                                       "VGGT (arXiv 2509.07120); 0: exact")
+    approx_layers: str = knob("all", fidelity=APPROX,
+                              help="global layers kv_keep / merge_ratio / global_sparsity apply to: all, or a-b "
+                                   "(0-based, inclusive); layers below prune_depth stay converted")
     attention: str = knob("sdpa", choices=_backend_names,
                           help="attention backend at every site (python -m vggt_bench backends); auto: the fastest "
                                "exact kernel, timed per site, shape and dtype at the first call")
@@ -433,7 +466,52 @@ class ExecutionConfig:
 
     def validate(self, depth: int, prefix: str = "") -> "ExecutionConfig":
         validate_fields(type(self), self, prefix, depth=depth)
+        self.check_approximations(depth, prefix)
         return self
+
+    def approximations(self) -> list:
+        """Names of the global-attention approximations that are on (not at their exact value)."""
+        return [name for name in APPROXIMATE_ATTENTION if getattr(self, name) != _EXACT[name]]
+
+    def approx_range(self, depth: int, prefix: str = "") -> tuple:
+        """``(first, last)`` global layer (inclusive) that ``approx_layers`` names, within ``0..depth-1``."""
+        text = str(self.approx_layers).strip()
+        if text == "all":
+            return 0, depth - 1
+        parts = text.split("-")
+        try:
+            first, last = (int(parts[0]), int(parts[-1])) if 1 <= len(parts) <= 2 else (None, None)
+        except ValueError:
+            first = last = None
+        if first is None or not 0 <= first <= last <= depth - 1:
+            raise ConfigError(f"{prefix}approx_layers must be all or a layer range a-b within 0..{depth - 1} "
+                              f"(depth), got {text!r}")
+        return first, last
+
+    def check_approximations(self, depth: int, prefix: str = "") -> None:
+        """Cross-field checks: one attention approximation at a time, on layers that are still global."""
+        first, last = self.approx_range(depth, prefix)
+        on = self.approximations()
+        if len(on) > 1:
+            values = " and ".join(f"{prefix}{n}={getattr(self, n):g}" for n in on)
+            raise ConfigError(f"{values} cannot run together: each replaces the global layers' attention; "
+                              f"sweep them as separate points (each combines with {prefix}prune_depth)")
+        if on and last < self.prune_depth:
+            raise ConfigError(f"{prefix}{on[0]}={getattr(self, on[0]):g} has no global layer to act on: "
+                              f"{prefix}approx_layers={self.approx_layers} ({first}..{last}) are all converted to "
+                              f"frame attention by {prefix}prune_depth={self.prune_depth}")
+
+    def approximated(self, layer: int, depth: int) -> bool:
+        """Whether global layer ``layer`` runs an attention approximation (``vggt_model.approximate``)."""
+        if not self.approximations() or layer < self.prune_depth:
+            return False
+        first, last = self.approx_range(depth)
+        return first <= layer <= last
+
+    def exact(self) -> "ExecutionConfig":
+        """The same execution with every approximation at its exact value (the exact model)."""
+        return dataclasses.replace(self, **{f.name: f.metadata["exact"] for f in knob_fields(type(self))
+                                            if f.metadata["fidelity"] == APPROX and f.metadata["exact"] is not None})
 
     def is_exact(self) -> bool:
         """True when no approximation is on (every APPROX knob with an ``exact`` value holds it)."""
@@ -442,3 +520,8 @@ class ExecutionConfig:
 
     def replace(self, **changes) -> "ExecutionConfig":
         return dataclasses.replace(self, **changes)
+
+
+# The global-attention approximations (vggt_model.approximate), one field each, and their exact values.
+APPROXIMATE_ATTENTION = ("kv_keep", "merge_ratio", "global_sparsity")
+_EXACT = {f.name: f.metadata["exact"] for f in knob_fields(ExecutionConfig) if f.name in APPROXIMATE_ATTENTION}

@@ -208,7 +208,7 @@ def cpu_sweep(tmp_path_factory):
 def test_cpu_sweep_renders_every_figure_with_data_and_an_executed_notebook(cpu_sweep):
     out, written, logged = cpu_sweep
     assert_files(written)
-    assert pngs(written) == {"scaling_wall", "fused_speedup", "memory", "conversion", "backends"}
+    assert pngs(written) == {"scaling_wall", "fused_speedup", "memory", "conversion", "approximations", "backends"}
     assert {Path(p).stem for p in written if p.endswith(".svg")} == pngs(written)
     assert str(out / "report.ipynb") in written and str(out / "report.html") in written
     assert error_outputs(out / "report.ipynb") == []
@@ -394,8 +394,8 @@ def test_a_failing_notebook_keeps_the_figures(tmp_path, monkeypatch, capsys):
     out = write_results(tmp_path / "gpu", synthetic_gpu_results())
     (out / "report.html").write_text("stale")
     written = render(str(out), log=lambda _: None)
-    assert pngs(written) == {"scaling_wall", "fused_speedup", "memory", "conversion", "backends", "memory_wall",
-                             "upstream_ratio"}
+    assert pngs(written) == {"scaling_wall", "fused_speedup", "memory", "conversion", "approximations", "backends",
+                             "memory_wall", "upstream_ratio"}
     assert not any(p.endswith((".ipynb", ".html")) for p in written)
     err = capsys.readouterr().err
     assert "notebook failed" in err and "boom in cell" in err

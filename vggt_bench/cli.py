@@ -27,7 +27,8 @@ commands:
 
 Overrides are Hydra's: `python -m vggt_bench sweep experiment=scaling_wall frames=1,8,32`.
 `python -m vggt_bench <command> --help` shows that command's configuration.
-Presets: experiment=default|scaling_wall|pruning|backends|smoke|adhoc (the package's experiments/).
+Presets: experiment=default|scaling_wall|pruning|backends|approximations|smoke|adhoc (the package's experiments/);
+named approximation settings: approx=exact|prune4|kv_keep_25|merge_50|sparse_75|... (experiments/approx/).
 """
 
 

@@ -43,6 +43,23 @@ def execution_config(settings, **resolved) -> ExecutionConfig:
     return ExecutionConfig(**values)
 
 
+def approx_label(values) -> str:
+    """`` kv_keep=0.5`` (`` @layers 4-23`` when not all layers) for a point with an attention
+    approximation on, else ""; ``values`` is a mapping or an object with the knobs as attributes."""
+    from vggt_model.config import _EXACT
+
+    get = values.get if hasattr(values, "get") else (lambda name, default=None: getattr(values, name, default))
+    parts = []
+    for name, exact in _EXACT.items():
+        value = get(name, exact)
+        if value is not None and value == value and value != exact:
+            parts.append(f"{name}={value:g}")
+    layers = get("approx_layers", "all")
+    if parts and layers not in (None, "all"):
+        parts.append(f"@layers {layers}")
+    return (" " + " ".join(parts)) if parts else ""
+
+
 @dataclass
 class InputSettings:
     height: Optional[int] = None       # None: 336 on GPU, 70 on CPU
@@ -58,7 +75,8 @@ class InputSettings:
 class MeasureSettings:
     warmup: int = 2
     repeats: int = 5
-    drift: bool = False                # also measure output drift against prune_depth=0
+    drift: bool = False                # also measure output drift against the exact model (not-exact points;
+                                       # heads held, untimed, with part=aggregator: drift_* columns)
     adaptive: bool = False             # repeat (repeats at least) until the median's 95% CI is within +-target_ci
     target_ci: float = 0.02            # adaptive: CI half-width as a fraction of the median
     budget_s: float = 60.0             # adaptive: seconds of timed calls at most (the last call may overrun)

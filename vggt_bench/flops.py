@@ -3,18 +3,19 @@
 The aggregator and camera head are counted analytically: linear layers and attention
 matmuls, as ``torch.utils.flop_counter.FlopCounterMode`` counts them (elementwise ops,
 norms, softmax and RoPE are not counted). Global layers converted to frame attention are
-counted as frame attention. DPT and track heads, which are convolution pyramids, are
+counted as frame attention; global layers under an attention approximation (kv_keep, merge_ratio,
+global_sparsity) count the attention it computes (``vggt_model.approximate.attention_flops``). DPT and track heads, which are convolution pyramids, are
 counted by ``FlopCounterMode`` on the meta device (no memory, no compute).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
-from vggt_model.config import VGGTConfig
+from vggt_model.config import ExecutionConfig, VGGTConfig
 
 
 def _block_linear(d: int, hidden: int, tokens: int) -> int:
@@ -27,8 +28,10 @@ def _attention(d: int, seq: int) -> int:
     return 4 * seq * seq * d
 
 
-def aggregator_flops(cfg: VGGTConfig, height: int, width: int, frames: int, batch: int = 1, prune_depth: int = 0) -> Dict[str, int]:
-    """``{patch_embed, frame_blocks, global_blocks, total}`` FLOPs of the aggregator."""
+def aggregator_flops(cfg: VGGTConfig, height: int, width: int, frames: int, batch: int = 1, prune_depth: int = 0,
+                     execution: Optional[ExecutionConfig] = None) -> Dict[str, int]:
+    """``{patch_embed, frame_blocks, global_blocks, total}`` FLOPs of the aggregator (``execution``: the
+    attention approximations it runs, if any)."""
     agg = cfg.aggregator
     p = agg.patch_size
     patches = (height // p) * (width // p)
@@ -50,6 +53,13 @@ def aggregator_flops(cfg: VGGTConfig, height: int, width: int, frames: int, batc
     k = prune_depth
     frame_blocks = agg.depth * frame_layer
     global_blocks = k * frame_layer + (agg.depth - k) * global_layer
+    if execution is not None and execution.approximations():
+        from vggt_model import approximate
+
+        layout = approximate.Layout(frames, T, agg.patch_start_idx, height // p, width // p)
+        approximated = sum(execution.replace(prune_depth=k).approximated(i, agg.depth) for i in range(agg.depth))
+        cheaper = batch * (_attention(d, frames * T) - approximate.attention_flops(layout, d, execution))
+        global_blocks -= approximated * cheaper
     return {
         "patch_embed": patch_embed,
         "frame_blocks": frame_blocks,
@@ -120,9 +130,9 @@ def head_flops(cfg: VGGTConfig, height: int, width: int, frames: int, batch: int
 
 
 def forward_flops(cfg: VGGTConfig, part: str, height: int, width: int, frames: int, batch: int = 1,
-                  prune_depth: int = 0, query_points: int = 0) -> int:
+                  prune_depth: int = 0, query_points: int = 0, execution: Optional[ExecutionConfig] = None) -> int:
     """FLOPs of the timed part: ``aggregator`` or ``full`` (aggregator plus the heads it runs)."""
-    total = aggregator_flops(cfg, height, width, frames, batch, prune_depth)["total"]
+    total = aggregator_flops(cfg, height, width, frames, batch, prune_depth, execution)["total"]
     if part == "full":
         total += sum(head_flops(cfg, height, width, frames, batch, query_points).values())
     return total

@@ -179,8 +179,10 @@ def _job_died(launcher, job, overrides: List[str], idx: int, exc: Optional[Excep
 
 def _describe(c: dict) -> str:
     """As the sweep's own lines say which point ran."""
-    return (f"{c.get('arch')} S={c.get('frames')} {c.get('frame_exec')} k={c.get('prune_depth')} {c.get('attention')} "
-            f"{c.get('dtype')} {c.get('part')}")
+    from .config import approx_label
+
+    return (f"{c.get('arch')} S={c.get('frames')} {c.get('frame_exec')} k={c.get('prune_depth')}{approx_label(c)} "
+            f"{c.get('attention')} {c.get('dtype')} {c.get('part')}")
 
 
 def _resolve_here(cfg) -> Optional[dict]:

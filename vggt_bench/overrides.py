@@ -17,7 +17,7 @@ from typing import Iterator, List, Optional, Tuple
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-GROUPS = ("experiment",)  # config groups of our own whose option is chosen with key=option
+GROUPS = ("experiment", "approx")  # config groups of our own whose option is chosen with key=option
 # launchers Hydra and its submitit plugin provide, besides the presets in experiments/hydra/launcher/
 PLUGIN_LAUNCHERS = ("basic", "submitit_local", "submitit_slurm")
 

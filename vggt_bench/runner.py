@@ -138,9 +138,15 @@ _CACHE: dict = {}
 BUILD_KNOBS = [f.name for f in knob_fields(ExecutionConfig) if f.metadata["applied"] == "build"]
 
 
-def get_model(point: Point) -> vggt_model.VGGT:
+def get_model(point: Point, heads: bool = False) -> vggt_model.VGGT:
+    """The model of ``point``, built once and reused by the points that share its weights.
+
+    ``part=aggregator`` builds the aggregator only, unless ``heads``: then the heads are built too
+    (held, not timed) so that output drift can be measured on cameras, depth and points.
+    """
     ex = point.execution
-    key = (point.impl, point.arch, point.device, point.seed, point.checkpoint, point.part,
+    heads = heads or point.part == "full"
+    key = (point.impl, point.arch, point.device, point.seed, point.checkpoint, heads,
            *(getattr(ex, k) for k in BUILD_KNOBS))
     if _CACHE.get("key") != key:
         _CACHE.clear()
@@ -148,12 +154,12 @@ def get_model(point: Point) -> vggt_model.VGGT:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         cfg = point.model_config()
-        if point.part == "aggregator":  # heads are not timed: do not hold their weights
+        if not heads:  # heads are not timed: do not hold their weights
             cfg.camera_head = cfg.depth_head = cfg.point_head = cfg.track_head = None
         net = vggt_model.build(cfg, point.device, point.seed)
         if point.checkpoint:
             state = vggt_model.checkpoint.read_state_dict(point.checkpoint)
-            if point.part == "aggregator":
+            if not heads:
                 state = {k: v for k, v in state.items() if k.startswith("aggregator.")}
             vggt_model.checkpoint.check(net, state, point.checkpoint)
             net.load_state_dict(state, strict=True)
@@ -283,9 +289,9 @@ def _drift_vs_eager(point: Point, fn, net, images) -> float:
     each backend, each plan, upstream's code) and, for half precision, the rounding too."""
     if point.part == "aggregator":
         out = fn()  # the timed callable itself: a CUDA graph's replay, compiled blocks
-        test = _last_layer(out)
+        test = _last_layer(out, net)
     else:
-        test = _last_layer(net.aggregate(images))
+        test = _last_layer(net.aggregate(images), net)
     cfg = point.model_config()
     if point.part == "aggregator":
         cfg.camera_head = cfg.depth_head = cfg.point_head = cfg.track_head = None
@@ -294,10 +300,93 @@ def _drift_vs_eager(point: Point, fn, net, images) -> float:
         state = vggt_model.checkpoint.read_state_dict(point.checkpoint)
         ref_net.load_state_dict({k: v for k, v in state.items() if k in ref_net.state_dict()}, strict=True)
     ref_net.configure(ExecutionConfig(memory_plan="upstream", attention="sdpa"))
-    ref = _last_layer(ref_net.aggregate(images.float()))
+    ref = _last_layer(ref_net.aggregate(images.float()), ref_net)
     del ref_net
     free_memory()
     return float((test - ref).norm() / ref.norm())
+
+
+# ---- output drift of an approximation ---------------------------------------------------------------
+# column -> what it compares: the last layer's tokens, or a head's output
+DRIFT_COLUMNS = {"drift_tokens_rel": "tokens", "drift_pose_rel": "pose_enc", "drift_depth_rel": "depth",
+                 "drift_points_rel": "world_points"}
+_REFERENCE: dict = {}  # the exact model's outputs per (weights, inputs, exact execution), on the host
+DRIFT_REFERENCE_DIR = "drift_reference"  # under a sweep's out: those outputs, one .pt per reference_key
+
+
+def drift_outputs(net: vggt_model.VGGT, images) -> dict:
+    """The outputs drift is measured on, as fp32 host tensors: the last layer's tokens, and with heads
+    the camera pose encoding, depth and world points (no tracks)."""
+    if net.camera_head is None and net.depth_head is None and net.point_head is None:
+        return {"tokens": _last_layer(net.aggregate(images), net).cpu()}
+    out = net(images, return_intermediates=True)
+    found = {"tokens": _last_layer(out, net).cpu()}  # every rank's frames under context parallelism
+    for name in ("pose_enc", "depth", "world_points"):
+        if name in out:
+            found[name] = out[name].float().cpu()
+    return found
+
+
+def relative_l2(test: torch.Tensor, ref: torch.Tensor) -> float:
+    """``||test - ref|| / ||ref||`` in fp64, a slice at a time (outputs of 800 frames are GBs)."""
+    num = den = 0.0
+    for a, b in zip(test.reshape(-1).split(1 << 24), ref.reshape(-1).split(1 << 24)):
+        a, b = a.double(), b.double()
+        num += float(((a - b) ** 2).sum())
+        den += float((b * b).sum())
+    if den == 0:
+        return 0.0 if num == 0 else math.inf
+    return math.sqrt(num / den)
+
+
+def reference_key(point: Point) -> str:
+    """What the exact outputs of a point depend on: the weights, the inputs and the exact execution."""
+    import hashlib
+    import json
+
+    what = {"impl": point.impl, "arch": point.arch, "device": point.device, "seed": point.seed,
+            "checkpoint": point.checkpoint, "frames": point.frames, "batch": point.batch, "height": point.height,
+            "width": point.width, "inputs": point.inputs, "input_seed": point.input_seed,
+            "image_mode": point.image_mode, "execution": dataclasses.asdict(point.execution.exact())}
+    return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def measure_drift(net: vggt_model.VGGT, point: Point, images, reference_dir: Optional[str] = None) -> dict:
+    """Drift columns of a point whose execution is not exact: each output's relative L2 against the
+    exact model (every approximation at its exact value, everything else as the point) on the same
+    weights and inputs. The exact outputs are computed once per workload and kept on the host, and
+    with ``reference_dir`` also saved there (``<key>.pt``), so later processes (a resumed or split
+    sweep) reuse them instead of running the exact model again."""
+    test = drift_outputs(net, images)
+    ref = exact_outputs(net, point, images, reference_dir)
+    row = {col: relative_l2(test[name], ref[name]) if name in test and name in ref else math.nan
+           for col, name in DRIFT_COLUMNS.items()}
+    row["drift_rel"] = row["drift_tokens_rel"]
+    return row
+
+
+def exact_outputs(net: vggt_model.VGGT, point: Point, images, reference_dir: Optional[str] = None) -> dict:
+    """The exact model's drift outputs for ``point``'s weights and inputs: from this process's cache,
+    else from ``reference_dir``, else computed (and saved there)."""
+    ex = point.execution
+    key = reference_key(point)
+    path = os.path.join(reference_dir, f"{key}.pt") if reference_dir else None
+    if key not in _REFERENCE:
+        _REFERENCE.clear()
+        if path and os.path.isfile(path):
+            _REFERENCE[key] = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            net.configure(ex.exact())
+            try:
+                _REFERENCE[key] = drift_outputs(net, images)
+            finally:
+                net.configure(ex)
+            if path:
+                from .results import atomic_write
+
+                os.makedirs(reference_dir, exist_ok=True)
+                atomic_write(path, lambda f: torch.save(_REFERENCE[key], f))
+    return _REFERENCE[key]
 
 
 def _auto_timings(net) -> str:
@@ -314,14 +403,16 @@ def _auto_timings(net) -> str:
 
 
 def measure(point: Point, warmup: int, repeats: int, drift: bool = False,
-            adaptive: Optional[timing.AdaptiveSettings] = None) -> dict:
+            adaptive: Optional[timing.AdaptiveSettings] = None, reference_dir: Optional[str] = None) -> dict:
     """All measurement columns of one point (status ``ok``), or raise."""
     device = point.device
     why = distributed.unavailable(point)  # what context parallelism does not combine with
     if why:
         return {"status": "unavailable", "message": why}
     with torch.inference_mode():
-        net = get_model(point)
+        # with drift on, the heads are held (not timed) at every point, so every row of the sweep
+        # holds the same weights and drift covers cameras, depth and points
+        net = get_model(point, heads=drift and point.impl == "ours")
         ex = point.execution
         if ex.memory_plan == "offload" and ex.cuda_graph:
             return {"status": "unavailable", "message": (
@@ -383,12 +474,15 @@ def measure(point: Point, warmup: int, repeats: int, drift: bool = False,
         row["attention_auto"] = _auto_timings(net)
         row["drift_rel"] = math.nan
         row["drift_vs_eager"] = _drift_vs_eager(point, fn, net, images) if drift else math.nan
-        if drift and ex.prune_depth > 0:
-            # Only the aggregator is needed: the drift is measured on the last layer's tokens.
-            test = _last_layer(net.aggregate(images), net)
-            net.configure(ex.replace(prune_depth=0))
-            ref = _last_layer(net.aggregate(images), net)
-            row["drift_rel"] = float((test - ref).norm() / ref.norm())
+        row.update({col: math.nan for col in DRIFT_COLUMNS})
+        if drift and point.impl == "ours" and (not ex.is_exact() or reference_dir):
+            del fn
+            fn = None
+            free_memory()
+            if ex.is_exact():  # the exact point of a sweep keeps its outputs for the others' drift
+                exact_outputs(net, point, images, reference_dir)
+            else:
+                row.update(measure_drift(net, point, images, reference_dir))
         del images, queries, fn
     return row
 
@@ -415,7 +509,7 @@ def derived(point: Point, row: dict, gpu_name: str) -> dict:
     # a float: at millions of frames the count passes 2**63 and would not fit an int64 column
     out["flops"] = float(flops.forward_flops(
         cfg, point.part, point.height, point.width, point.frames, point.batch, point.execution.prune_depth,
-        point.query_points,
+        point.query_points, point.execution,
     ))
     out["kept_gib"] = kept_bytes(point) / 2**30
     on_host = point.execution.memory_plan == "offload" and point.device.startswith("cuda")
@@ -432,8 +526,9 @@ def derived(point: Point, row: dict, gpu_name: str) -> dict:
 
 
 def run_point(point: Point, warmup: int, repeats: int, drift: bool = False, experiment: str = "",
-              adaptive: Optional[timing.AdaptiveSettings] = None) -> dict:
-    """One complete result row. Never raises for a failure of the point itself."""
+              adaptive: Optional[timing.AdaptiveSettings] = None, out: Optional[str] = None) -> dict:
+    """One complete result row. Never raises for a failure of the point itself. ``out``: the results
+    directory; drift's exact reference outputs are kept in ``<out>/drift_reference/``."""
     t0 = time.perf_counter()
     dev = torch.device(point.device)
     row = {"point_id": point.point_id, "experiment": experiment, **point.knobs(), **env.environment(dev)}
@@ -441,10 +536,11 @@ def run_point(point: Point, warmup: int, repeats: int, drift: bool = False, expe
     row["checkpoint"] = point.checkpoint or ""
     row["upstream_source"] = upstream.describe(point.upstream_path) if point.impl == "upstream" else ""
     try:
+        reference_dir = os.path.join(out, DRIFT_REFERENCE_DIR) if out else None
         if point.execution.context_parallel > 1:  # N ranks measure it together (vggt_bench/distributed.py)
-            row.update(distributed.measure_point(point, warmup, repeats, drift, adaptive))
+            row.update(distributed.measure_point(point, warmup, repeats, drift, adaptive, reference_dir))
         else:
-            row.update(measure(point, warmup, repeats, drift, adaptive))
+            row.update(measure(point, warmup, repeats, drift, adaptive, reference_dir))
     except vggt_model.checkpoint.CheckpointError as exc:
         raise UserError(str(exc))
     except Exception as exc:  # a point's failure is a result; Ctrl-C and SystemExit (a launcher's requeue) pass

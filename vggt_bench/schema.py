@@ -58,7 +58,15 @@ MEASUREMENTS = [
     "attention_ran",     # what each call site ran: "frame=sdpa_cudnn global=flash_attn4" (auto: "auto(...)")
     "attention_auto",    # JSON: what attention=auto timed per site and shape (ms per backend), "" without auto
     "drift_vs_eager",    # measure.drift: rel. L2 of the last layer's tokens vs the eager fp32 model, same weights/inputs
-    "drift_rel",         # ||out - out(k=0)|| / ||out(k=0)|| of the last layer's tokens (NaN: not measured)
+    # Output drift of an approximation (measure.drift=true and the execution not exact; NaN otherwise):
+    # ||out - out_exact|| / ||out_exact|| against the exact model (every approximation at its exact value,
+    # everything else as the point) on the same weights and inputs. Random weights (random_weights):
+    # how far the outputs move, not accuracy.
+    "drift_rel",         # kept for older tables: the same as drift_tokens_rel (before approximations: vs k=0)
+    "drift_tokens_rel",  # the last layer's tokens [B, S, P, 2C]
+    "drift_pose_rel",    # the camera head's pose encoding [B, S, 9] (translation, quaternion, field of view)
+    "drift_depth_rel",   # the depth map [B, S, H, W, 1]
+    "drift_points_rel",  # the world points [B, S, H, W, 3]
     # model.context_parallel (vggt_bench/distributed.py): one row per point, written by rank 0
     "world_size",        # ranks that ran the forward together (1 without context parallelism)
     "comm_ms",           # time in collectives per timed forward (all-to-all, all-gather), the most of any rank

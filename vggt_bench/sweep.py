@@ -30,11 +30,15 @@ from .profile_store import profile_done
 from .results import ResultStore
 from .runner import resolve, resolve_device, run_point
 from .timing import SettingsError, adaptive_settings
+from .config import approx_label
 
 SUMMARY_COLUMNS = [
     "frames", "frame_exec", "prune_depth", "attention", "dtype", "status",
     "latency_ms_median", "peak_alloc_gib", "peak_rss_gib", "fps", "achieved_tflops",
 ]
+# shown only when some row has an attention approximation on
+APPROX_SUMMARY_COLUMNS = ["kv_keep", "merge_ratio", "global_sparsity", "approx_layers", "drift_tokens_rel",
+                          "drift_pose_rel", "drift_depth_rel"]
 
 
 def open_store(out: str) -> ResultStore:
@@ -71,7 +75,8 @@ def run_job(cfg: DictConfig) -> dict:
         _say(f"skip  {_describe(point)}: already measured ({row['status']}); profiling it")
     else:
         try:
-            row = run_point(point, int(cfg.measure.warmup), int(cfg.measure.repeats), bool(cfg.measure.drift), cfg.experiment, adaptive)
+            row = run_point(point, int(cfg.measure.warmup), int(cfg.measure.repeats), bool(cfg.measure.drift), cfg.experiment,
+                            adaptive, out=str(cfg.out))
         except UserError as exc:
             fail(str(exc))
         row["profiled"] = False  # headline timings never come from a profiled run
@@ -110,7 +115,8 @@ def _single_run() -> bool:
 
 def _describe(point) -> str:
     ex = point.execution
-    return f"{point.arch} S={point.frames} {ex.frame_exec} k={ex.prune_depth} {ex.attention} {ex.dtype} {point.part}"
+    return (f"{point.arch} S={point.frames} {ex.frame_exec} k={ex.prune_depth}{approx_label(ex)} {ex.attention} "
+            f"{ex.dtype} {point.part}")
 
 
 def _result(row: dict) -> str:
@@ -148,10 +154,15 @@ def summary(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "no results"
     cols = [c for c in SUMMARY_COLUMNS if c in frame.columns]
+    if any(approx_label(row) for row in frame.to_dict("records")):
+        cols[cols.index("prune_depth") + 1:cols.index("prune_depth") + 1] = [
+            c for c in APPROX_SUMMARY_COLUMNS[:4] if c in frame.columns]
+        cols += [c for c in APPROX_SUMMARY_COLUMNS[4:] if c in frame.columns]
     if "context_parallel" in frame and (pd.to_numeric(frame["context_parallel"], errors="coerce") > 1).any():
         cols.insert(cols.index("status"), "context_parallel")  # ranks, where some points ran on several
     view = frame[cols].copy()
-    for c in ("latency_ms_median", "peak_alloc_gib", "peak_rss_gib", "fps", "achieved_tflops"):
+    for c in ("latency_ms_median", "peak_alloc_gib", "peak_rss_gib", "fps", "achieved_tflops", "drift_tokens_rel",
+              "drift_pose_rel", "drift_depth_rel"):
         if c in view:
             view[c] = pd.to_numeric(view[c], errors="coerce").round(3)
     view = view.sort_values([c for c in ("frame_exec", "attention", "prune_depth", "frames") if c in view])

@@ -45,7 +45,7 @@ KNOWN = {"0f79af143381": "a288dd0f"}  # vggt/ of facebookresearch/vggt a288dd0f 
 
 # Our knobs that say only how our code runs; at their defaults upstream runs its own way.
 AS_UPSTREAM = {"memory_plan": "upstream"}
-NOT_APPLICABLE = ("token_chunk", "frame_chunk", "prune_weights")
+NOT_APPLICABLE = ("token_chunk", "frame_chunk", "prune_weights", "approx_layers")
 SDPA_BACKENDS = ("sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "sdpa_math")
 
 
@@ -131,6 +131,9 @@ def why_unavailable(execution: ExecutionConfig) -> Optional[str]:
         return f"upstream's code runs frame attention over all frames in one call; frame_exec={ex.frame_exec} is ours"
     if ex.prune_depth:
         return "upstream's code has no global-to-frame conversion (prune_depth > 0 is ours)"
+    if ex.approximations():
+        return (f"upstream's code has no attention approximations ({', '.join(ex.approximations())} are ours; "
+                f"leave them at their exact values)")
     if ex.compile != "off":
         return "per-block torch.compile is ours; upstream's code is measured as published (compile=off)"
     if ex.global_attention not in ("same", ex.attention):

@@ -281,13 +281,19 @@ def main(cfg) -> int:
     if not distributed.writes_rows():  # another rank of an external launch: rank 0 reports
         return 0
     m = cfg.model
+    execution = execution_config(m)
+    approx = "".join(f" {n}={getattr(m, n):g}" for n in execution.approximations())
     print(f"case {cfg.case} on {device}: dtype={m.dtype} attention={m.attention} global_attention={m.global_attention} "
-          f"frame_exec={m.frame_exec} memory_plan={m.memory_plan} prune_depth={m.prune_depth}"
+          f"frame_exec={m.frame_exec} memory_plan={m.memory_plan} prune_depth={m.prune_depth}{approx}"
           + (f" context_parallel={m.context_parallel}" if m.context_parallel != 1 else ""))
     print(format_checks(checks))
     failed = [c for c in checks if not c.passed]
     if failed:
-        why = " (prune_depth > 0 changes the function: this is its drift)" if m.prune_depth > 0 else ""
+        why = ""
+        if m.prune_depth > 0:
+            why = " (prune_depth > 0 changes the function: this is its drift)"
+        elif approx:
+            why = f" ({approx.strip()} approximates the function: this is its drift)"
         print(f"FAIL: {len(failed)} of {len(checks)} outputs outside tolerance{why}")
         return 1
     print(f"PASS: all {len(checks)} outputs within tolerance")

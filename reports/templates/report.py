@@ -47,8 +47,8 @@ display(report.environment_table(results))
 # %% [markdown]
 # ## Figures
 #
-# Lines use only points that ran (`status == ok`). The exact model (no global-to-frame conversion)
-# is drawn everywhere except in the conversion figure.
+# Lines use only points that ran (`status == ok`). The exact model (no global-to-frame conversion, no
+# attention approximation) is drawn everywhere except in the conversion and approximations figures.
 
 # %%
 for plot in plots.figures(tables, REFERENCE):
@@ -128,6 +128,35 @@ else:
     display(fits[[c for c in ["impl", "memory_plan", "attention", "dtype", "points", "slope_mb_per_frame", "intercept_gib",
                               "max_residual_gib", "wall_frames_device", "wall_frames_141", "wall_frames_192"]
                   if c in fits]].round(2).reset_index(drop=True))
+
+# %% [markdown]
+# ### Approximations: speed against drift
+#
+# Every approximation (global-to-frame conversion `prune_depth`, K/V subsampling `kv_keep`, token merging
+# `merge_ratio`, block-sparse attention `global_sparsity`) against the exact model on the same weights and
+# inputs: speedup, and the relative L2 drift of the camera pose encoding, depth, world points and the last
+# layer's tokens (`measure.drift=true`). `front`: on the Pareto front of speedup against depth drift at its
+# frame count (camera-pose drift where depth was not measured). With random weights drift says how far the
+# outputs move, not how accurate they are.
+
+# %%
+approx = analysis.approximation_table(results)
+if approx.empty:
+    display(Markdown("No approximation was measured (no `prune_depth > 0`, `kv_keep < 1`, `merge_ratio > 0` or "
+                     "`global_sparsity > 0` points)."))
+else:
+    ruler = "drift_depth_rel" if approx["drift_depth_rel"].notna().any() else "drift_pose_rel"
+    approx = analysis.pareto_front(approx, ruler).rename(columns={"on_front": "front"})
+    display(approx[["frames", "frame_exec", "attention", "technique", "setting", "status", "latency_ms",
+                    "latency_ms_exact", "speedup", "drift_pose_rel", "drift_depth_rel", "drift_points_rel",
+                    "drift_tokens_rel", "front"]]
+            .astype({"frames": int}).sort_values(["frames", "technique", "speedup"])
+            .round(4).reset_index(drop=True))
+    best = analysis.best_within_yardstick(approx)
+    if best is not None:
+        display(Markdown(f"At S={best['frames']} the fastest approximation whose camera-pose and depth drift stay "
+                         f"below prune_depth={analysis.YARDSTICK_DEPTH}'s is **{best['setting']}**: "
+                         f"{best['speedup']:.2f}× over the exact model."))
 
 # %% [markdown]
 # ## Points that did not run

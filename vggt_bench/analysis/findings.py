@@ -95,6 +95,8 @@ class Findings:
     largest_tried: Optional[int] = None
     fusing: Optional[dict] = None          # min, max, frames_min, frames_max, pairs, faster
     conversion: Optional[dict] = None      # k, min, max, frames_min, frames_max, drift_min, drift_max
+    approximation: Optional[dict] = None   # frames, setting, speedup (fastest at the largest S), and
+                                           # within: tables.best_within_yardstick (None: none qualifies)
     lines: List[str] = field(default_factory=list)
 
     def markdown(self) -> str:
@@ -225,9 +227,47 @@ def _findings(label: str, rows: pd.DataFrame) -> Findings:
         )
     else:
         lines.append("Global-to-frame conversion: not measured (no prune_depth > 0 point with an ok k=0 partner).")
+    _approximation_line(rows, found)
     if statuses.get("error"):
         lines.append(f"{statuses['error']} point(s) failed with an error: see the status table below.")
     return found
+
+
+def _drift_text(row) -> str:
+    parts = [f"{name} {fmt_frac(row[col])}" for col, name in t.DRIFT_OUTPUTS[:2] if not t.missing(row.get(col))]
+    return f"drift: {', '.join(parts)}" if parts else "drift not measured"
+
+
+def _approximation_line(rows: pd.DataFrame, found: Findings) -> None:
+    """The attention approximations against the exact model: the fastest at the largest frame count,
+    and the fastest that keeps camera-pose and depth drift below prune_depth=4's (the yardstick)."""
+    table = t.approximation_table(rows)
+    measured = table[table["speedup"].notna() & (table["technique"] != "prune_depth")]
+    if measured.empty:
+        return
+    frames = int(measured["frames"].max())
+    at = measured[measured["frames"] == frames]
+    top = at.loc[at["speedup"].idxmax()]
+    within = t.best_within_yardstick(table)
+    found.approximation = {"frames": frames, "setting": top["setting"], "speedup": float(top["speedup"]),
+                           "within": within}
+    text = (f"Attention approximations against the exact model: at S={frames} the fastest measured is "
+            f"{top['setting']}, {fmt_x(top['speedup'])} ({_drift_text(top)}).")
+    k = t.YARDSTICK_DEPTH
+    if within is not None:
+        text += (f" The fastest whose camera-pose and depth drift both stay below prune_depth={k}'s "
+                 f"(pose {fmt_frac(within['yardstick_drift_pose_rel'])}, depth "
+                 f"{fmt_frac(within['yardstick_drift_depth_rel'])}, {fmt_x(within['yardstick_speedup'])}) at "
+                 f"S={within['frames']} is {within['setting']}: {fmt_x(within['speedup'])} (pose "
+                 f"{fmt_frac(within['drift_pose_rel'])}, depth {fmt_frac(within['drift_depth_rel'])}).")
+    elif ((table["technique"] == "prune_depth") & (table["prune_depth"] == k) & table["drift_pose_rel"].notna()).any():
+        text += f" None keeps both camera-pose and depth drift below prune_depth={k}'s at the same frame count."
+    else:
+        text += (f" No yardstick: measure prune_depth={k} with heads and measure.drift=true "
+                 f"(experiment=approximations does).")
+    if set(rows["random_weights"].dropna()) == {True}:
+        text += " Random weights: drift says how far the outputs move, not how accurate they are."
+    found.lines.append(text)
 
 
 def latency_pivot(rows: pd.DataFrame) -> pd.DataFrame:
@@ -282,7 +322,9 @@ def status_table(results: pd.DataFrame) -> pd.DataFrame:
     frame = t.tidy_results(results)
     bad = frame[frame["status"] != "ok"]
     cols = ["frames", "frame_exec", "attention", "prune_depth", "dtype", "status", "message"]
+    approximation = [t.setting(r) for r in bad.to_dict("records")]
     bad = bad[cols].copy()
+    bad.insert(4, "approximation", approximation)
     bad["frames"] = bad["frames"].astype("Int64")
     bad["prune_depth"] = bad["prune_depth"].astype("Int64")
     bad["message"] = bad["message"].map(lambda m: t.shorten(m, 120))

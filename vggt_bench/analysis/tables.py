@@ -22,7 +22,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from vggt_model.config import APPROX, ExecutionConfig, knob_fields
+from vggt_model.config import APPROX, APPROXIMATE_ATTENTION, ExecutionConfig, knob_fields
 
 from ..schema import (
     EXECUTION, GPU_ACTIVITY_COLUMNS, KNOBS, MEASUREMENTS, NVTX_RANGE_COLUMNS, PROFILE_GRID_COLUMNS, RESULT_COLUMNS,
@@ -82,7 +82,7 @@ def _coerce(frame: pd.DataFrame) -> pd.DataFrame:
     """Types the report relies on, whatever Parquet/CSV made of all-missing columns."""
     frame = frame.copy()
     numeric = set(MEASUREMENTS) | set(GPU_ACTIVITY_COLUMNS) | set(NVTX_RANGE_COLUMNS) | {
-        "gpu_mem_gib", "kernels_per_frame_layer", "launches", *INT_COLUMNS}
+        "gpu_mem_gib", "kernels_per_frame_layer", "launches", *INT_COLUMNS, *FLOAT_KNOBS}
     numeric -= set(TEXT_COLUMNS) | set(BOOL_COLUMNS)
     for col in frame.columns:
         if col in numeric:
@@ -128,7 +128,12 @@ def tidy_results(frame: pd.DataFrame) -> pd.DataFrame:
     for col in BOOL_KNOBS + ["noisy"]:
         frame[col] = frame[col].map(lambda v: False if v is None else v).astype(object)
     frame["context_parallel"] = frame["context_parallel"].fillna(1.0)  # tables from before it: one rank
-    return frame
+    for col in APPROXIMATE_ATTENTION:  # absent (older tables): those ran the exact attention
+        frame[col] = frame[col].fillna(EXACT_VALUE[col])
+    frame["approx_layers"] = frame["approx_layers"].replace("", "all")
+    # older tables measured drift on the last layer's tokens only, as drift_rel (then against k=0)
+    frame["drift_tokens_rel"] = frame["drift_tokens_rel"].fillna(frame["drift_rel"])
+    return frame.copy()  # one block per dtype again: callers add columns without pandas' fragmentation warning
 
 
 def trusted(frame: pd.DataFrame) -> pd.DataFrame:
@@ -297,7 +302,20 @@ def baseline_depth(frame: pd.DataFrame) -> Optional[int]:
     return 0 if (depths == 0).any() else int(depths.min())
 
 
+def attention_exact(frame: pd.DataFrame) -> pd.Series:
+    """Rows whose global attention is exact: every attention approximation (kv_keep, merge_ratio,
+    global_sparsity) at its exact value; a column a table lacks (older tables) counts as exact."""
+    keep = pd.Series(True, index=frame.index)
+    for col in APPROXIMATE_ATTENTION:
+        if col in frame:
+            keep &= frame[col].isna() | (frame[col] == EXACT_VALUE[col])
+    return keep
+
+
 def exact_rows(frame: pd.DataFrame) -> Tuple[pd.DataFrame, str]:
+    """The exact model's rows: attention approximations off, and prune_depth 0 (else the smallest
+    depth measured, with a note)."""
+    frame = frame[attention_exact(frame)]
     k = baseline_depth(frame)
     if k is None:
         return frame.iloc[0:0], ""
@@ -329,8 +347,11 @@ def fmt_percent(value: float) -> str:
 def failure_notes(frame: pd.DataFrame, statuses=("error",)) -> List[str]:
     out = []
     for _, row in frame[frame["status"].isin(statuses)].iterrows():
+        approx = setting(row)
         out.append(f"{row['status']}: S={int_text(row['frames'])} {row['frame_exec']} {row['attention']} "
-                   f"k={int_text(row['prune_depth'])}: {row['message']}")
+                   f"k={int_text(row['prune_depth'])}"
+                   + (f" {approx}" if approx not in ("exact",) and not approx.startswith("k=") else "")
+                   + f": {row['message']}")
     return out
 
 
@@ -382,12 +403,14 @@ def device_memory_gib(frame: pd.DataFrame) -> float:
 
 
 def conversion_table(results: pd.DataFrame) -> pd.DataFrame:
-    """Every ok point with prune_depth k > 0 matched to its k = 0 point (same knobs otherwise).
+    """Every ok point with prune_depth k > 0 matched to its k = 0 point (same knobs otherwise), among
+    points whose attention is exact (the other approximations: ``approximation_table``).
 
     Columns: the knobs, latency_ms (at k), latency_ms_k0, speedup (k=0 latency / k latency),
     drift_rel, status (of the k point), status_k0.
     """
     frame = tidy_results(results)
+    frame = frame[attention_exact(frame)]
     keys = [k for k in KNOBS if k not in ("prune_depth", "prune_weights")] + ["gpu_name"]
     base = frame[frame["prune_depth"] == 0].drop_duplicates(keys, keep="last")
     base = base[keys + ["latency_ms_median", "status"]].rename(
@@ -491,7 +514,12 @@ def launch_table(summary: pd.DataFrame, ranges: Optional[pd.DataFrame] = None) -
         fb = r[r["range"] == "frame_block"]
         keys = [k for k in KNOBS + ["tag", "profiler"] if k in fb and k in summary]
         per = fb.assign(_k=fb["kernels"] / fb["calls"]).groupby(keys, dropna=False)["_k"].sum().rename("_kpl")
-        summary = summary.merge(per.reset_index(), on=keys, how="left")
+        per = per.reset_index()
+        for k in keys:  # a key that is all missing comes back from groupby as float: match the summary's dtype
+            if per[k].dtype != summary[k].dtype:
+                per[k] = per[k].astype(object)
+                summary[k] = summary[k].astype(object)
+        summary = summary.merge(per, on=keys, how="left")
         summary["kernels_per_frame_layer"] = summary["kernels_per_frame_layer"].fillna(summary["_kpl"])
         summary = summary.drop(columns="_kpl")
     return summary
@@ -812,3 +840,109 @@ def memory_residuals(results: pd.DataFrame) -> pd.DataFrame:
     merged["fitted_gib"] = merged["slope_gib_per_frame"] * merged["frames"] + merged["intercept_gib"]
     merged["residual_gib"] = merged["peak_alloc_gib"] - merged["fitted_gib"]
     return merged
+
+
+# ---- approximations: speed against drift ------------------------------------------------------------
+# Drift columns, most telling first, with what they compare (vggt_bench.schema MEASUREMENTS).
+DRIFT_OUTPUTS = [("drift_pose_rel", "camera pose"), ("drift_depth_rel", "depth"),
+                 ("drift_points_rel", "world points"), ("drift_tokens_rel", "last layer's tokens")]
+TECHNIQUE_ORDER = ["prune_depth", "kv_keep", "merge_ratio", "global_sparsity"]
+YARDSTICK_DEPTH = 4  # the drift an approximation is held to: that of converting the first 4 global layers
+
+
+def technique(row) -> str:
+    """What a row approximates: ``exact``, ``prune_depth``, an attention approximation's name, or
+    ``kv_keep + prune_depth`` when combined."""
+    on = [c for c in APPROXIMATE_ATTENTION if not missing(row.get(c)) and row.get(c) != EXACT_VALUE[c]]
+    k = row.get("prune_depth")
+    pruned = not missing(k) and k > 0
+    if not on:
+        return "prune_depth" if pruned else "exact"
+    return " + ".join(on + (["prune_depth"] if pruned else []))
+
+
+def setting(row) -> str:
+    """``kv_keep=0.25 · k=4 · layers 8-23``: the values a row approximates with."""
+    parts = [f"{c}={row.get(c):g}" for c in APPROXIMATE_ATTENTION
+             if not missing(row.get(c)) and row.get(c) != EXACT_VALUE[c]]
+    k = row.get("prune_depth")
+    if not missing(k) and k > 0:
+        parts.append(f"k={int(k)}" + ("" if row.get("prune_weights") in (None, "", "global") else
+                                      f" ({row.get('prune_weights')} weights)"))
+    layers = row.get("approx_layers")
+    if len(parts) and not missing(layers) and layers not in ("", "all") and technique(row) != "prune_depth":
+        parts.append(f"layers {layers}")
+    return " · ".join(parts) or "exact"
+
+
+def approximation_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Every point with an approximation on (prune_depth > 0, kv_keep < 1, merge_ratio > 0,
+    global_sparsity > 0, or a combination), matched to its exact point: the same knobs, weights and
+    device otherwise, every approximation at its exact value.
+
+    Columns: the knobs, gpu_name, random_weights, checkpoint, technique, setting, status,
+    status_exact, latency_ms, latency_ms_exact, speedup (exact latency / latency; NaN unless both
+    ran), and the drift columns (DRIFT_OUTPUTS, ``drift_rel``).
+    """
+    frame = tidy_results(results)
+    keys = [k for k in KNOBS if k not in APPROXIMATIONS] + ["gpu_name", "random_weights", "checkpoint"]
+    is_exact = attention_exact(frame) & (frame["prune_depth"] == 0)
+    base = frame[is_exact].drop_duplicates(keys, keep="last")[keys + ["latency_ms_median", "status"]]
+    base = base.rename(columns={"latency_ms_median": "latency_ms_exact", "status": "status_exact"})
+    approx = frame[~is_exact & frame["prune_depth"].notna()].rename(columns={"latency_ms_median": "latency_ms"})
+    table = approx.merge(base, on=keys, how="left").copy()
+    ok = (table["status"] == "ok") & (table["status_exact"] == "ok")
+    records = table.to_dict("records")
+    table = table.assign(speedup=np.where(ok, table["latency_ms_exact"] / table["latency_ms"], np.nan),
+                         technique=[technique(r) for r in records], setting=[setting(r) for r in records])
+    drift = [c for c, _ in DRIFT_OUTPUTS] + ["drift_rel"]
+    columns = KNOBS + ["gpu_name", "random_weights", "checkpoint", "technique", "setting", "status", "status_exact",
+                       "latency_ms", "latency_ms_exact", "speedup"] + drift
+    return table[columns].reset_index(drop=True)
+
+
+def pareto_front(table: pd.DataFrame, drift: str) -> pd.DataFrame:
+    """``table`` (approximation_table rows of one context) with ``on_front``: per frame count, the
+    points with a speedup and a ``drift`` that no other point beats on both (at least as fast and
+    at most as much drift, better in one). Rows without both numbers are never on the front."""
+    out = table.copy()
+    out["on_front"] = False
+    usable = out[out["speedup"].notna() & out[drift].notna()]
+    for _, rows in usable.groupby("frames"):
+        speed, moved = rows["speedup"].to_numpy(), rows[drift].to_numpy()
+        for i, index in enumerate(rows.index):
+            better = (speed >= speed[i]) & (moved <= moved[i]) & ((speed > speed[i]) | (moved < moved[i]))
+            out.loc[index, "on_front"] = not better.any()
+    return out
+
+
+def best_within_yardstick(table: pd.DataFrame, frames: Optional[int] = None,
+                          outputs=("drift_pose_rel", "drift_depth_rel"), depth: int = YARDSTICK_DEPTH) -> Optional[dict]:
+    """The fastest attention approximation whose drift on every one of ``outputs`` is below that of
+    ``prune_depth=depth`` at the same frame count (default: the largest measured with both).
+
+    Returns ``{frames, setting, technique, speedup, yardstick_speedup, <output>, yardstick_<output>}``
+    or None when the yardstick or a qualifying point is missing.
+    """
+    ok = table[table["speedup"].notna()]
+    ruler = ok[(ok["technique"] == "prune_depth") & (ok["prune_depth"] == depth)]
+    candidates = ok[ok["technique"] != "prune_depth"]
+    counts = sorted(set(ruler["frames"]) & set(candidates["frames"]))
+    if frames is None and counts:
+        frames = counts[-1]
+    if frames not in counts:
+        return None
+    ruler, candidates = ruler[ruler["frames"] == frames].iloc[0], candidates[candidates["frames"] == frames]
+    if any(missing(ruler[c]) for c in outputs):
+        return None
+    inside = candidates
+    for col in outputs:
+        inside = inside[inside[col] < ruler[col]]
+    if inside.empty:
+        return None
+    best = inside.loc[inside["speedup"].idxmax()]
+    found = {"frames": int(frames), "setting": best["setting"], "technique": best["technique"],
+             "speedup": float(best["speedup"]), "yardstick_speedup": float(ruler["speedup"])}
+    for col in outputs:
+        found[col], found[f"yardstick_{col}"] = float(best[col]), float(ruler[col])
+    return found

@@ -27,6 +27,10 @@ CAPTIONS = {
               "out of it.",
     "conversion": "Converting the first k global-attention layers to frame attention: speedup over k=0 and how far "
                   "the output moves (relative L2 of the last layer's tokens).",
+    "approximations": "Every approximation against the exact model on the same weights and inputs: speedup (x) "
+                      "against the relative L2 drift of camera pose, depth and world points, per frame count. The "
+                      "line is the Pareto front (nothing else is both faster and closer); the dotted line is the "
+                      "drift of converting the first 4 global layers (prune_depth=4), the yardstick.",
     "backends": "Achieved throughput of each attention backend at one shape.",
     "profile_stages": "Per-forward time in each named stage (NVTX / profiler ranges).",
     "profile_launches": "Kernel launches per frame layer and GPU idle time: the launch overhead that fusing removes.",

@@ -12,8 +12,8 @@ Tables mixing settings are split, never averaged:
   the file names then carry what varies (``scaling_wall__bf16_autocast.png``). A figure function
   handed several contexts draws the one with the most ``ok`` rows and says so in its note.
 * Within a context each figure fixes what it does not plot: the exact model (``prune_depth``
-  0, or the smallest depth measured) everywhere except the conversion figure; ``fused`` frame
-  execution for the backend shoot-out.
+  0, or the smallest depth measured, and no attention approximation) everywhere except the
+  conversion and approximations figures; ``fused`` frame execution for the backend shoot-out.
 * Lines and bars use only ``status == "ok"`` rows; ``oom`` rows are drawn as markers,
   ``unavailable`` backends as hatched n/a bars, ``error`` rows are named in a footnote.
 
@@ -25,6 +25,8 @@ fused_speedup       frames, latency_ms_median, frame_exec, attention
 memory              frames, peak_alloc_gib, peak_reserved_gib (GPU) or peak_rss_gib (CPU),
                     device_mem_gib (else gpu_mem_gib), status (+ reference memory)
 conversion          frames, prune_depth, latency_ms_median, drift_rel, frame_exec, attention
+approximations      approximation_table + pareto_front: speedup over the exact model against drift_pose_rel,
+                    drift_depth_rel, drift_points_rel (drift_tokens_rel without heads), per frame count
 backends            attention, frames, achieved_tflops, peak_tflops, frac_of_peak, status, message
 profile_stages      profile_ranges: range, gpu_ms (cpu_ms without a GPU), iterations, frames, frame_exec
 profile_launches    profile_summary: kernels_per_frame_layer, idle_frac, frames, frame_exec, attention
@@ -54,7 +56,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from ..analysis.tables import (
-    CONTEXT, FRAME_EXEC_ORDER, STAGES, Tables, baseline_depth, context_line, contexts, context_slug,
+    CONTEXT, DRIFT_OUTPUTS, FRAME_EXEC_ORDER, STAGES, TECHNIQUE_ORDER, YARDSTICK_DEPTH, Tables, approximation_table,
+    baseline_depth, context_line, contexts, context_slug, pareto_front,
     conversion_table, device_label, device_memory_gib, exact_rows, failure_notes, fmt_percent, launch_table, load_tables, missing, ok_rows, one_context, one_sided_notes, order_exec, part_name, shorten,
     speedup_pairs, stage_times, tidy_profile, tidy_results, unavailable_notes, with_gpu_name,
     GRID_STAGES, grid_activity, grid_stage_times,
@@ -486,6 +489,128 @@ def conversion(results: pd.DataFrame) -> Plot:
     return Plot(fig, "; ".join(n for n in notes if n))
 
 
+TECHNIQUE_COLORS = {"prune_depth": "#7f7f7f", "kv_keep": "#1f77b4", "merge_ratio": "#2ca02c",
+                    "global_sparsity": "#d62728"}
+TECHNIQUE_MARKERS = {"prune_depth": "s", "kv_keep": "o", "merge_ratio": "^", "global_sparsity": "D"}
+TECHNIQUE_SOURCES = {"prune_depth": "global-to-frame conversion (AVGGT)", "kv_keep": "K/V subsampling (AVGGT)",
+                     "merge_ratio": "token merging (FastVGGT)", "global_sparsity": "block-sparse (Faster VGGT)"}
+
+
+def weights_line(frame: pd.DataFrame) -> str:
+    """Which weights the rows ran with, and what drift means then."""
+    random = set(frame["random_weights"].dropna()) if "random_weights" in frame else set()
+    names = sorted({os.path.basename(c) for c in frame.get("checkpoint", []) if isinstance(c, str) and c})
+    if random == {True}:
+        return "random weights: drift says how far the outputs move, not how accurate they are"
+    if random == {False}:
+        return f"weights {', '.join(names)}"
+    return "random and checkpoint weights mixed"
+
+
+def approximations(results: pd.DataFrame) -> Plot:
+    """Speed against output drift of every approximation (prune_depth, kv_keep, merge_ratio,
+    global_sparsity and combinations), each against the exact model on the same weights and inputs:
+    one column of panels per frame count, one row per output (camera pose, depth, world points; the
+    last layer's tokens where no head was measured). x: speedup over the exact model, y: relative L2
+    drift, both log. Colour and marker = technique; the line joins the Pareto front (no other point
+    is both faster and closer); the dotted line is prune_depth=4's drift, the yardstick.
+
+    Fixed: the backend with most approximation points (ties: ``sdpa``), ``fused`` frame execution
+    when measured (the note says what was left out).
+    """
+    frame, note = one_context(tidy_results(results))
+    if frame.empty:
+        return Plot(None, "no result rows")
+    table = approximation_table(frame)
+    table = table[table["speedup"].notna()]
+    if table.empty:
+        return Plot(None, "no approximation measured with its exact point (prune_depth > 0, kv_keep < 1, "
+                          "merge_ratio > 0 or global_sparsity > 0, each with an ok exact point)")
+    notes = [note]
+    counts = table.groupby("attention").size()
+    backend = sorted(counts.index, key=lambda b: (-counts[b], b != "sdpa", b))[0]
+    if len(counts) > 1:
+        notes.append(f"drew attention={backend}; also measured: {', '.join(sorted(set(counts.index) - {backend}))}")
+    table = table[table["attention"] == backend]
+    execs = order_exec(table["frame_exec"])
+    if len(execs) > 1:
+        notes.append(f"drew frame_exec={execs[0]}; also measured: {', '.join(execs[1:])}")
+        table = table[table["frame_exec"] == execs[0]]
+    drifts = [(c, name) for c, name in DRIFT_OUTPUTS[:3] if table[c].notna().any()]
+    if not drifts and table["drift_tokens_rel"].notna().any():
+        drifts = [DRIFT_OUTPUTS[3]]
+    if not drifts:
+        return Plot(None, "output drift not measured: sweep with measure.drift=true (experiment=approximations does)")
+    frames = sorted(int(f) for f in table["frames"].unique())
+    # rows: outputs; columns: frame counts; a legend column on the right
+    fig = Figure(figsize=(3.3 * len(frames) + 2.4, 2.9 * len(drifts) + 0.9), layout="constrained")
+    grid = fig.add_gridspec(len(drifts), len(frames) + 1, width_ratios=[1.0] * len(frames) + [0.6])
+    axes = [[fig.add_subplot(grid[r, c]) for c in range(len(frames))] for r in range(len(drifts))]
+    lax = fig.add_subplot(grid[:, -1])
+    lax.axis("off")
+    kinds = sorted(set(table["technique"]), key=lambda t: (TECHNIQUE_ORDER.index(t.split(" + ")[0])
+                                                         if t.split(" + ")[0] in TECHNIQUE_ORDER else 9, t))
+    zero = []
+    for r, (col, name) in enumerate(drifts):
+        front = pareto_front(table, col)
+        for c, frames_ in enumerate(frames):
+            ax = axes[r][c]
+            ax.grid(True, which="major", alpha=0.3)
+            sub = front[front["frames"] == frames_]
+            drawn = sub[sub[col] > 0]
+            zero += [f"S={frames_} {row['setting']}" for _, row in sub[sub[col] == 0].iterrows()]
+            for kind in kinds:
+                pts = drawn[drawn["technique"] == kind]
+                base = kind.split(" + ")[0]
+                ax.scatter(pts["speedup"], pts[col], s=30, marker=TECHNIQUE_MARKERS.get(base, "P"),
+                           color=TECHNIQUE_COLORS.get(base, "#9467bd"), edgecolor="black" if " + " in kind else "none",
+                           linewidth=0.8, zorder=3)
+                for _, row in pts.iterrows():
+                    ax.annotate(row["setting"].replace(f"{base}=", ""), (row["speedup"], row[col]), fontsize=6.5,
+                                xytext=(3, 2), textcoords="offset points", color="#333333")
+            on = drawn[drawn["on_front"]].sort_values("speedup")
+            if len(on) > 1:
+                ax.plot(on["speedup"], on[col], color="black", lw=1.0, alpha=0.6, zorder=2)
+            ruler = drawn[(drawn["technique"] == "prune_depth") & (drawn["prune_depth"] == YARDSTICK_DEPTH)]
+            if len(ruler):
+                ax.axhline(float(ruler[col].iloc[0]), color="#7f7f7f", ls=":", lw=1.0)
+            ax.axvline(1.0, color="#bbbbbb", lw=0.8)
+            ax.set_xscale("log")
+            if len(drawn):
+                ax.set_yscale("log")
+                span = max(abs(math.log2(drawn["speedup"].min())), abs(math.log2(drawn["speedup"].max())), 0.6)
+                ax.xaxis.set_major_locator(ticker.FixedLocator(_speedup_ticks(span)))
+                ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:.3g}×"))
+                ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+                lo, hi = float(drawn[col].min()), float(drawn[col].max())
+                decades = math.log10(hi / lo) if hi > lo else 0.0
+                ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades <= 2.6 else (1.0,)))
+                ax.yaxis.set_major_formatter(ticker.FuncFormatter(
+                    lambda v, _: fmt_percent(v) if v >= 1e-3 else f"{v:.2g}"))
+                ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+                if decades < 0.3:  # a decade at least, so the axis carries a labelled tick
+                    mid = math.sqrt(lo * hi)
+                    ax.set_ylim(mid / 3.2, mid * 3.2)
+            if r == 0:
+                ax.set_title(f"S = {frames_}", fontsize=10)
+            if r == len(drifts) - 1:
+                ax.set_xlabel("speedup over the exact model (×)")
+            if c == 0:
+                ax.set_ylabel(f"{name} drift (rel. L2)")
+    handles = [Line2D([], [], ls="", marker=TECHNIQUE_MARKERS.get(k.split(" + ")[0], "P"), ms=6,
+                      color=TECHNIQUE_COLORS.get(k.split(" + ")[0], "#9467bd"),
+                      markeredgecolor="black" if " + " in k else "none",
+                      label=TECHNIQUE_SOURCES.get(k, k)) for k in kinds]
+    handles += [Line2D([], [], color="black", alpha=0.6, lw=1.0, label="Pareto front"),
+                Line2D([], [], color="#7f7f7f", ls=":", lw=1.0, label=f"drift of prune_depth={YARDSTICK_DEPTH}")]
+    _side_legend(lax, handles, title="technique")
+    _suptitle(fig, "Speed against output drift: every approximation against the exact model", table,
+              extra=f"attention {backend} · {weights_line(table)}")
+    if zero:
+        notes.append(f"drift 0 (not drawn on the log axis): {', '.join(zero[:4])}" + (" …" if len(zero) > 4 else ""))
+    return Plot(fig, "; ".join(n for n in notes if n))
+
+
 def _speedup_ticks(span: float) -> List[float]:
     """A few readable speedup values inside [2**-span, 2**span]: powers of two beyond 2x,
     finer steps near 1x."""
@@ -911,6 +1036,7 @@ RESULT_FIGURES: List[Tuple[str, Callable[..., Plot]]] = [
     ("memory", memory),
     ("memory_wall", memory_wall),
     ("conversion", conversion),
+    ("approximations", approximations),
     ("backends", backends),
 ]
 

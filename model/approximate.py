@@ -1,0 +1,483 @@
+"""Approximate global layers: three training-free accelerations from the literature, as knobs.
+
+Each replaces what a global layer's attention computes; the rest of the block (norms, qkv, qk-norm,
+RoPE, projection, LayerScale, MLP) is the block's own. With every knob at its exact value the
+aggregator never calls this module, so the exact model is untouched (bitwise).
+
+Tokens of the global sequence ``[B, N = S*P, C]``: per frame the camera and register tokens
+(``specials = 1 + R``), then its ``rows x cols`` patch tokens in raster order.
+
+``kv_keep`` (AVGGT, Sun et al., arXiv 2512.02541): every query attends to its own frame whole, to
+    the camera/register tokens of every frame, and to a fixed strided subsample (a near-uniform grid,
+    the same positions in every frame) of the other frames' patch tokens. Each other frame's dropped
+    patch tokens are filled in by one token: their mean key and mean value, with ``log(count)`` added
+    to its score, so it weighs as much as the ``count`` tokens it stands for would if they all had the
+    mean key (a first-order stand-in for the dropped softmax mass). Run by flex attention with a block
+    mask, so key blocks a query cannot see cost nothing.
+``merge_ratio`` (FastVGGT, Shen et al., arXiv 2509.02560): before attention the tokens are split
+    three ways: destinations (every token of the first frame, the camera/register tokens of every
+    frame, and one token per 2x2 patch cell of the other frames, chosen once by a seeded generator),
+    salient tokens (in each other frame, the 10% of the remaining patch tokens least like their frame's
+    mean, by cosine) which are kept as they are, and sources (the rest). Each source's most similar
+    destination (cosine of the block's normalised input, over all destinations of all frames) is found;
+    the ``merge_ratio * N`` most similar sources (at most all of them) are averaged into their
+    destination, in Q, K and V. Attention runs over the reduced set with the configured global
+    backend; its output is copied back to every merged source ("unmerge") before the projection is
+    added to each token's own residual; the MLP runs on every token.
+``global_sparsity`` (Faster VGGT with block-sparse global attention, Wang et al., arXiv 2509.07120):
+    camera/register queries attend densely to every key (configured backend). Patch queries, in
+    blocks of 128, attend to the patch keys in blocks of 128 (frame-major) plus every camera/register
+    key (kept blocks, as the paper's "sink" tokens). Per head, each query block scores every patch key
+    block by its mean-pooled query against the block's mean-pooled key and keeps the top
+    ``int((1 - global_sparsity) * blocks)``, always including the blocks of its own frame(s); the
+    others are skipped by a flex-attention ``BlockMask`` built with ``BlockMask.from_kv_blocks``.
+
+On the GPU flex attention is compiled (``vggt_model.attention``); on the CPU it runs unfused, which
+computes the same function (tests) but is not fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .config import ExecutionConfig
+from .layers import attention_dtype, row_chunks
+from .nvtx import OFF, Ranges
+
+BLOCK = 128           # flex attention's block: query and key blocks of the block masks
+MERGE_CELL = 2        # FastVGGT: one destination per 2 x 2 patch cell of the other frames
+MERGE_SALIENT = 0.1   # FastVGGT: the share of the other frames' candidate tokens kept unmerged
+MERGE_SEED = 0        # the destination choice per cell is seeded: the same on every run and device
+SIM_ELEMENTS = 1 << 26  # similarity scores computed per chunk when matching sources to destinations
+FLEX_RECOMPILES = 64  # compiled flex kernels kept per process (one per layout and setting)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How the global sequence of one batch item is laid out: ``frames`` x ``tokens`` per frame, the
+    first ``specials`` of them camera and register tokens, then a ``rows x cols`` patch grid."""
+
+    frames: int
+    tokens: int
+    specials: int
+    rows: int
+    cols: int
+
+    @property
+    def patches(self) -> int:
+        return self.rows * self.cols
+
+    @property
+    def length(self) -> int:
+        return self.frames * self.tokens
+
+
+def global_layer(block, x: torch.Tensor, attend, rope, ranges: Ranges, execution: ExecutionConfig, layout: Layout,
+                 inplace: bool, rows: int = 0) -> torch.Tensor:
+    """Global block ``block`` on ``x [B, N, C]`` with the attention approximation ``execution`` turns on.
+
+    ``inplace``: the result is written into ``x`` (the lean and offload plans) and the MLP runs over
+    chunks of ``rows`` tokens; otherwise a new tensor is returned and ``x`` is left as it was.
+    """
+    technique = execution.approximations()[0]
+    B, N, C = x.shape
+    attn = block.attn
+    H, D = attn.num_heads, attn.head_dim
+    with ranges("attention"):
+        h = block.norm1(x)
+        q, k, v = attn.qkv(h).view(B, N, 3, H, D).unbind(2)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        if rope is not None:
+            q, k = rope.apply(q), rope.apply(k)
+        # the dtype a fused kernel receives them in (autocast's), so every path computes alike
+        q, k, v = q.to(attention_dtype(q)), k.to(attention_dtype(k)), v.to(attention_dtype(v))
+        if technique == "kv_keep":
+            del h
+            o = subsampled_attention(q, k, v, layout, execution.kv_keep)
+        elif technique == "merge_ratio":
+            o = merged_attention(q, k, v, h, layout, execution.merge_ratio, attend)
+            del h
+        else:
+            del h
+            o = block_sparse_attention(q, k, v, layout, execution.global_sparsity, attend)
+        del q, k, v
+        update = block.ls1(attn.proj(o.transpose(1, 2).reshape(B, N, C)))
+        del o
+        out = x.add_(update) if inplace else x + update
+        del update
+    with ranges("mlp"):
+        for part in row_chunks(N, rows if inplace else 0):
+            xc = out[:, part]
+            xc.add_(block.ls2(block.mlp.forward_inplace_act(block.norm2(xc))))
+    return out
+
+
+# ---- flex attention ------------------------------------------------------------------------------
+def _flex(q, k, v, block_mask, score_mod=None):
+    """flex attention: compiled on the GPU (``vggt_model.attention``), unfused on the CPU."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if q.is_cuda:
+        from .attention import _compiled_flex
+
+        # one compiled kernel per layout and setting (shapes and mask functions differ): a sweep over
+        # several would pass dynamo's default of 8 recompiles and silently fall back to the unfused
+        # path, which materialises the whole score matrix
+        limit = max(torch._dynamo.config.recompile_limit, FLEX_RECOMPILES)
+        with torch._dynamo.config.patch(recompile_limit=limit):
+            return _compiled_flex()(q, k, v, score_mod=score_mod, block_mask=block_mask)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+        return flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask)
+
+
+def _index_lists(mask: torch.Tensor):
+    """``[..., rows, cols]`` bool -> (counts ``[..., rows]`` int32, column indices ``[..., rows, cols]``
+    int32 with each row's True columns first, in increasing order): a BlockMask's block lists."""
+    counts = mask.sum(-1, dtype=torch.int32)
+    order = torch.sort(mask.to(torch.int8), dim=-1, descending=True, stable=True).indices.to(torch.int32)
+    return counts, order.contiguous()
+
+
+def _frames_of_blocks(length: int, per_frame: int, device) -> tuple:
+    """First and last frame index in each 128-block of a frame-major sequence of ``length`` tokens."""
+    starts = torch.arange(0, length, BLOCK, device=device)
+    ends = torch.clamp(starts + BLOCK, max=length) - 1
+    return starts // per_frame, ends // per_frame
+
+
+# ---- kv_keep: AVGGT's K/V subsampling ---------------------------------------------------------------
+def kept_patches(patches: int, keep: float) -> torch.Tensor:
+    """Patch positions (raster order) kept in every frame: ``round(keep * patches)`` (at least one),
+    evenly strided, so on a grid of ``cols`` columns they form a near-uniform lattice."""
+    m = max(1, min(patches, round(keep * patches)))
+    return torch.div((torch.arange(m) * 2 + 1) * patches, 2 * m, rounding_mode="floor")
+
+
+class SubsamplePlan:
+    """Everything about K/V subsampling that depends on the layout only (shared by every layer).
+
+    Keys, concatenated: every token in place (a query sees those of its own frame), then per frame
+    its camera/register tokens and kept patches (a query sees other frames'), then one mean token
+    per frame for its dropped patches (other frames', with ``log(count)`` on the score).
+    """
+
+    def __init__(self, layout: Layout, keep: float, device):
+        S, P, sp = layout.frames, layout.tokens, layout.specials
+        N = layout.length
+        kept = kept_patches(layout.patches, keep)
+        self.dropped = layout.patches - len(kept)
+        self.kept = kept.to(device)
+        self.keep_positions = torch.cat((torch.arange(sp), sp + kept)).to(device)  # within a frame
+        per = len(self.keep_positions)
+        means = S if self.dropped else 0
+        self.length = N + S * per + means
+        frame = torch.cat((torch.arange(N) // P, torch.arange(S).repeat_interleave(per), torch.arange(means)))
+        # one int32 per key: its frame f in the own region (seen by frame f's queries), -(f+1) in the
+        # other regions (seen by every other frame's queries)
+        code = torch.cat((frame[:N], -(frame[N:] + 1))).to(torch.int32)
+        bias = torch.zeros(self.length)
+        if means:
+            bias[N + S * per:] = math.log(self.dropped)
+        self.kv_frame, self.kv_code = frame.to(device), code.to(device)
+        self.kv_bias = bias.to(device)
+        self.block_mask = self._block_mask(N, P, S * per, device)
+
+    def _block_mask(self, N, P, shared, device):
+        from torch.nn.attention.flex_attention import BlockMask
+
+        code = self.kv_code
+
+        def visible(b, h, q_idx, kv_idx):
+            c = code[kv_idx]
+            f = q_idx // P
+            return (c == f) | ((c < 0) & (c != -(f + 1)))
+
+        q_first, q_last = _frames_of_blocks(N, P, device)
+        n_kv = -(-self.length // BLOCK)
+        starts = torch.arange(n_kv, device=device) * BLOCK
+        ends = torch.clamp(starts + BLOCK, max=self.length) - 1
+        own_only = ends < N
+        pure_shared = (starts >= N) & (ends < N + shared)
+        first_frame, last_frame = self.kv_frame[starts], self.kv_frame[ends]
+        overlap = (first_frame[None, :] <= q_last[:, None]) & (last_frame[None, :] >= q_first[:, None])
+        # own-region blocks of the query block's frames need the mask; other own blocks are skipped;
+        # a shared block holding none of the query block's frames is visible whole
+        full = pure_shared[None, :] & ~overlap
+        partial = (own_only[None, :] & overlap) | (~own_only[None, :] & ~full)
+        kv_num, kv_idx = _index_lists(partial)
+        full_num, full_idx = _index_lists(full)
+        return BlockMask.from_kv_blocks(kv_num[None, None], kv_idx[None, None], full_num[None, None],
+                                        full_idx[None, None], BLOCK_SIZE=BLOCK, mask_mod=visible,
+                                        seq_lengths=(N, self.length), compute_q_blocks=False)
+
+    def score_mod(self):
+        bias = self.kv_bias
+
+        def mean_weight(score, b, h, q_idx, kv_idx):
+            return score + bias[kv_idx]
+
+        return mean_weight if self.dropped else None
+
+
+_PLANS: dict = {}
+
+
+def _plan(kind, layout: Layout, value: float, device):
+    """Plans depend on the layout only: build once per (kind, layout, value, device); reusing the same
+    objects every layer also keeps compiled flex attention from recompiling."""
+    key = (kind, layout, value, str(device))
+    if key not in _PLANS:
+        if len(_PLANS) > 16:
+            _PLANS.clear()
+        _PLANS[key] = kind(layout, value, device)
+    return _PLANS[key]
+
+
+def subsampled_attention(q, k, v, layout: Layout, keep: float) -> torch.Tensor:
+    """``q, k, v [B, N, H, D]`` (token-major) -> ``[B, H, N, D]``: AVGGT's K/V subsampling."""
+    plan = _plan(SubsamplePlan, layout, keep, q.device)
+    B, N, H, D = k.shape
+    S, P, sp = layout.frames, layout.tokens, layout.specials
+
+    def keys(t):
+        frames = t.view(B, S, P, H, D)
+        parts = [t, frames[:, :, plan.keep_positions].reshape(B, -1, H, D)]
+        if plan.dropped:
+            patches = frames[:, :, sp:]
+            dropped_sum = patches.sum(2, dtype=torch.float32) - patches[:, :, plan.kept].sum(2, dtype=torch.float32)
+            parts.append((dropped_sum / plan.dropped).to(t.dtype))
+        return torch.cat(parts, dim=1).transpose(1, 2)
+
+    k_all = keys(k)
+    v_all = keys(v)
+    return _flex(q.transpose(1, 2), k_all, v_all, plan.block_mask, plan.score_mod())
+
+
+# ---- global_sparsity: block-sparse attention -------------------------------------------------------
+class SparsePlan:
+    """Index work of block-sparse attention that depends on the layout only."""
+
+    def __init__(self, layout: Layout, _unused, device):
+        S, P, sp, hw = layout.frames, layout.tokens, layout.specials, layout.patches
+        frames = torch.arange(S, device=device)[:, None] * P
+        self.patch_idx = (frames + sp + torch.arange(hw, device=device)).reshape(-1)
+        self.special_idx = (frames + torch.arange(sp, device=device)).reshape(-1)
+        self.n_patch = S * hw
+        self.length = layout.length
+        self.q_blocks = -(-self.n_patch // BLOCK)
+        self.kv_blocks = -(-self.length // BLOCK)
+        self.scored = self.n_patch // BLOCK  # key blocks of patch tokens only; the rest are always kept
+        q_first, q_last = _frames_of_blocks(self.n_patch, hw, device)
+        k_first, k_last = _frames_of_blocks(self.scored * BLOCK, hw, device)
+        self.own = (k_first[None, :] <= q_last[:, None]) & (k_last[None, :] >= q_first[:, None])  # [q, scored]
+        self.own_max = int(self.own.sum(-1).max()) if self.scored else 0
+        self.sinks = torch.arange(self.scored, self.kv_blocks, device=device, dtype=torch.int32)
+
+
+def kept_blocks(scored: int, sparsity: float, own_max: int) -> int:
+    """Patch key blocks each query block keeps: ``int((1 - sparsity) * scored)`` (at least one), and
+    never fewer than its own frame(s) span."""
+    if scored == 0:
+        return 0
+    return min(scored, max(1, int((1.0 - sparsity) * scored), own_max))
+
+
+def _block_means(t: torch.Tensor, blocks: int) -> torch.Tensor:
+    """``t [B, L, H, D]`` -> the mean of each run of BLOCK tokens ``[B, blocks, H, D]`` (fp32; the last
+    run may be short)."""
+    B, L, H, D = t.shape
+    whole = L // BLOCK
+    means = [t[:, : whole * BLOCK].reshape(B, whole, BLOCK, H, D).sum(2, dtype=torch.float32) / BLOCK]
+    if blocks > whole:
+        means.append(t[:, whole * BLOCK:].sum(1, keepdim=True, dtype=torch.float32) / (L - whole * BLOCK))
+    return torch.cat(means, dim=1)
+
+
+def block_selection(q_patch, k_patch, plan: SparsePlan, sparsity: float) -> torch.Tensor:
+    """``[B, H, q_blocks, n]`` indices of the patch key blocks each query block keeps, by mean-pooled
+    scores, own-frame blocks first (forced)."""
+    n = kept_blocks(plan.scored, sparsity, plan.own_max)
+    q_mean = _block_means(q_patch, plan.q_blocks)
+    k_mean = _block_means(k_patch[:, : plan.scored * BLOCK], plan.scored)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q_mean, k_mean)
+    scores.masked_fill_(plan.own[None, None], float("inf"))
+    return scores.topk(n, dim=-1, sorted=False).indices.to(torch.int32)
+
+
+def sparse_block_mask(selected: torch.Tensor, plan: SparsePlan, with_mask_mod: bool):
+    """The BlockMask of the selected blocks (plus the always-kept camera/register blocks), every one
+    of them visible whole. ``with_mask_mod``: also say it element-wise (the CPU's unfused flex reads
+    only the mask_mod; the GPU kernel only the block lists)."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    B, H, nq, n = selected.shape
+    sinks = plan.sinks.view(1, 1, 1, -1).expand(B, H, nq, -1)
+    chosen = torch.cat((selected, sinks), dim=-1)
+    full_idx = torch.zeros(B, H, nq, plan.kv_blocks, dtype=torch.int32, device=selected.device)
+    full_idx[..., : chosen.shape[-1]] = torch.sort(chosen, dim=-1).values
+    full_num = torch.full((B, H, nq), chosen.shape[-1], dtype=torch.int32, device=selected.device)
+    kv_num = torch.zeros(B, H, nq, dtype=torch.int32, device=selected.device)
+    kv_idx = torch.zeros(B, H, nq, 1, dtype=torch.int32, device=selected.device)
+    mask_mod = None
+    if with_mask_mod:
+        table = torch.zeros(B, H, nq, plan.kv_blocks, dtype=torch.bool, device=selected.device)
+        table.scatter_(-1, chosen.long(), True)
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return table[b, h, q_idx // BLOCK, kv_idx // BLOCK]
+
+    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=BLOCK, mask_mod=mask_mod,
+                                    seq_lengths=(plan.n_patch, plan.length), compute_q_blocks=False)
+
+
+def block_sparse_attention(q, k, v, layout: Layout, sparsity: float, attend) -> torch.Tensor:
+    """``q, k, v [B, N, H, D]`` (token-major) -> ``[B, H, N, D]``: block-sparse global attention."""
+    plan = _plan(SparsePlan, layout, 0.0, q.device)
+    B, N, H, D = q.shape
+    out = q.new_empty((B, H, N, D))
+    # camera/register queries attend to everything (few rows)
+    specials = plan.special_idx
+    out[:, :, specials] = attend(q[:, specials].transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    # patch queries: keys reordered as patches (frame-major) then camera/register tokens
+    order = torch.cat((plan.patch_idx, specials))
+    q_patch = q[:, plan.patch_idx]
+    k_cat, v_cat = k[:, order], v[:, order]
+    selected = block_selection(q_patch, k_cat, plan, sparsity)
+    mask = sparse_block_mask(selected, plan, with_mask_mod=not q.is_cuda)
+    out[:, :, plan.patch_idx] = _flex(q_patch.transpose(1, 2), k_cat.transpose(1, 2), v_cat.transpose(1, 2), mask)
+    return out
+
+
+# ---- merge_ratio: FastVGGT's token merging ----------------------------------------------------------
+class MergePlan:
+    """The fixed part of the three-way split: which tokens are destinations (first frame, every
+    camera/register token, one seeded pick per 2x2 patch cell of the other frames)."""
+
+    def __init__(self, layout: Layout, _unused, device):
+        S, P, sp, rows, cols = layout.frames, layout.tokens, layout.specials, layout.rows, layout.cols
+        gen = torch.Generator().manual_seed(MERGE_SEED)
+        cell_rows, cell_cols = -(-rows // MERGE_CELL), -(-cols // MERGE_CELL)
+        r = torch.arange(rows)[:, None].expand(rows, cols)
+        c = torch.arange(cols)[None, :].expand(rows, cols)
+        cell = ((r // MERGE_CELL) * cell_cols + c // MERGE_CELL).reshape(-1)  # each patch's cell
+        cells = cell_rows * cell_cols
+        cell_size = torch.bincount(cell, minlength=cells)
+        # rank of each patch within its cell (raster order): earlier patches of the same cell
+        rank = (cell[None, :] == cell[:, None]).tril(-1).sum(-1)
+        is_dst = torch.zeros(S, P, dtype=torch.bool)
+        is_dst[0] = True
+        is_dst[:, :sp] = True
+        if S > 1:  # one pick per cell and frame, seeded: the same on every run and device
+            pick = (torch.rand(S - 1, cells, generator=gen) * cell_size).long()
+            is_dst[1:, sp:] = rank[None, :] == pick[:, cell]
+        self.dst = torch.nonzero(is_dst.reshape(-1)).squeeze(1).to(device)
+        # per other frame: its candidate patch positions (not destinations), the same count in each
+        cand = ~is_dst[1:, sp:]  # [S-1, hw]
+        self.candidates_per_frame = int(cand[0].sum()) if S > 1 else 0
+        self.candidates = (torch.nonzero(cand)[:, 1].view(S - 1, -1) + sp).to(device) if S > 1 else None
+        self.salient = math.ceil(MERGE_SALIENT * self.candidates_per_frame) if self.candidates_per_frame else 0
+        self.sources = (S - 1) * (self.candidates_per_frame - self.salient)
+
+
+def merged_count(layout: Layout, ratio: float) -> int:
+    """Tokens merged away: ``round(ratio * N)``, at most the number of source tokens (other frames'
+    patches that are neither destinations nor salient)."""
+    if ratio <= 0:
+        return 0
+    plan = MergePlan(layout, None, "cpu") if layout.frames > 1 else None
+    return min(round(ratio * layout.length), plan.sources if plan else 0)
+
+
+def merge_assignment(metric: torch.Tensor, layout: Layout, ratio: float, dtype: torch.dtype = torch.float32):
+    """``metric [N, C]`` (the block's normalised input for one batch item) -> ``(slot [N], kept)``:
+    the token of the reduced set each original token is averaged into (its own, or its destination's
+    when merged), and the reduced set's size. No host synchronisation: every size is known."""
+    plan = _plan(MergePlan, layout, 0.0, metric.device)
+    S, P = layout.frames, layout.tokens
+    N = layout.length
+    device = metric.device
+    r = min(round(ratio * N), plan.sources) if ratio > 0 else 0
+    slot = torch.arange(N, device=device)
+    if r == 0:
+        return slot, N
+    # cosine in the attention kernel's dtype (bf16 under autocast), as FastVGGT matches in bf16
+    unit = F.normalize(metric.float(), dim=-1).to(dtype)
+    frames = unit.view(S, P, -1)
+    # salient: in each other frame, the candidates least like the frame's mean (cosine)
+    centre = F.normalize(frames.float().mean(1), dim=-1).to(unit.dtype)  # [S, C]
+    cand = plan.candidates  # [S-1, m] positions within a frame
+    cand_units = torch.gather(frames[1:], 1, cand[..., None].expand(-1, -1, unit.shape[-1]))
+    likeness = (cand_units * centre[1:, None]).sum(-1, dtype=torch.float32)  # [S-1, m]
+    order = likeness.argsort(dim=-1)  # least alike (salient) first
+    sources = torch.gather(cand, 1, order[:, plan.salient:])  # [S-1, m - salient]
+    sources = (sources + torch.arange(1, S, device=device)[:, None] * P).reshape(-1)
+    dst_units = unit[plan.dst]
+    best = torch.empty(len(sources), device=device, dtype=torch.float32)
+    best_dst = torch.empty(len(sources), device=device, dtype=torch.long)
+    step = max(1, SIM_ELEMENTS // max(1, len(plan.dst)))
+    for part in row_chunks(len(sources), step):
+        sims = unit[sources[part]] @ dst_units.T
+        value, index = sims.max(dim=-1)
+        best[part], best_dst[part] = value.float(), index
+    merged = torch.sort(best, descending=True, stable=True).indices[:r]  # the r most similar (ties: first)
+    src, dst = sources[merged], plan.dst[best_dst[merged]]
+    kept = torch.ones(N, dtype=torch.bool, device=device)
+    kept[src] = False
+    position = torch.cumsum(kept, 0) - 1  # slot of each kept token, in original order
+    slot = position.clone()
+    slot[src] = position[dst]
+    return slot, N - r
+
+
+def merged_attention(q, k, v, metric, layout: Layout, ratio: float, attend) -> torch.Tensor:
+    """``q, k, v [B, N, H, D]`` (token-major), ``metric [B, N, C]`` -> ``[B, H, N, D]``: attention over
+    the merged tokens (each the mean of a destination and its sources), unmerged by copying."""
+    B, N, H, D = q.shape
+    out = q.new_empty((B, H, N, D))
+    for b in range(B):
+        slot, n = merge_assignment(metric[b], layout, ratio, q.dtype)
+        counts = torch.bincount(slot, minlength=n).to(torch.float32)[:, None]
+
+        def reduce(t):
+            flat = t[b].reshape(N, H * D)
+            sums = torch.zeros(n, H * D, device=t.device, dtype=torch.float32).index_add_(0, slot, flat.float())
+            return (sums / counts).to(t.dtype).view(1, n, H, D).transpose(1, 2)
+
+        o = attend(reduce(q), reduce(k), reduce(v))  # [1, H, n, D]
+        out[b] = o[0][:, slot]
+    return out
+
+
+# ---- FLOPs ---------------------------------------------------------------------------------------
+def attention_flops(layout: Layout, head_dim_total: int, execution: ExecutionConfig) -> int:
+    """Attention-matmul FLOPs (QK^T and AV, 2 per multiply-add) of one approximated global layer for
+    one batch item: the keys each query attends to (kv_keep, global_sparsity: skipped blocks cost
+    nothing) or the reduced token count (merge_ratio, plus matching sources to destinations).
+    ``head_dim_total`` is the width C."""
+    d = head_dim_total
+    S, P, sp, hw = layout.frames, layout.tokens, layout.specials, layout.patches
+    N = layout.length
+    technique = execution.approximations()[0]
+    if technique == "kv_keep":
+        m = len(kept_patches(hw, execution.kv_keep))
+        per_query = P + (S - 1) * (sp + m) + ((S - 1) if m < hw else 0)
+        return 4 * N * per_query * d
+    if technique == "merge_ratio":
+        n = N - merged_count(layout, execution.merge_ratio)
+        plan = MergePlan(layout, None, "cpu") if S > 1 else None
+        matching = 2 * (plan.sources * len(plan.dst)) * d if plan and n < N else 0
+        return 4 * n * n * d + matching
+    n_patch = S * hw
+    scored = n_patch // BLOCK
+    kv_blocks = -(-N // BLOCK)
+    own_max = int(SparsePlan(layout, None, "cpu").own_max) if scored else 0
+    blocks = kept_blocks(scored, execution.global_sparsity, own_max) + (kv_blocks - scored)
+    return 4 * S * sp * N * d + 4 * n_patch * min(N, blocks * BLOCK) * d

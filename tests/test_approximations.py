@@ -1,0 +1,423 @@
+"""Attention approximations (kv_keep, merge_ratio, global_sparsity): the exact model at their exact
+values (bitwise, every reference case), another function otherwise, each checked against a direct
+computation of what it claims to compute; their drift columns, figure and bad-input messages."""
+
+import functools
+import math
+import os
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vggt_model
+from conftest import run_cli as cli
+from vggt_model import approximate as A
+from vggt_model.config import ConfigError, ExecutionConfig, VGGTConfig
+from vggt_bench.analysis import tables
+from vggt_bench.results import load_results
+from vggt_bench.verify import verify_case
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "reference")
+CASES = ["tiny_vggt", "tiny_dinov2_aggregator"]
+
+
+def settings(**kw):
+    from vggt_bench.config import ModelSettings
+
+    return ModelSettings(**{"dtype": "fp32", "attention": "sdpa_math", **kw})
+
+
+@functools.lru_cache(maxsize=None)
+def _reference_run(case, plan):
+    return [(c.name, c.max_abs) for c in verify_case(os.path.join(FIXTURES, case), "cpu",
+                                                      settings(memory_plan=plan, token_chunk=40))]
+
+
+EXACT_VALUES = [dict(kv_keep=1.0), dict(merge_ratio=0.0), dict(global_sparsity=0.0),
+                dict(kv_keep=1, merge_ratio=0, global_sparsity=0, approx_layers="1-2")]
+
+
+# ---- exact at the exact value; another function otherwise ------------------------------------------
+@pytest.mark.parametrize("values", EXACT_VALUES, ids=lambda v: ",".join(f"{k}={v[k]}" for k in v))
+@pytest.mark.parametrize("plan", ["upstream", "lean"])
+@pytest.mark.parametrize("case", CASES)
+def test_each_knob_at_its_exact_value_passes_every_reference_case_bitwise(case, plan, values):
+    assert ExecutionConfig(**values).is_exact()
+    ours = verify_case(os.path.join(FIXTURES, case), "cpu", settings(memory_plan=plan, token_chunk=40, **values))
+    assert all(c.passed for c in ours), [(c.name, c.worst) for c in ours if not c.passed]
+    assert [(c.name, c.max_abs) for c in ours] == _reference_run(case, plan)
+
+
+@pytest.mark.parametrize("values", [dict(kv_keep=0.5), dict(merge_ratio=0.3)], ids=["kv_keep", "merge_ratio"])
+@pytest.mark.parametrize("plan", ["upstream", "lean"])
+def test_kv_keep_and_merge_ratio_change_the_reference_outputs(values, plan):
+    checks = {c.name: c for c in verify_case(os.path.join(FIXTURES, "tiny_vggt"), "cpu",
+                                             settings(memory_plan=plan, **values))}
+    assert checks["patch_embed_tokens"].passed  # before any global layer
+    for name in ("aggregated_tokens.0", "aggregated_tokens.3", "pose_enc", "depth", "world_points"):
+        assert not checks[name].passed, name
+
+
+def _small(frames=32, seed=1):
+    net = vggt_model.build(VGGTConfig.small(), "cpu", seed=seed)
+    images = torch.rand(1, frames, 3, 70, 112, generator=torch.Generator().manual_seed(0))
+    return net, images
+
+
+def _layers(net, images, **execution):
+    net.configure(ExecutionConfig(**execution))
+    with torch.inference_mode():
+        return net.aggregate(images)[0]
+
+
+@pytest.fixture(scope="module")
+def small32():
+    net, images = _small()
+    return net, images, _layers(net, images)
+
+
+@pytest.mark.parametrize("values", [dict(kv_keep=0.25), dict(merge_ratio=0.5), dict(global_sparsity=0.75)],
+                         ids=["kv_keep", "merge_ratio", "global_sparsity"])
+def test_every_approximation_moves_the_outputs_and_repeats_them_bitwise(small32, values):
+    net, images, exact = small32
+    first, again = _layers(net, images, **values), _layers(net, images, **values)
+    assert all(torch.equal(a, b) for a, b in zip(first, again) if a is not None)  # deterministic
+    drift = float((first[-1] - exact[-1]).norm() / exact[-1].norm())
+    assert drift > 1e-4, drift  # far above rounding (reordering the keys alone moves it ~1e-8)
+    assert torch.isfinite(first[-1]).all()
+
+
+def test_approx_layers_limits_the_layers_and_prune_depth_keeps_its_own(small32):
+    net, images, exact = small32
+    late = _layers(net, images, kv_keep=0.25, approx_layers="5-7")
+    for i in (1, 3):  # kept layers before the range: untouched
+        assert torch.equal(late[i], exact[i])
+    assert not torch.equal(late[5], exact[5]) and not torch.equal(late[7], exact[7])
+    pruned = _layers(net, images, prune_depth=3)
+    both = _layers(net, images, prune_depth=3, kv_keep=0.25)  # layers 0-2 converted, 3-7 subsampled
+    assert torch.equal(both[1], pruned[1])
+    assert not torch.equal(both[3], pruned[3]) and not torch.equal(both[7], pruned[7])
+
+
+# ---- what each approximation computes, against a direct computation ----------------------------------
+LAYOUT = A.Layout(frames=5, tokens=5 + 6 * 7, specials=5, rows=6, cols=7)
+
+
+def _qkv(layout, B=2, H=2, D=8, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, layout.length, H, D, generator=gen) for _ in range(3)]
+
+
+def _dense(q, k, v):
+    return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+
+
+def test_kv_keep_is_own_frame_plus_a_strided_subsample_plus_weighted_means():
+    q, k, v = _qkv(LAYOUT)
+    S, P, sp = LAYOUT.frames, LAYOUT.tokens, LAYOUT.specials
+    assert (A.subsampled_attention(q, k, v, LAYOUT, 1.0) - _dense(q, k, v)).abs().max() < 1e-5  # keeps all: exact
+    keep = 0.3
+    kept = A.kept_patches(LAYOUT.patches, keep)
+    assert len(kept) == round(keep * LAYOUT.patches) and len(set(kept.tolist())) == len(kept)
+    assert kept.diff().min() >= 2  # strided: no two neighbours in raster order
+    dropped = torch.tensor([i for i in range(LAYOUT.patches) if i not in kept.tolist()])
+    want = torch.empty_like(_dense(q, k, v))
+    for f in range(S):
+        keys, values, bias = [k[:, f * P:(f + 1) * P]], [v[:, f * P:(f + 1) * P]], [torch.zeros(P)]
+        for g in range(S):
+            if g == f:
+                continue
+            kg, vg = k[:, g * P:(g + 1) * P], v[:, g * P:(g + 1) * P]
+            seen = torch.cat((torch.arange(sp), sp + kept))
+            keys += [kg[:, seen], kg[:, sp + dropped].mean(1, keepdim=True)]
+            values += [vg[:, seen], vg[:, sp + dropped].mean(1, keepdim=True)]
+            bias += [torch.zeros(len(seen)), torch.tensor([math.log(len(dropped))])]
+        K, V = torch.cat(keys, 1).transpose(1, 2), torch.cat(values, 1).transpose(1, 2)
+        Q = q[:, f * P:(f + 1) * P].transpose(1, 2)
+        scores = Q @ K.transpose(-1, -2) / math.sqrt(q.shape[-1]) + torch.cat(bias)
+        want[:, :, f * P:(f + 1) * P] = scores.softmax(-1) @ V
+    got = A.subsampled_attention(q, k, v, LAYOUT, keep)
+    assert (got - want).abs().max() < 1e-5
+    assert (got - _dense(q, k, v)).abs().max() > 1e-2
+
+
+def test_kv_keep_block_lists_cover_exactly_what_the_mask_says():
+    """The GPU kernel reads the block lists, the CPU's unfused flex the mask_mod: they must agree."""
+    from torch.nn.attention.flex_attention import create_mask
+
+    layout = A.Layout(frames=40, tokens=47, specials=5, rows=6, cols=7)
+    plan = A.SubsamplePlan(layout, 0.3, "cpu")
+    mask = plan.block_mask
+    N, L = layout.length, plan.length
+    visible = create_mask(mask.mask_mod, 1, 1, N, L, device="cpu")[0, 0]
+    nq, nk = -(-N // A.BLOCK), -(-L // A.BLOCK)
+    padded = torch.zeros(nq * A.BLOCK, nk * A.BLOCK, dtype=torch.bool)
+    padded[:N, :L] = visible
+    inside = torch.zeros_like(padded)
+    inside[:N, :L] = True
+    listed = mask.to_dense()[0, 0].bool()
+    blocks_visible = padded.view(nq, A.BLOCK, nk, A.BLOCK).any(3).any(1)
+    assert bool((blocks_visible <= listed).all())  # every visible key is in a listed block
+    full = torch.zeros(nq, nk, dtype=torch.bool)
+    for r in range(nq):
+        full[r, mask.full_kv_indices[0, 0, r, : mask.full_kv_num_blocks[0, 0, r]].long()] = True
+    whole = (padded | ~inside).view(nq, A.BLOCK, nk, A.BLOCK).all(3).all(1)
+    assert full.any() and bool((full <= whole).all())  # blocks run without the mask are wholly visible
+    assert listed.sum() < nq * nk  # and some blocks are skipped
+
+
+def test_block_sparse_attends_exactly_the_selected_blocks():
+    layout = A.Layout(frames=32, tokens=45, specials=5, rows=5, cols=8)
+    q, k, v = _qkv(layout, B=1)
+    dense = _dense(q, k, v)
+    assert (A.block_sparse_attention(q, k, v, layout, 0.0, _dense_backend) - dense).abs().max() < 1e-5
+    plan = A.SparsePlan(layout, None, "cpu")
+    order = torch.cat((plan.patch_idx, plan.special_idx))
+    selected = A.block_selection(q[:, plan.patch_idx], k[:, order], plan, 0.75)
+    n = A.kept_blocks(plan.scored, 0.75, plan.own_max)
+    assert selected.shape[-1] == n < plan.scored
+    for h in range(selected.shape[1]):  # every query block keeps the blocks of its own frame(s)
+        chosen = torch.zeros(plan.q_blocks, plan.scored, dtype=torch.bool)
+        chosen.scatter_(1, selected[0, h].long(), True)
+        assert bool((plan.own <= chosen).all())
+    # the direct computation: patch queries see their selected patch blocks and every camera/register key
+    mask = torch.zeros(1, selected.shape[1], plan.n_patch, layout.length, dtype=torch.bool)
+    for h in range(selected.shape[1]):
+        for qb in range(plan.q_blocks):
+            rows = slice(qb * A.BLOCK, (qb + 1) * A.BLOCK)
+            for kb in selected[0, h, qb].tolist():
+                mask[0, h, rows, kb * A.BLOCK:(kb + 1) * A.BLOCK] = True
+            mask[0, h, rows, plan.scored * A.BLOCK:] = True
+    qp = q[:, plan.patch_idx].transpose(1, 2)
+    kp, vp = k[:, order].transpose(1, 2), v[:, order].transpose(1, 2)
+    want = dense.clone()
+    want[:, :, plan.patch_idx] = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask)
+    got = A.block_sparse_attention(q, k, v, layout, 0.75, _dense_backend)
+    assert (got - want).abs().max() < 1e-5
+    assert (got - dense).abs().max() > 1e-2
+    # the block lists (GPU) and the mask_mod (CPU) say the same
+    bm = A.sparse_block_mask(selected, plan, with_mask_mod=True)
+    table = torch.zeros(1, selected.shape[1], plan.q_blocks, plan.kv_blocks, dtype=torch.bool)
+    for h in range(selected.shape[1]):
+        for qb in range(plan.q_blocks):
+            table[0, h, qb, selected[0, h, qb].long()] = True
+            table[0, h, qb, plan.scored:] = True
+    assert torch.equal(bm.to_dense().bool(), table)
+
+
+def _dense_backend(q, k, v):
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+def test_merge_assignment_is_the_three_way_split_and_most_similar_destination():
+    layout = A.Layout(frames=4, tokens=5 + 6 * 8, specials=5, rows=6, cols=8)
+    N, P, sp = layout.length, layout.tokens, layout.specials
+    metric = torch.randn(N, 16, generator=torch.Generator().manual_seed(3))
+    plan = A.MergePlan(layout, None, "cpu")
+    dst = set(plan.dst.tolist())
+    assert set(range(P)) <= dst  # the first frame
+    assert all(f * P + i in dst for f in range(layout.frames) for i in range(sp))  # camera and register tokens
+    per_cell = [sum(1 for i in range(sp, P) if f * P + i in dst) for f in range(1, layout.frames)]
+    assert per_cell == [len(range(0, 6, 2)) * len(range(0, 8, 2))] * 3  # one per 2x2 cell of the other frames
+    ratio = 0.3
+    slot, n = A.merge_assignment(metric, layout, ratio)
+    r = N - n
+    assert r == min(round(ratio * N), plan.sources) == A.merged_count(layout, ratio) > 0
+    assert torch.equal(torch.unique(slot), torch.arange(n))
+    # a merged source shares its slot with exactly one destination; every other token has a slot of its own
+    groups = {}
+    for t in range(N):
+        groups.setdefault(int(slot[t]), []).append(t)
+    shared = [g for g in groups.values() if len(g) > 1]
+    assert all(sum(t in dst for t in g) == 1 for g in shared)
+    sources = [t for g in shared for t in g if t not in dst]
+    assert len(sources) == r
+    assert [int(slot[t]) for t in range(N) if t not in sources] == list(range(n))  # original order kept
+    unit = F.normalize(metric, dim=-1)
+    dst_list = plan.dst.tolist()
+    for t in sources:
+        assert t >= P  # never from the first frame
+        best = dst_list[int((unit[t] @ unit[plan.dst].T).argmax())]
+        assert slot[t] == slot[best]  # merged into its most similar destination
+    # salient tokens (least like their frame's mean) are never merged
+    centre = F.normalize(unit.view(layout.frames, P, -1).mean(1), dim=-1)
+    for f in range(1, layout.frames):
+        cand = [f * P + i for i in range(sp, P) if f * P + i not in dst]
+        likeness = torch.stack([unit[t] @ centre[f] for t in cand])
+        salient = [cand[i] for i in likeness.argsort()[: plan.salient].tolist()]
+        assert not set(salient) & set(sources)
+
+
+def test_merged_attention_averages_into_destinations_and_copies_back():
+    layout = A.Layout(frames=4, tokens=5 + 6 * 8, specials=5, rows=6, cols=8)
+    q, k, v = _qkv(layout, B=1)
+    metric = torch.randn(1, layout.length, 16, generator=torch.Generator().manual_seed(3))
+    slot, n = A.merge_assignment(metric[0], layout, 0.3)
+
+    def mean_by_slot(t):
+        flat = t[0].reshape(layout.length, -1)
+        return torch.stack([flat[slot == s].mean(0) for s in range(n)]).view(1, n, *t.shape[2:])
+
+    reduced = _dense(mean_by_slot(q), mean_by_slot(k), mean_by_slot(v))
+    want = reduced[:, :, slot]
+    got = A.merged_attention(q, k, v, metric, layout, 0.3, _dense_backend)
+    assert (got - want).abs().max() < 1e-5
+    assert (A.merged_attention(q, k, v, metric, layout, 0.0, _dense_backend) - _dense(q, k, v)).abs().max() < 1e-5
+
+
+def test_flops_count_what_each_approximation_computes():
+    from vggt_bench import flops
+
+    cfg = VGGTConfig()
+    exact = flops.forward_flops(cfg, "aggregator", 336, 518, 800)
+    assert flops.forward_flops(cfg, "aggregator", 336, 518, 800, execution=ExecutionConfig()) == exact
+    kv = [flops.forward_flops(cfg, "aggregator", 336, 518, 800, execution=ExecutionConfig(kv_keep=f))
+          for f in (0.5, 0.25, 0.1)]
+    assert exact > kv[0] > kv[1] > kv[2] > exact / 10
+    for values in (dict(merge_ratio=0.5), dict(global_sparsity=0.75)):
+        assert flops.forward_flops(cfg, "aggregator", 336, 518, 800, execution=ExecutionConfig(**values)) < exact / 2
+    # only the approximated layers get cheaper
+    late = ExecutionConfig(kv_keep=0.1, approx_layers="12-23")
+    assert kv[2] < flops.forward_flops(cfg, "aggregator", 336, 518, 800, execution=late) < exact
+
+
+# ---- bad input ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("values, message", [
+    (dict(kv_keep=0.0), "model.kv_keep must be in (0, 1], got 0"),
+    (dict(kv_keep=1.5), "model.kv_keep must be in (0, 1], got 1.5"),
+    (dict(merge_ratio=1.0), "model.merge_ratio must be in [0, 1), got 1"),
+    (dict(global_sparsity=-0.1), "model.global_sparsity must be in [0, 1), got -0.1"),
+    (dict(approx_layers="2-9"), "model.approx_layers must be all or a layer range a-b within 0..7 (depth), got '2-9'"),
+    (dict(approx_layers="5-2"), "model.approx_layers must be all or a layer range a-b within 0..7 (depth), got '5-2'"),
+    (dict(kv_keep=0.5, merge_ratio=0.2), "model.kv_keep=0.5 and model.merge_ratio=0.2 cannot run together: each "
+                                         "replaces the global layers' attention; sweep them as separate points (each "
+                                         "combines with model.prune_depth)"),
+    (dict(global_sparsity=0.5, approx_layers="0-3", prune_depth=4),
+     "model.global_sparsity=0.5 has no global layer to act on: model.approx_layers=0-3 (0..3) are all converted to "
+     "frame attention by model.prune_depth=4"),
+])
+def test_bad_values_are_one_line(values, message):
+    with pytest.raises(ConfigError) as caught:
+        ExecutionConfig(**values).validate(8, prefix="model.")
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("args, message", [
+    (["model.kv_keep=0"], "vggt_bench: error: model.kv_keep must be in (0, 1], got 0"),
+    (["model.approx_layers=0-12"],
+     "vggt_bench: error: model.approx_layers must be all or a layer range a-b within 0..7 (depth), got '0-12'"),
+    (["model.merge_ratio=0.5", "model.global_sparsity=0.5"],
+     "vggt_bench: error: model.merge_ratio=0.5 and model.global_sparsity=0.5 cannot run together: each replaces "
+     "the global layers' attention; sweep them as separate points (each combines with model.prune_depth)"),
+    (["approx=kv_keep_5"], "vggt_bench: error: unknown approx 'kv_keep_5'; did you mean kv_keep_50? (choose one of "
+                           "['exact', 'kv_keep_10', 'kv_keep_25', 'kv_keep_50', 'merge_30', 'merge_50', 'merge_65', "
+                           "'prune4', 'sparse_50', 'sparse_75', 'sparse_90'])"),
+])
+def test_bad_input_on_the_command_line_is_one_line_and_exit_2(args, message):
+    done = cli("run", "experiment=smoke", *args)
+    assert done.returncode == 2, done.stderr[-1000:]
+    assert done.stderr.strip() == message
+
+
+def test_upstreams_code_refuses_approximations():
+    from vggt_bench import upstream
+
+    assert "no attention approximations (kv_keep" in upstream.why_unavailable(ExecutionConfig(memory_plan="upstream",
+                                                                                              kv_keep=0.5))
+
+
+# ---- drift columns, the figure -------------------------------------------------------------------------
+DRIFT = ["drift_tokens_rel", "drift_pose_rel", "drift_depth_rel", "drift_points_rel"]
+
+
+def test_drift_columns_are_filled_for_not_exact_points_only(tmp_path):
+    done = cli("sweep", "experiment=smoke", "frames=2", "model.frame_exec=fused", "approx=exact,kv_keep_50,merge_50",
+               "measure.drift=true", f"out={tmp_path}", "report=false")
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = load_results(str(tmp_path))
+    exact = table[(table["kv_keep"] == 1.0) & (table["merge_ratio"] == 0.0)].iloc[0]
+    assert exact["status"] == "ok" and all(math.isnan(exact[c]) for c in DRIFT + ["drift_rel"])
+    for _, row in table[(table["kv_keep"] < 1) | (table["merge_ratio"] > 0)].iterrows():
+        assert row["status"] == "ok"
+        assert all(row[c] > 0 and math.isfinite(row[c]) for c in DRIFT), row[DRIFT]
+        assert row["drift_rel"] == row["drift_tokens_rel"]
+        assert row["random_weights"]
+    # the exact outputs were kept and the next process reuses them instead of running the exact model
+    (saved,) = list((tmp_path / "drift_reference").glob("*.pt"))
+    stamp = saved.stat().st_mtime_ns
+    again = cli("run", "experiment=smoke", "frames=2", "model.frame_exec=fused", "model.global_sparsity=0.5",
+                "measure.drift=true", f"out={tmp_path}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert saved.stat().st_mtime_ns == stamp and len(list((tmp_path / "drift_reference").glob("*.pt"))) == 1
+    sparse = load_results(str(tmp_path))
+    sparse = sparse[sparse["global_sparsity"] == 0.5].iloc[0]
+    # two frames of 56x84: fewer patch tokens than one key block, nothing to skip, only the key order changes
+    assert sparse["drift_tokens_rel"] < 1e-5
+
+
+def test_part_full_measures_drift_of_the_timed_heads(tmp_path):
+    done = cli("run", "experiment=smoke", "frames=2", "part=full", "model.kv_keep=0.25", "measure.drift=true",
+               f"out={tmp_path}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = load_results(str(tmp_path)).iloc[0]
+    assert row["part"] == "full" and all(row[c] > 0 for c in DRIFT)
+
+
+def test_the_pareto_figure_renders_from_a_cpu_sweep(tmp_path):
+    from test_report import error_outputs, notebook_text
+
+    done = cli("sweep", "experiment=approximations", "model.arch=small", "frames=32", "measure.warmup=0",
+               "measure.repeats=1", "approx=exact,prune4,kv_keep_25,merge_50,sparse_75", f"out={tmp_path}",
+               timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    figure = tmp_path / "figures" / "approximations.png"
+    assert figure.stat().st_size > 10_000 and (tmp_path / "figures" / "approximations.svg").exists()
+    table = tables.approximation_table(load_results(str(tmp_path)))
+    assert set(table["technique"]) == {"prune_depth", "kv_keep", "merge_ratio", "global_sparsity"}
+    assert table["speedup"].notna().all() and table[DRIFT].notna().all().all()
+    front = tables.pareto_front(table, "drift_depth_rel")
+    assert front["on_front"].any()
+    assert error_outputs(tmp_path / "report.ipynb") == []
+    text = notebook_text(tmp_path / "report.ipynb")
+    assert "Attention approximations against the exact model: at S=32" in text
+    assert "Random weights: drift says how far the outputs move" in text
+
+
+def _row(**kw):
+    base = dict(point_id="x", impl="ours", arch="vggt1b", device="cuda", frames=800, batch=1, height=336, width=518,
+                part="aggregator", query_points=0, inputs="synthetic", gpu_name="H100", status="ok",
+                random_weights=True, checkpoint="", frame_exec="fused", attention="sdpa", dtype="bf16_autocast",
+                prune_depth=0)
+    base.update(kw)
+    return base
+
+
+def test_pareto_front_and_the_yardstick_from_a_table():
+    rows = [
+        _row(latency_ms_median=100_000.0),
+        _row(prune_depth=4, latency_ms_median=84_000.0, drift_pose_rel=0.05, drift_depth_rel=0.04),
+        _row(kv_keep=0.1, latency_ms_median=15_000.0, drift_pose_rel=0.03, drift_depth_rel=0.02),
+        _row(kv_keep=0.25, latency_ms_median=30_000.0, drift_pose_rel=0.02, drift_depth_rel=0.03),
+        _row(global_sparsity=0.9, latency_ms_median=12_000.0, drift_pose_rel=0.2, drift_depth_rel=0.1),
+        _row(merge_ratio=0.5, latency_ms_median=40_000.0, drift_pose_rel=0.04, drift_depth_rel=0.05),
+        _row(frames=400, latency_ms_median=25_000.0),
+        _row(frames=400, kv_keep=0.1, latency_ms_median=6_000.0, drift_pose_rel=0.01, drift_depth_rel=0.01),
+    ]
+    table = tables.approximation_table(pd.DataFrame(rows))
+    at = table[table["frames"] == 800].set_index("setting")
+    assert at.loc["kv_keep=0.1", "speedup"] == pytest.approx(100 / 15)
+    assert at.loc["k=4", "technique"] == "prune_depth" and at.loc["merge_ratio=0.5", "technique"] == "merge_ratio"
+    front = tables.pareto_front(table, "drift_depth_rel")
+    on = set(front[(front["frames"] == 800) & front["on_front"]]["setting"])
+    assert on == {"kv_keep=0.1", "global_sparsity=0.9"}  # kv_keep=0.25 is slower with more depth drift
+    best = tables.best_within_yardstick(table)
+    assert best["frames"] == 800 and best["setting"] == "kv_keep=0.1" and best["speedup"] == pytest.approx(100 / 15)
+    assert tables.best_within_yardstick(table, frames=400) is None  # no prune_depth=4 at 400
+    # the exact model's rows (every other figure) leave the approximations out
+    exact, _ = tables.exact_rows(tables.tidy_results(pd.DataFrame(rows)))
+    assert list(exact["latency_ms_median"]) == [100_000.0, 25_000.0]
+    # older tables (no attention approximation columns) read as exact, drift_rel as the tokens' drift
+    old = tables.tidy_results(pd.DataFrame([_row(prune_depth=2, drift_rel=0.01)]))
+    assert old["kv_keep"].iloc[0] == 1.0 and old["drift_tokens_rel"].iloc[0] == 0.01
