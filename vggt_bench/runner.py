@@ -153,18 +153,10 @@ def get_model(point: Point, heads: bool = False) -> vggt_model.VGGT:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        cfg = point.model_config()
-        if not heads:  # heads are not timed: do not hold their weights
-            cfg.camera_head = cfg.depth_head = cfg.point_head = cfg.track_head = None
-        net = vggt_model.build(cfg, point.device, point.seed)
-        if point.checkpoint:
-            state = vggt_model.checkpoint.read_state_dict(point.checkpoint)
-            if not heads:
-                state = {k: v for k, v in state.items() if k.startswith("aggregator.")}
-            vggt_model.checkpoint.check(net, state, point.checkpoint)
-            net.load_state_dict(state, strict=True)
+        net = build_weights(point, heads)
         if point.impl == "upstream":  # the same weights, strictly, in upstream's own modules
             state = net.state_dict()
+            cfg = net.config
             del net
             net = upstream.UpstreamVGGT(cfg, point.part, point.device, state, ex.dtype, ex.tf32)
             del state
@@ -173,6 +165,23 @@ def get_model(point: Point, heads: bool = False) -> vggt_model.VGGT:
             vggt_model.apply_compile(net, ex.compile)
         _CACHE.update(key=key, model=net)
     return _CACHE["model"]
+
+
+def build_weights(point: Point, heads: bool) -> vggt_model.VGGT:
+    """Our model of ``point`` in fp32 with its weights (the checkpoint's, else random from ``seed``),
+    the heads only with ``heads``. Random weights depend on which modules are built: the eager
+    reference of ``drift_vs_eager`` is built by this same call, so it holds the same weights."""
+    cfg = point.model_config()
+    if not heads:  # heads are not timed: do not hold their weights
+        cfg.camera_head = cfg.depth_head = cfg.point_head = cfg.track_head = None
+    net = vggt_model.build(cfg, point.device, point.seed)
+    if point.checkpoint:
+        state = vggt_model.checkpoint.read_state_dict(point.checkpoint)
+        if not heads:
+            state = {k: v for k, v in state.items() if k.startswith("aggregator.")}
+        vggt_model.checkpoint.check(net, state, point.checkpoint)
+        net.load_state_dict(state, strict=True)
+    return net
 
 
 def make_inputs(point: Point):
@@ -282,7 +291,7 @@ def _last_layer(out, net) -> torch.Tensor:
     return last if context is None else context.gather_frames(last)  # every rank's frames
 
 
-def _drift_vs_eager(point: Point, fn, net, images) -> float:
+def _drift_vs_eager(point: Point, fn, net, images, heads: bool) -> float:
     """Relative L2 distance of this setting's last layer tokens from the exact reference: our model,
     the same weights (in fp32, as built or loaded) and inputs, run eagerly in fp32 (SDPA, upstream's
     plan, no compile, no CUDA graph). It covers what claims the same function (compile, CUDA graph,
@@ -292,13 +301,7 @@ def _drift_vs_eager(point: Point, fn, net, images) -> float:
         test = _last_layer(out, net)
     else:
         test = _last_layer(net.aggregate(images), net)
-    cfg = point.model_config()
-    if point.part == "aggregator":
-        cfg.camera_head = cfg.depth_head = cfg.point_head = cfg.track_head = None
-    ref_net = vggt_model.build(cfg, point.device, point.seed)
-    if point.checkpoint:
-        state = vggt_model.checkpoint.read_state_dict(point.checkpoint)
-        ref_net.load_state_dict({k: v for k, v in state.items() if k in ref_net.state_dict()}, strict=True)
+    ref_net = build_weights(point, heads)
     ref_net.configure(ExecutionConfig(memory_plan="upstream", attention="sdpa"))
     ref = _last_layer(ref_net.aggregate(images.float()), ref_net)
     del ref_net
@@ -412,7 +415,8 @@ def measure(point: Point, warmup: int, repeats: int, drift: bool = False,
     with torch.inference_mode():
         # with drift on, the heads are held (not timed) at every point, so every row of the sweep
         # holds the same weights and drift covers cameras, depth and points
-        net = get_model(point, heads=drift and point.impl == "ours")
+        heads = drift and point.impl == "ours"
+        net = get_model(point, heads=heads)
         ex = point.execution
         if ex.memory_plan == "offload" and ex.cuda_graph:
             return {"status": "unavailable", "message": (
@@ -473,7 +477,7 @@ def measure(point: Point, warmup: int, repeats: int, drift: bool = False,
         row["attention_ran"] = net.attention_report()
         row["attention_auto"] = _auto_timings(net)
         row["drift_rel"] = math.nan
-        row["drift_vs_eager"] = _drift_vs_eager(point, fn, net, images) if drift else math.nan
+        row["drift_vs_eager"] = _drift_vs_eager(point, fn, net, images, heads or point.part == "full") if drift else math.nan
         row.update({col: math.nan for col in DRIFT_COLUMNS})
         if drift and point.impl == "ours" and (not ex.is_exact() or reference_dir):
             del fn

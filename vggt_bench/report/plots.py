@@ -402,13 +402,14 @@ def memory(results: pd.DataFrame, reference: Optional[str] = "upstream_h100") ->
     return Plot(fig, "; ".join(n for n in (note, depth_note) if n))
 
 
-def _most_measured_backend(table: pd.DataFrame, notes: List[str]) -> pd.DataFrame:
-    """The rows of the attention backend with the most rows (ties: ``sdpa``); the note names the rest."""
+def _most_measured_backend(table: pd.DataFrame, notes: List[str]) -> Tuple[pd.DataFrame, str]:
+    """The rows of the attention backend with the most rows (ties: ``sdpa``), and its name; the note
+    names the rest."""
     counts = table.groupby("attention").size()
     backend = sorted(counts.index, key=lambda b: (-counts[b], b != "sdpa", b))[0]
     if len(counts) > 1:
         notes.append(f"drew attention={backend}; also measured: {', '.join(sorted(set(counts.index) - {backend}))}")
-    return table[table["attention"] == backend]
+    return table[table["attention"] == backend], backend
 
 
 def conversion(results: pd.DataFrame) -> Plot:
@@ -426,7 +427,7 @@ def conversion(results: pd.DataFrame) -> Plot:
     if table.empty:
         return Plot(None, "no global-to-frame conversion measured (no prune_depth > 0 rows)")
     notes = [note]
-    table = _most_measured_backend(table, notes)
+    table, backend = _most_measured_backend(table, notes)
     weights = sorted(set(table["prune_weights"]))
     if len(weights) > 1:
         keep = "global" if "global" in weights else weights[0]
@@ -532,7 +533,7 @@ def approximations(results: pd.DataFrame) -> Plot:
         return Plot(None, "no approximation measured with its exact point (prune_depth > 0, kv_keep < 1, "
                           "merge_ratio > 0 or global_sparsity > 0, each with an ok exact point)")
     notes = [note]
-    table = _most_measured_backend(table, notes)
+    table, backend = _most_measured_backend(table, notes)
     execs = order_exec(table["frame_exec"])
     if len(execs) > 1:
         notes.append(f"drew frame_exec={execs[0]}; also measured: {', '.join(execs[1:])}")
