@@ -107,7 +107,7 @@ def test_the_figure_is_written_with_cp_rows_only_and_other_figures_split_by_worl
     out = write_results(tmp_path / "cp", synthetic_cp_results())
     written, notes = render_figures(str(out), reference=None)
     # one figure across the world sizes; the others one per world size
-    assert pngs(written) == {"context_parallel", "scaling_wall__1", "scaling_wall__2", "scaling_wall__4"}
+    assert pngs(written) == {"context_parallel", "scaling_wall__cp1", "scaling_wall__cp2", "scaling_wall__cp4"}
     one = write_results(tmp_path / "one", synthetic_cp_results().query("context_parallel == 1"))
     written, notes = render_figures(str(one), reference=None)
     assert pngs(written) == {"scaling_wall"}

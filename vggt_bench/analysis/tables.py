@@ -237,6 +237,8 @@ def context_slug(context: dict, varying: Sequence[str]) -> str:
             value = f"compile-{value}"
         elif col == "cuda_graph":
             value = "cudagraph" if value else "nocudagraph"
+        elif col == "context_parallel":
+            value = f"cp{int_text(value)}"
         if isinstance(value, float) and value.is_integer():  # an int knob read back as a float column
             value = int(value)
         parts.append(str(value))
