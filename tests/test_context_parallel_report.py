@@ -129,6 +129,8 @@ def test_the_notebook_shows_the_speedup_and_the_walls(tmp_path):
     speedup = tables.context_parallel_speedup(synthetic_cp_results())
     at64 = speedup[(speedup["frames"] == 64) & (speedup["context_parallel"] == 4)].iloc[0]
     assert at64["speedup"] == pytest.approx(640 / (160 + 9.6))
+    # the one-rank rows have no rank_peak_gib_max (older tables): their peak_alloc_gib is the one-rank peak
+    assert at64["memory_ratio"] == pytest.approx((STATIC_GIB + ACT_GIB * 16) / (STATIC_GIB + ACT_GIB * 64))
     for column in ("efficiency", "memory_ratio", "comm_share", "wall_frames_device", "wall_vs_one_rank"):
         assert column in text
     assert f"{round(4 * (H100_GIB - STATIC_GIB) / ACT_GIB, 2):.2f}" in text  # N=4's wall, as the table rounds it

@@ -432,8 +432,10 @@ def context_parallel_speedup(results: pd.DataFrame) -> pd.DataFrame:
 
     Columns: the knobs, gpu_name, status, status_1, latency_ms, latency_ms_1, speedup, efficiency,
     rank_peak_gib_max, rank_peak_gib_1, memory_ratio, comm_ms, comm_mib, comm_share. Without the
-    one-rank point in the table the comparisons are NaN (status_1 empty)."""
+    one-rank point in the table the comparisons are NaN (status_1 empty). A one-rank row from before
+    ``rank_peak_gib_max`` existed gives its ``peak_alloc_gib`` (``per_gpu_peak``)."""
     frame = tidy_results(results)
+    frame["rank_peak_gib_max"] = per_gpu_peak(frame)
     keys = [k for k in KNOBS if k != "context_parallel"] + ["gpu_name"]
     base = frame[frame["context_parallel"] == 1].drop_duplicates(keys, keep="last")
     base = base[keys + ["latency_ms_median", "rank_peak_gib_max", "status"]].rename(columns={
