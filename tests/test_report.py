@@ -255,8 +255,9 @@ def test_gpu_table_with_profiles_draws_all_seven_figures(tmp_path):
     out = write_results(tmp_path / "gpu", synthetic_gpu_results(), synthetic_profiles())
     written, notes = render_figures(str(out))
     assert_files(written)
-    assert pngs(written) == set(plots.FIGURE_NAMES)
-    assert not [n for n in notes if "skipped" in n]
+    assert pngs(written) == set(plots.FIGURE_NAMES) - {"context_parallel"}  # no point on several ranks
+    assert [n for n in notes if "skipped" in n] == [
+        "context_parallel: skipped: no point ran on several ranks (sweep model.context_parallel=1,2,4)"]
 
 
 def test_gpu_scaling_wall_marks_oom_and_labels_the_reference():
@@ -312,7 +313,7 @@ def test_gpu_notebook_narrative(tmp_path):
     table = synthetic_gpu_results()
     out = write_results(tmp_path / "gpu", table, synthetic_profiles())
     written = render(str(out), log=lambda _: None)
-    assert pngs(written) == set(plots.FIGURE_NAMES)
+    assert pngs(written) == set(plots.FIGURE_NAMES) - {"context_parallel"}
     assert error_outputs(out / "report.ipynb") == []
     (found,) = findings.findings(table)
     text = notebook_text(out / "report.ipynb")
@@ -322,6 +323,7 @@ def test_gpu_notebook_narrative(tmp_path):
     assert f"{findings.fmt_x(found.fusing['min'])} (S=128, eager)" in text
     assert "at k=8 converted layers" in text and "1.29×" in text and "6.4%" in text
     assert "NVIDIA H100 80GB HBM3" in text and "OOM" in text and "n/a" in text
+    assert "No point ran on several ranks (sweep `model.context_parallel=1,2,4`)." in text
 
 
 # ---- degenerate tables --------------------------------------------------------------------------
@@ -367,7 +369,8 @@ def test_csv_only_cpu_table_and_cpu_profiles(tmp_path):
     summary.to_csv(out / "profile_summary.csv", index=False)
     ranges.to_csv(out / "profile_ranges.csv", index=False)
     written, notes = render_figures(str(out))
-    assert pngs(written) == set(plots.FIGURE_NAMES) - {"profile_launches", "memory_wall"}  # CPU: no GPU memory
+    # CPU: no GPU memory; one rank only
+    assert pngs(written) == set(plots.FIGURE_NAMES) - {"profile_launches", "memory_wall", "context_parallel"}
     assert any(n.startswith("profile_launches: skipped: profiles hold no GPU kernels") for n in notes)
     loaded = tables.load_tables(str(out)).results
     assert tables.device_label(loaded) == "CPU"

@@ -159,6 +159,36 @@ else:
                          f"{best['speedup']:.2f}× over the exact model."))
 
 # %% [markdown]
+# ## One scene across GPUs
+#
+# Points run with `model.context_parallel=N` (the scene's frames sharded over N ranks, global attention exact
+# across them), each against its one-rank point (same knobs and GPU otherwise): `speedup` (one-rank latency /
+# N-rank latency), `efficiency` (speedup / N), `memory_ratio` (busiest rank's peak / one-rank peak) and
+# `comm_share` (time in collectives / latency). Then, per N, a line through the busiest rank's peak against
+# frames and the frame count where it meets the device's memory (`wall_frames_device`) and larger cards: a
+# prediction past the frame counts measured (`wall_vs_one_rank`: that wall over the one-rank line's).
+
+# %%
+spread = analysis.context_parallel_speedup(results)
+if spread.empty:
+    display(Markdown("No point ran on several ranks (sweep `model.context_parallel=1,2,4`)."))
+else:
+    display(spread[["frames", "context_parallel", "frame_exec", "attention", "dtype", "status", "latency_ms",
+                    "latency_ms_1", "speedup", "efficiency", "rank_peak_gib_max", "rank_peak_gib_1", "memory_ratio",
+                    "comm_ms", "comm_mib", "comm_share"]]
+            .astype({"frames": int, "context_parallel": int})
+            .sort_values(["frame_exec", "attention", "dtype", "frames", "context_parallel"])
+            .round(3).reset_index(drop=True))
+    walls = analysis.context_parallel_memory_fit(results)
+    if walls.empty:
+        display(Markdown("No world size has a per-rank peak at two frame counts or more: no wall fitted."))
+    else:
+        display(walls[["device", "context_parallel", "frame_exec", "attention", "dtype", "points", "slope_mb_per_frame",
+                       "intercept_gib", "max_residual_gib", "wall_frames_device", "wall_frames_141", "wall_frames_192",
+                       "wall_vs_one_rank"]]
+                .astype({"context_parallel": int}).round(2).reset_index(drop=True))
+
+# %% [markdown]
 # ## Points that did not run
 
 # %%

@@ -201,11 +201,12 @@ def ok_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[(frame["status"] == "ok") & frame["latency_ms_median"].notna()]
 
 
-def contexts(frame: pd.DataFrame) -> List[Tuple[dict, pd.DataFrame]]:
-    """``[(context, rows)]``, one per combination of CONTEXT values, most ``ok`` rows first."""
+def contexts(frame: pd.DataFrame, across: Sequence[str] = ()) -> List[Tuple[dict, pd.DataFrame]]:
+    """``[(context, rows)]``, one per combination of CONTEXT values, most ``ok`` rows first.
+    ``across``: CONTEXT columns a figure draws side by side (``context_parallel``), not split on."""
     if frame.empty:
         return []
-    cols = [c for c in CONTEXT if c in frame.columns]
+    cols = [c for c in CONTEXT if c in frame.columns and c not in across]
     keys = pd.DataFrame({f"_ctx_{c}": frame[c].map(lambda v: "" if missing(v) else v) for c in cols}, index=frame.index)
     keyed = pd.concat([frame, keys], axis=1)  # at once: column by column fragments a wide frame
     groups = []
@@ -236,6 +237,8 @@ def context_slug(context: dict, varying: Sequence[str]) -> str:
             value = f"compile-{value}"
         elif col == "cuda_graph":
             value = "cudagraph" if value else "nocudagraph"
+        elif col == "context_parallel":
+            value = f"cp{int_text(value)}"
         if isinstance(value, float) and value.is_integer():  # an int knob read back as a float column
             value = int(value)
         parts.append(str(value))
@@ -243,8 +246,8 @@ def context_slug(context: dict, varying: Sequence[str]) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", slug).strip("-")
 
 
-def one_context(frame: pd.DataFrame) -> Tuple[pd.DataFrame, str]:
-    groups = contexts(frame)
+def one_context(frame: pd.DataFrame, across: Sequence[str] = ()) -> Tuple[pd.DataFrame, str]:
+    groups = contexts(frame, across)
     if len(groups) <= 1:
         return frame, ""
     ctx, rows = groups[0]
@@ -429,8 +432,10 @@ def context_parallel_speedup(results: pd.DataFrame) -> pd.DataFrame:
 
     Columns: the knobs, gpu_name, status, status_1, latency_ms, latency_ms_1, speedup, efficiency,
     rank_peak_gib_max, rank_peak_gib_1, memory_ratio, comm_ms, comm_mib, comm_share. Without the
-    one-rank point in the table the comparisons are NaN (status_1 empty)."""
+    one-rank point in the table the comparisons are NaN (status_1 empty). A one-rank row from before
+    ``rank_peak_gib_max`` existed gives its ``peak_alloc_gib`` (``per_gpu_peak``)."""
     frame = tidy_results(results)
+    frame["rank_peak_gib_max"] = per_gpu_peak(frame)
     keys = [k for k in KNOBS if k != "context_parallel"] + ["gpu_name"]
     base = frame[frame["context_parallel"] == 1].drop_duplicates(keys, keep="last")
     base = base[keys + ["latency_ms_median", "rank_peak_gib_max", "status"]].rename(columns={
@@ -794,7 +799,7 @@ GIB = 2**30
 WALL_CARDS = [("141 GB (H200)", 141e9 / GIB), ("192 GB (B200)", 192e9 / GIB)]
 
 
-def memory_fit(results: pd.DataFrame) -> pd.DataFrame:
+def memory_fit(results: pd.DataFrame, column: str = "peak_alloc_gib") -> pd.DataFrame:
     """A line through peak allocated GiB against frames, per context and series (``ok`` GPU rows,
     two frame counts or more), and the frame count where it meets each card's memory.
 
@@ -803,27 +808,34 @@ def memory_fit(results: pd.DataFrame) -> pd.DataFrame:
     ``wall_frames_<card>`` for the device measured (``device``) and each of WALL_CARDS. The wall is
     ``(memory - intercept) / slope``: linear growth, which the exact model has with flash-style
     attention (its scores are never materialised); past the measured range it is a prediction.
+
+    ``column``: the peak to fit (GiB), for another measure of it such as the busiest rank's
+    (``context_parallel_memory_fit``). Only rows with a GPU peak (``peak_alloc_gib``) have a device
+    memory to meet: a line of other rows (the CPU's) gets ``device_mem_gib`` and walls NaN.
     """
     ok = ok_rows(tidy_results(results))
-    ok = ok[ok["peak_alloc_gib"].notna() & ok["frames"].notna()]
+    if column not in ok:
+        raise ValueError(f"memory_fit: column={column!r} is not in the results table")
+    ok = ok[ok[column].notna() & ok["frames"].notna()]
     keys = [c for c in CONTEXT + SERIES + APPROXIMATIONS if c in ok]
     out = []
     for key, rows in ok.groupby(keys, dropna=False, sort=True):
         rows = rows.sort_values("frames")
         if rows["frames"].nunique() < 2:
             continue
-        x, y = rows["frames"].to_numpy(float), rows["peak_alloc_gib"].to_numpy(float)
+        x, y = rows["frames"].to_numpy(float), rows[column].to_numpy(float)
         slope, intercept = np.polyfit(x, y, 1)
         fitted = slope * x + intercept
         total = float(((y - y.mean()) ** 2).sum())
+        gpu = bool(rows["peak_alloc_gib"].notna().all())
         row = dict(zip(keys, key))
         row.update(points=len(rows), slope_gib_per_frame=slope, slope_mb_per_frame=slope * GIB / 1e6,
                    intercept_gib=intercept, max_residual_gib=float(np.abs(y - fitted).max()),
                    r2=1 - float(((y - fitted) ** 2).sum()) / total if total > 0 else 1.0,
-                   device_mem_gib=float(rows["device_mem_gib"].max()),
+                   device_mem_gib=float(rows["device_mem_gib"].max()) if gpu else np.nan,
                    frames_measured_max=float(x.max()))
         for label, gib in [("device", row["device_mem_gib"])] + WALL_CARDS:
-            row[f"wall_frames_{label.split()[0]}"] = (gib - intercept) / slope if slope > 0 else np.nan
+            row[f"wall_frames_{label.split()[0]}"] = (gib - intercept) / slope if slope > 0 and gpu else np.nan
         out.append(row)
     return pd.DataFrame(out)
 
@@ -840,6 +852,33 @@ def memory_residuals(results: pd.DataFrame) -> pd.DataFrame:
     merged["fitted_gib"] = merged["slope_gib_per_frame"] * merged["frames"] + merged["intercept_gib"]
     merged["residual_gib"] = merged["peak_alloc_gib"] - merged["fitted_gib"]
     return merged
+
+
+def per_gpu_peak(frame: pd.DataFrame) -> pd.Series:
+    """The busiest rank's peak (GiB): ``rank_peak_gib_max`` (GPU: allocated; CPU: RSS), else, in rows
+    from before that column, ``peak_alloc_gib`` (one process: its rank is the only one)."""
+    return frame["rank_peak_gib_max"].fillna(frame["peak_alloc_gib"])
+
+
+def context_parallel_memory_fit(results: pd.DataFrame) -> pd.DataFrame:
+    """``memory_fit`` of the per-GPU peak: one line per context, series and ``context_parallel`` N
+    through the busiest rank's peak (``rank_peak_gib_max``; rows from before it: ``peak_alloc_gib``)
+    against frames, and the frame count where it meets the device's memory and WALL_CARDS: how many
+    frames one scene fits on N GPUs, a prediction past the largest frame count measured.
+
+    Columns: memory_fit's, and ``wall_vs_one_rank``: the device wall over that of the one-rank line of
+    the same context and series (NaN without one). CPU rows are fitted on each rank's peak RSS with
+    no wall (the ranks share one machine's memory)."""
+    frame = tidy_results(results)
+    fits = memory_fit(frame.assign(rank_peak_gib_max=per_gpu_peak(frame)), column="rank_peak_gib_max")
+    if fits.empty:
+        return fits
+    keys = [c for c in CONTEXT + SERIES + APPROXIMATIONS if c in fits and c != "context_parallel"]
+    one = fits.loc[fits["context_parallel"] == 1, keys + ["wall_frames_device"]]
+    one = one.rename(columns={"wall_frames_device": "_wall_1"}).drop_duplicates(keys)
+    fits = fits.merge(one, on=keys, how="left")  # pandas matches missing keys with missing keys
+    fits["wall_vs_one_rank"] = fits["wall_frames_device"] / fits.pop("_wall_1")
+    return fits
 
 
 # ---- approximations: speed against drift ------------------------------------------------------------

@@ -32,6 +32,10 @@ CAPTIONS = {
                       "line is the Pareto front (nothing else is both faster and closer); the dotted line is the "
                       "drift of converting the first 4 global layers (prune_depth=4), the yardstick.",
     "backends": "Achieved throughput of each attention backend at one shape.",
+    "context_parallel": "One scene's frames sharded over N GPUs (model.context_parallel=N): time per forward and the "
+                        "share spent in collectives (left), the busiest rank's peak memory with a line fitted per N "
+                        "and the frame count where it meets the device's memory (right): a prediction past the "
+                        "frame counts measured.",
     "profile_stages": "Per-forward time in each named stage (NVTX / profiler ranges).",
     "profile_launches": "Kernel launches per frame layer and GPU idle time: the launch overhead that fusing removes.",
     "profile_grid_stages": "Every point of a profiled sweep: each stage's time per forward against frames, fused vs "

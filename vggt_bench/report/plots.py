@@ -28,6 +28,8 @@ conversion          frames, prune_depth, latency_ms_median, drift_rel, frame_exe
 approximations      approximation_table + pareto_front: speedup over the exact model against drift_pose_rel,
                     drift_depth_rel, drift_points_rel (drift_tokens_rel without heads), per frame count
 backends            attention, frames, achieved_tflops, peak_tflops, frac_of_peak, status, message
+context_parallel    context_parallel (all world sizes in one figure), frames, latency_ms_median/p10/p90,
+                    comm_ms, rank_peak_gib_max (else peak_alloc_gib), device_mem_gib; only with N > 1 rows
 profile_stages      profile_ranges: range, gpu_ms (cpu_ms without a GPU), iterations, frames, frame_exec
 profile_launches    profile_summary: kernels_per_frame_layer, idle_frac, frames, frame_exec, attention
 ==================  ==============================================================================
@@ -63,6 +65,7 @@ from ..analysis.tables import (
     GRID_STAGES, grid_activity, grid_stage_times,
 )
 from ..analysis.tables import WALL_CARDS, impl_ratios, memory_fit, memory_residuals
+from ..analysis.tables import context_parallel_memory_fit, per_gpu_peak
 from . import reference as references
 
 FIGURES_DIR = "figures"
@@ -1031,12 +1034,126 @@ def upstream_ratio(results: pd.DataFrame) -> Plot:
     return Plot(fig, "")
 
 
+# One colour per world size N: grey for one rank (the baseline), then tab10.
+WORLD_COLORS = ["#555555", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+
+
+def context_parallel(results: pd.DataFrame) -> Plot:
+    """One scene across GPUs (``model.context_parallel``): colour = world size N. Left: time per
+    forward against frames (log-log), p10-p90 shaded, and the time in collectives (``comm_ms``)
+    dashed, its share of the forward written at the largest frame count. Right: the busiest rank's
+    peak against frames (linear axes) with its fitted line (``analysis.context_parallel_memory_fit``)
+    extended to the device's memory (dash-dot), where each N's wall is marked and labelled.
+
+    Rows: the exact model; the series (backend, frame execution) with the most multi-rank points
+    (the note names the others). Drawn only when some ``ok`` row ran on several ranks.
+    """
+    frame, note = one_context(tidy_results(results), across=["context_parallel"])
+    if frame.empty:
+        return Plot(None, "no result rows")
+    rows, depth_note = exact_rows(frame)
+    ok = ok_rows(rows)
+    if not (ok["context_parallel"] > 1).any():
+        return Plot(None, "no point ran on several ranks (sweep model.context_parallel=1,2,4)")
+    notes = [note, depth_note]
+    rows = rows.assign(_line=[f"{label} · {exec_}" for label, exec_ in zip(line_labels(rows), rows["frame_exec"])])
+    spread = rows[(rows["status"] == "ok") & rows["latency_ms_median"].notna() & (rows["context_parallel"] > 1)]
+    counts = spread.groupby("_line").size()
+    series = sorted(counts.index, key=lambda line: (-counts[line], line))[0]
+    if rows["_line"].nunique() > 1:
+        notes.append(f"drew {series}; also measured: {', '.join(sorted(set(rows['_line']) - {series}))}")
+    rows = rows[rows["_line"] == series]
+    ok = ok_rows(rows).assign(_peak=lambda t: per_gpu_peak(t))
+    fits = context_parallel_memory_fit(ok)
+    gpu = ok["peak_alloc_gib"].notna().any()
+    device_gib = device_memory_gib(rows) if gpu else math.nan
+    worlds = sorted(int(n) for n in rows["context_parallel"].unique())
+    colors = {n: WORLD_COLORS[i % len(WORLD_COLORS)] for i, n in enumerate(worlds)}
+    unit, scale = _latency_unit(ok["latency_ms_median"])
+    fig, (ax, mem), lax = _new_figure(12.5, 5.0, ncols=2, legend=0.42)
+    handles, foot, single = [], [], []
+    for n in worlds:
+        timed = ok[ok["context_parallel"] == n].sort_values("frames")
+        color, label = colors[n], f"N = {n} {('GPU' if n == 1 else 'GPUs') if gpu else ('rank' if n == 1 else 'ranks')}"
+        if len(timed):
+            x = timed["frames"].to_numpy()
+            ax.plot(x, timed["latency_ms_median"] * scale, color=color, marker="o", ms=4, lw=1.6)
+            ax.fill_between(x, timed["latency_ms_p10"] * scale, timed["latency_ms_p90"] * scale, color=color,
+                            alpha=0.12, lw=0)
+            comm = timed[timed["comm_ms"] > 0] if n > 1 else timed.iloc[0:0]
+            if len(comm):
+                ax.plot(comm["frames"], comm["comm_ms"] * scale, color=color, ls="--", lw=1.1)
+                last = comm.iloc[-1]
+                ax.annotate(f"{fmt_percent(last['comm_ms'] / last['latency_ms_median'])} comm",
+                            (last["frames"], last["comm_ms"] * scale), xytext=(0, 5), textcoords="offset points",
+                            ha="right", va="bottom", fontsize=7.5, color=color)
+            held = timed[timed["_peak"].notna()]
+            mem.plot(held["frames"], held["_peak"], ls="none", marker="o", ms=5, color=color)
+        fit = fits[fits["context_parallel"] == n]
+        if len(fit):
+            f = fit.iloc[0]
+            wall = float(f["wall_frames_device"])
+            xmax = max(float(f["frames_measured_max"]), wall if wall > 0 else 0.0)
+            xs = np.linspace(0, xmax, 50)
+            mem.plot(xs, f["slope_gib_per_frame"] * xs + f["intercept_gib"], color=color, lw=1.3)
+            if wall > 0:
+                mem.plot([wall], [device_gib], ls="none", marker="v", ms=8, color=color, zorder=4)
+                mem.annotate(f"N={n}: {wall:,.0f}", (wall, device_gib), xytext=(0, 7), textcoords="offset points",
+                             ha="center", fontsize=7.5, color=color)
+                label += f": wall {wall:,.0f} frames"
+        elif len(timed):
+            single.append(str(n))
+        oom = rows[(rows["context_parallel"] == n) & (rows["status"] == "oom")]
+        if len(oom) and not math.isnan(device_gib):
+            mem.plot(oom["frames"], [device_gib] * len(oom), ls="none", marker="x", ms=8, mew=2, color=color)
+        handles.append(Line2D([], [], color=color, lw=2.5, label=label))
+    noisy = _mark_noisy(ax, ok, "latency_ms_median", scale)
+    _frames_axis(ax, ok["frames"])
+    ax.set_yscale("log")
+    ys = pd.concat([ok["latency_ms_median"], ok.loc[ok["comm_ms"] > 0, "comm_ms"]]) * scale
+    _plain_log(ax.yaxis, float(ys.min()), float(ys.max()))
+    ax.set_ylabel(f"{part_name(ok)} latency, median ({unit}, log scale)")
+    ax.set_title("time per forward", fontsize=10)
+    if not math.isnan(device_gib):
+        mem.axhline(device_gib, color="#b2182b", ls="-.", lw=1.2)
+    mem.set_xlim(0, mem.get_xlim()[1] * 1.06)  # room for the wall labels
+    mem.set_ylim(0, max(mem.get_ylim()[1], 0.0 if math.isnan(device_gib) else device_gib * 1.12))
+    mem.set_xlabel("frames S")
+    mem.set_ylabel("GPU memory, busiest rank's peak allocated (GiB)" if gpu else
+                   "CPU memory: busiest rank's peak resident set (GiB)")
+    mem.set_title("per-GPU peak memory and the predicted wall" if gpu else "per-rank peak memory", fontsize=10)
+    handles += [Line2D([], [], color="black", marker="o", ms=4, lw=1.6, label="time per forward (median)"),
+                Line2D([], [], color="black", ls="--", lw=1.1, label="of which in collectives (comm_ms)")]
+    handles += noisy
+    handles += [Line2D([], [], color="black", ls="none", marker="o", ms=5, label="busiest rank's peak"),
+                Line2D([], [], color="black", lw=1.3, label="linear fit")]
+    if not math.isnan(device_gib):
+        handles.append(Line2D([], [], color="#b2182b", ls="-.", lw=1.2,
+                              label=f"{device_label(rows)} memory: {device_gib:.1f} GiB"))
+        handles.append(Line2D([], [], color="black", ls="none", marker="v", ms=8, label="predicted wall"))
+    if (rows["status"] == "oom").any():
+        handles.append(Line2D([], [], color="black", ls="none", marker="x", ms=8, mew=2, label="out of memory"))
+    _side_legend(lax, handles, title="world size: predicted wall" if gpu else "world size")
+    _suptitle(fig, f"One scene across {'GPUs' if gpu else 'ranks'}: time and per-{'GPU' if gpu else 'rank'} memory "
+                   "against frames", rows, extra=series)
+    if gpu:
+        foot.append("wall = (memory - intercept) / slope of each N's line: linear growth, a prediction past the "
+                    "frame counts measured")
+    else:
+        foot.append("CPU: the ranks share one machine's memory, so no wall is predicted")
+    if single:
+        foot.append(f"one frame count only at N = {', '.join(single)}: no line fitted")
+    _footnote(fig, unavailable_notes(rows) + failure_notes(rows) + foot)
+    return Plot(fig, "; ".join(n for n in notes if n))
+
+
 RESULT_FIGURES: List[Tuple[str, Callable[..., Plot]]] = [
     ("scaling_wall", scaling_wall),
     ("upstream_ratio", upstream_ratio),
     ("fused_speedup", fused_speedup),
     ("memory", memory),
     ("memory_wall", memory_wall),
+    ("context_parallel", context_parallel),
     ("conversion", conversion),
     ("approximations", approximations),
     ("backends", backends),
@@ -1062,11 +1179,15 @@ class NamedPlot(NamedTuple):
     note: str
 
 
-def _split(frame: pd.DataFrame) -> List[Tuple[str, pd.DataFrame]]:
-    groups = contexts(frame if "status" in frame else frame.assign(status="ok"))
+# Figures that draw a CONTEXT column side by side rather than one figure per value.
+ACROSS = {"context_parallel": ["context_parallel"]}
+
+
+def _split(frame: pd.DataFrame, across: Sequence[str] = ()) -> List[Tuple[str, pd.DataFrame]]:
+    groups = contexts(frame if "status" in frame else frame.assign(status="ok"), across)
     if len(groups) <= 1:
         return [("", frame if not groups else groups[0][1])]
-    varying = [c for c in CONTEXT if len({g[0].get(c) for g in groups}) > 1]
+    varying = [c for c in CONTEXT if c not in across and len({g[0].get(c) for g in groups}) > 1]
     return [(context_slug(ctx, varying), rows) for ctx, rows in groups]
 
 
@@ -1074,9 +1195,12 @@ def figures(tables: Tables, reference: Optional[str] = "upstream_h100") -> List[
     """Every figure of the tables, one per figure and context, in FIGURE_NAMES order; then the
     GRID_FIGURES where the tables hold a profile grid."""
     out: List[NamedPlot] = []
-    result_parts = _split(tables.results) if len(tables.results) else [("", tables.results)]
+    splits = {}  # per ``across``: one split serves every figure that shares it
     for name, fn in RESULT_FIGURES:
-        for slug, rows in result_parts:
+        across = tuple(ACROSS.get(name, ()))
+        if across not in splits:
+            splits[across] = _split(tables.results, across) if len(tables.results) else [("", tables.results)]
+        for slug, rows in splits[across]:
             stem = f"{name}__{slug}" if slug else name
             try:
                 plot = fn(rows, reference) if name in ("scaling_wall", "memory") else fn(rows)
