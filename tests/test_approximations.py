@@ -421,3 +421,18 @@ def test_pareto_front_and_the_yardstick_from_a_table():
     # older tables (no attention approximation columns) read as exact, drift_rel as the tokens' drift
     old = tables.tidy_results(pd.DataFrame([_row(prune_depth=2, drift_rel=0.01)]))
     assert old["kv_keep"].iloc[0] == 1.0 and old["drift_tokens_rel"].iloc[0] == 0.01
+
+
+def test_the_narrative_ranks_approximations_from_trusted_timings_only():
+    # A CPU sweep with one repeat per point is all noisy: the narrative said nothing about the
+    # approximations at all (a merge of the noise rule with the approximations line).
+    from vggt_bench.analysis.findings import findings
+
+    rows = [_row(frames=100, latency_ms_median=3000.0, repeats=5, p10_ms=2990.0, p90_ms=3010.0),
+            _row(frames=100, kv_keep=0.25, latency_ms_median=1500.0, repeats=5, p10_ms=1490.0, p90_ms=1510.0,
+                 drift_pose_rel=0.01, drift_depth_rel=0.02)]
+    line = [x for x in findings(pd.DataFrame(rows))[0].lines if x.startswith("Attention approximations")]
+    assert len(line) == 1 and "the fastest measured is kv_keep=0.25, 2.00" in line[0]
+    noisy = [dict(r, repeats=1) for r in rows]
+    line = [x for x in findings(pd.DataFrame(noisy))[0].lines if x.startswith("Attention approximations")]
+    assert len(line) == 1 and "noisy timing, so none is ranked (1 measured" in line[0], line

@@ -227,7 +227,7 @@ def _findings(label: str, rows: pd.DataFrame) -> Findings:
         )
     else:
         lines.append("Global-to-frame conversion: not measured (no prune_depth > 0 point with an ok k=0 partner).")
-    _approximation_line(rows, found)
+    _approximation_line(rows, found, rows_all)
     if statuses.get("error"):
         lines.append(f"{statuses['error']} point(s) failed with an error: see the status table below.")
     return found
@@ -238,12 +238,21 @@ def _drift_text(row) -> str:
     return f"drift: {', '.join(parts)}" if parts else "drift not measured"
 
 
-def _approximation_line(rows: pd.DataFrame, found: Findings) -> None:
+def _approximation_line(rows: pd.DataFrame, found: Findings, rows_all: Optional[pd.DataFrame] = None) -> None:
     """The attention approximations against the exact model: the fastest at the largest frame count,
-    and the fastest that keeps camera-pose and depth drift below prune_depth=4's (the yardstick)."""
+    and the fastest that keeps camera-pose and depth drift below prune_depth=4's (the yardstick).
+    ``rows`` are the trusted rows; ``rows_all`` with the noisy ones, to say when only those exist."""
     table = t.approximation_table(rows)
     measured = table[table["speedup"].notna() & (table["technique"] != "prune_depth")]
     if measured.empty:
+        every = t.approximation_table(rows_all) if rows_all is not None else table
+        every = every[every["speedup"].notna() & (every["technique"] != "prune_depth")]
+        if len(every):  # measured, but a speed-up with a noisy side is no result
+            frames = int(every["frames"].max())
+            found.lines.append(f"Attention approximations against the exact model: at S={frames} (and every frame count "
+                               f"measured) an approximation or its exact point has a noisy timing, so none is ranked "
+                               f"({len(every)} measured; see the approximations table for their drift)."
+                               + _random_weights_note(rows_all))
         return
     frames = int(measured["frames"].max())
     at = measured[measured["frames"] == frames]
@@ -265,9 +274,13 @@ def _approximation_line(rows: pd.DataFrame, found: Findings) -> None:
     else:
         text += (f" No yardstick: measure prune_depth={k} with heads and measure.drift=true "
                  f"(experiment=approximations does).")
+    found.lines.append(text + _random_weights_note(rows))
+
+
+def _random_weights_note(rows: pd.DataFrame) -> str:
     if set(rows["random_weights"].dropna()) == {True}:
-        text += " Random weights: drift says how far the outputs move, not how accurate they are."
-    found.lines.append(text)
+        return " Random weights: drift says how far the outputs move, not how accurate they are."
+    return ""
 
 
 def latency_pivot(rows: pd.DataFrame) -> pd.DataFrame:
