@@ -1,9 +1,10 @@
 """Figures of a results directory, each drawn from a tidy DataFrame (never from raw traces).
 
 Drawing only: which rows are comparable, the exact model's rows, speedup pairs, stage times and
-every other table a figure shows come from ``vggt_bench.analysis``. One function per figure. Each takes the table(s) it reads and returns a ``Plot``: a matplotlib
-``Figure``, or ``None`` and the reason it was skipped (no data of that kind). ``render_figures``
-writes every figure of a results directory as PNG and SVG into ``<out>/figures/``.
+every other table a figure shows come from ``vggt_bench.analysis``. One function per figure.
+Each takes the table(s) it reads and returns a ``Plot``: a matplotlib ``Figure``, or ``None``
+and the reason it was skipped (no data of that kind). ``render_figures`` writes every figure of
+a results directory as PNG and SVG into ``<out>/figures/``.
 
 Tables mixing settings are split, never averaged:
 
@@ -28,6 +29,10 @@ conversion          frames, prune_depth, latency_ms_median, drift_rel, frame_exe
 approximations      approximation_table + pareto_front: speedup over the exact model against drift_pose_rel,
                     drift_depth_rel, drift_points_rel (drift_tokens_rel without heads), per frame count
 backends            attention, frames, achieved_tflops, peak_tflops, frac_of_peak, status, message
+memory_wall         memory_fit + memory_residuals: peak_alloc_gib against frames per impl and memory plan,
+                    the fitted line to each card's memory (device_mem_gib, WALL_CARDS)
+upstream_ratio      impl_ratios: ours against upstream's code at the same workload (time and activation
+                    memory ratios, same_run), only with model.impl=upstream rows
 context_parallel    context_parallel (all world sizes in one figure), frames, latency_ms_median/p10/p90,
                     comm_ms, rank_peak_gib_max (else peak_alloc_gib), device_mem_gib; only with N > 1 rows
 profile_stages      profile_ranges: range, gpu_ms (cpu_ms without a GPU), iterations, frames, frame_exec
