@@ -134,6 +134,12 @@ def test_the_notebook_shows_the_speedup_and_the_walls(tmp_path):
     for column in ("efficiency", "memory_ratio", "comm_share", "wall_frames_device", "wall_vs_one_rank"):
         assert column in text
     assert f"{round(4 * (H100_GIB - STATIC_GIB) / ACT_GIB, 2):.2f}" in text  # N=4's wall, as the table rounds it
+    # the memory-wall table names the world size of each line (else its lines per N look like duplicates)
+    import nbformat
+
+    cell = next(c for c in nbformat.read(str(out / "report.ipynb"), as_version=4).cells
+                if "analysis.memory_fit(results)" in c.get("source", ""))
+    assert "context_parallel" in "".join(o.get("data", {}).get("text/plain", "") for o in cell["outputs"])
 
 
 def test_a_cpu_sweep_on_1_and_2_ranks_renders_the_section(tmp_path):

@@ -152,9 +152,10 @@ class ResultStore:
 
     def table(self) -> pd.DataFrame:
         frame = pd.DataFrame(list(self.rows()))
-        for col in RESULT_COLUMNS:
-            if col not in frame.columns:
-                frame[col] = None
+        absent = [col for col in RESULT_COLUMNS if col not in frame.columns]
+        if absent:  # at once: one column at a time fragments a wide frame (pandas warns)
+            frame = pd.concat([frame, pd.DataFrame({col: [None] * len(frame) for col in absent}, index=frame.index)],
+                              axis=1)
         extra = [c for c in frame.columns if c not in RESULT_COLUMNS]
         frame = frame[RESULT_COLUMNS + extra]
         if len(frame):

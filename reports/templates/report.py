@@ -125,8 +125,10 @@ fits = analysis.memory_fit(results)
 if fits.empty:
     display(Markdown("No series with peak GPU memory at two frame counts or more: no memory wall fitted."))
 else:
-    display(fits[[c for c in ["impl", "memory_plan", "attention", "dtype", "points", "slope_mb_per_frame", "intercept_gib",
-                              "max_residual_gib", "wall_frames_device", "wall_frames_141", "wall_frames_192"]
+    ranks = ["context_parallel"] if "context_parallel" in fits and (fits["context_parallel"] > 1).any() else []
+    display(fits[[c for c in ["impl", "memory_plan", "attention", "dtype", *ranks, "points", "slope_mb_per_frame",
+                              "intercept_gib", "max_residual_gib", "wall_frames_device", "wall_frames_141",
+                              "wall_frames_192"]
                   if c in fits]].round(2).reset_index(drop=True))
 
 # %% [markdown]
