@@ -748,6 +748,14 @@ def backends(results: pd.DataFrame) -> Plot:
     return Plot(fig, "; ".join(n for n in (note, depth_note) if n))
 
 
+def _largest_profile_setting(table: pd.DataFrame) -> Tuple[pd.DataFrame, str]:
+    """The profiles of the setting with the most rows, and a note when the table mixes several
+    (profile tables are not split per setting by ``render_figures``, unlike the results)."""
+    groups = contexts(table.assign(status="ok")) if any(c in table for c in CONTEXT) else [({}, table)]
+    note = f"profiles mix {len(groups)} settings; drew the largest" if len(groups) > 1 else ""
+    return groups[0][1], note
+
+
 def profile_stages(ranges: pd.DataFrame) -> Plot:
     """Per-forward time per stage, stacked: one bar per profiled (frames, frame_exec[, k]);
     left in ms, right as a share of the forward. GPU-projected times where the profile has
@@ -755,11 +763,8 @@ def profile_stages(ranges: pd.DataFrame) -> Plot:
     times = stage_times(ranges)
     if times.empty:
         return Plot(None, "no profile ranges (run `python -m vggt_bench profile` into this directory)")
-    notes = []
-    groups = contexts(times.assign(status="ok")) if any(c in times for c in CONTEXT) else [({}, times)]
-    if len(groups) > 1:
-        notes.append(f"profiles mix {len(groups)} settings; drew the largest")
-    times = groups[0][1]
+    times, note = _largest_profile_setting(times)
+    notes = [note] if note else []
     if (times["basis"] == "gpu").any() and (times["basis"] == "cpu").any():
         notes.append("CPU-only profiles left out next to GPU ones")
         times = times[times["basis"] == "gpu"]
@@ -838,9 +843,7 @@ def profile_launches(summary: pd.DataFrame, ranges: Optional[pd.DataFrame] = Non
     if table.empty:
         return Plot(None, f"no profile has a frame count to plot against (profiles {', '.join(unplaced['tag'])} "
                           "were read with analyze= and carry no configuration)")
-    groups = contexts(table.assign(status="ok"))
-    note = f"profiles mix {len(groups)} settings; drew the largest" if len(groups) > 1 else ""
-    table = groups[0][1]
+    table, note = _largest_profile_setting(table)
     have_k = table["kernels_per_frame_layer"].fillna(0) > 0
     have_idle = table["idle_frac"].notna() & (table["kernels"].fillna(0) > 0)
     if not have_k.any() and not have_idle.any():
@@ -899,10 +902,8 @@ def profile_grid_stages(grid: pd.DataFrame) -> Plot:
     if times.empty:
         return Plot(None, "; ".join(["no profiled point with stage ranges (sweep profiler=torch|nsys, or profile "
                                      "analyze= of an external capture)"] + notes))
-    groups = contexts(times.assign(status="ok"))
-    if len(groups) > 1:
-        notes.append(f"profiles mix {len(groups)} settings; drew the largest")
-    times = groups[0][1]
+    times, note = _largest_profile_setting(times)
+    notes += [note] if note else []
     times = times[times["ms"] > 0]
     stages = [s for s in GRID_STAGES if s in set(times["stage"])]
     if not stages:
@@ -936,10 +937,8 @@ def profile_grid_activity(grid: pd.DataFrame) -> Plot:
     if table.empty:
         return Plot(None, "; ".join(["no profiled point holds GPU kernels (CPU-only torch-profiler runs): "
                                      "no idle share or launches"] + notes))
-    groups = contexts(table.assign(status="ok"))
-    if len(groups) > 1:
-        notes.append(f"profiles mix {len(groups)} settings; drew the largest")
-    table = groups[0][1]
+    table, note = _largest_profile_setting(table)
+    notes += [note] if note else []
     colors = backend_colors(table["attention"])
     fig, (idle, launches), lax = _new_figure(11.5, 4.6, ncols=2, legend=0.3)
     for (backend, exec_), s in table.groupby(["attention", "frame_exec"]):
