@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The 2026-12-06 GPU study: sweeps under Nsight Systems (issue 18), the fastest exact VGGT with
+# FlashAttention-4 and upstream's plan, same run with upstream's code, and its nsys profile (issue 16),
+# the attention approximations against the exact model (issue 13). From the checkout's root on the
+# GPU machine:
+#   source scripts/gpu_env.sh; DEADLINE=$(( $(date +%s) + 560 )) bash benchmarks/gpu/study_2026-12-06.sh <stage> ...
+# Every stage writes into $VGGT_WORK/study/<stage>; each command is bounded by its own limit and by
+# DEADLINE (epoch seconds; the stages stop starting work 25 s before it so that `pack` still runs).
+# Sweeps are resumable: running a stage again on the same warm machine skips measured points, so a
+# stage larger than one device call (approx) is simply called again.
+set -u
+R=${VGGT_REPO:-$PWD}; W=${VGGT_WORK:-/tmp/vggt-work}/study; mkdir -p "$W/logs"; cd "$W"
+DEADLINE=${DEADLINE:-$(( $(date +%s) + 580 ))}
+UP="model.upstream_path=$R/.upstream"
+S="python3 -m vggt_bench sweep report=false experiment=adhoc"
+FAST="model.dtype=bf16 model.attention=sdpa_cudnn model.global_attention=flash_attn4 model.memory_plan=upstream"
+run() { local name=$1 limit=$2; shift 2
+  local left=$(( DEADLINE - $(date +%s) - 25 ))
+  [ "$left" -lt "$limit" ] && limit=$left
+  if [ "$limit" -lt 20 ]; then echo "=== $name: skipped, ${left}s left before the deadline"; return 0; fi
+  echo "=== $name $(date +%T) (limit ${limit}s): $*" | cut -c1-400; local t0=$SECONDS
+  timeout "$limit" "$@" >> "$W/logs/$name.log" 2>&1; local rc=$?
+  grep -E "^(ok|oom|error|unava|skip|failed) |NOISY|Error|error:|Traceback" "$W/logs/$name.log" | tail -n 8
+  echo "=== $name rc=$rc $((SECONDS-t0))s"; }
+for stage in "$@"; do
+  case $stage in
+    env)    # what this machine is
+      nvidia-smi --query-gpu=name,uuid,driver_version,memory.total --format=csv,noheader
+      python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
+      python3 -c "import flash_attn.cute, importlib.metadata as m; print('flash-attn-4', m.version('flash-attn-4'))" 2>&1 | tail -n 1
+      nsys --version ;;
+    nsys)   # issue 18: sweep profiler=nsys over frames x frame_exec (x k), the external-nsys path, checked against nsys stats
+      GRID_MANAGED="frames=16,64 model.frame_exec=fused,sequential model.attention=sdpa_cudnn" \
+      GRID_EXTERNAL="frames=4,16,64 model.frame_exec=fused,sequential model.prune_depth=0,4 model.attention=sdpa_cudnn" \
+      COMMON="experiment=adhoc model.dtype=bf16 iterations=2 measure.warmup=2 measure.repeats=5" \
+        run nsys 460 env OUT=$W/nsys bash $R/benchmarks/gpu/nsys_sweep.sh managed external check
+      cat "$W/logs/nsys.log" | grep -vE "^\s*$" | tail -n 60 ;;
+    fastest) # issue 16: upstream's code and our fastest exact setting, same machine, back to back
+      run fastest 120 $S out=$W/fastest model.impl=upstream $UP model.dtype=bf16_autocast frames=100,200 measure.warmup=1 measure.repeats=3
+      run fastest 200 $S out=$W/fastest $FAST model.compile=default model.cuda_graph=true frames=100,200 measure.warmup=2 measure.repeats=3 ;;
+    auto)   # issue 16: auto against the best single backends at 100 frames, bf16, eager, upstream's plan
+      run auto 130 $S out=$W/auto model.dtype=bf16 model.memory_plan=upstream frames=100 measure.warmup=1 measure.repeats=3 \
+        model.attention=sdpa_cudnn,auto model.global_attention=flash_attn4,auto ;;
+    profile) # issue 16: where the time goes in the fastest eager configuration, 100 and 200 frames
+      for f in 100 200; do
+        run profile 110 python3 -m vggt_bench profile profiler=nsys out=$W/profile $FAST frames=$f iterations=1 measure.warmup=1 tag=fastest_eager_S$f
+        rep=$(ls $W/profile/profiles/fastest_eager_S$f/*.sqlite 2>/dev/null | head -n 1)
+        [ -n "$rep" ] && python3 $R/scripts/trim_nsys_sqlite.py "$rep" -o $W/profile/fastest_eager_S$f.sqlite.gz
+      done ;;
+    approx) # issue 13: the exact model and the approximations, same weights and inputs; cheapest settings first
+      A="python3 -m vggt_bench sweep report=false experiment=approximations out=$W/approx model.dtype=bf16"
+      run approx 200 $A frames=100 measure.warmup=1 measure.repeats=3 \
+        approx=exact,prune4,kv_keep_10,merge_65,sparse_90,kv_keep_25,merge_50,sparse_75,kv_keep_50,merge_30,sparse_50
+      run approx 300 $A frames=400 measure.warmup=1 measure.repeats=1 approx=exact,kv_keep_10,merge_65,sparse_90,prune4
+      run approx 300 $A frames=800 measure.warmup=0 measure.repeats=1 approx=exact
+      run approx 240 $A frames=800 measure.warmup=1 measure.repeats=1 approx=kv_keep_10,merge_65,sparse_90
+      run approx 240 $A frames=400 measure.warmup=1 measure.repeats=1 approx=kv_keep_25,merge_50,sparse_75
+      run approx 240 $A frames=800 measure.warmup=0 measure.repeats=1 approx=prune4 ;;
+    pack)   # the tables, figures and trimmed traces (no full traces, no drift reference outputs) into $OUT
+      tar czf "${OUT:-/tmp}/study-$(date +%H%M%S).tgz" --exclude='*.pickle' --exclude='*.nsys-rep' --exclude='*.qdstrm' \
+        --exclude='*.sqlite' --exclude='drift_reference' --exclude='hydra' --exclude='trace.json' -C "$W" . 2>&1 | tail -n 3
+      ls -la "${OUT:-/tmp}" ;;
+    *) echo "unknown stage $stage" ;;
+  esac
+done
