@@ -357,6 +357,25 @@ def test_drift_columns_are_filled_for_not_exact_points_only(tmp_path):
     assert sparse["drift_tokens_rel"] < 1e-5
 
 
+def test_approximations_preset_measures_drift_without_the_eager_fp32_reference(tmp_path):
+    """The 2026-12-06 GPU study: measure.drift also ran an fp32 eager forward per point (drift_vs_eager),
+    minutes per point at 400 frames, so no 400-frame point finished. The preset turns that reference off;
+    the drift columns against the exact model stay. measure.eager_reference=true brings it back."""
+    done = cli("sweep", "experiment=approximations", "model.arch=small", "frames=2", "approx=exact,kv_keep_50",
+               "measure.warmup=0", "measure.repeats=1", "device=cpu", f"out={tmp_path / 'a'}", "report=false")
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = load_results(str(tmp_path / "a"))
+    assert table["drift_vs_eager"].isna().all()
+    approx = table[table["kv_keep"] == 0.5].iloc[0]
+    assert all(approx[c] > 0 and math.isfinite(approx[c]) for c in DRIFT), approx[DRIFT]
+    both = cli("run", "experiment=approximations", "model.arch=small", "frames=2", "model.kv_keep=0.5",
+               "measure.eager_reference=true", "measure.warmup=0", "measure.repeats=1", "device=cpu",
+               f"out={tmp_path / 'b'}")
+    assert both.returncode == 0, both.stderr[-2000:]
+    row = load_results(str(tmp_path / "b")).iloc[0]
+    assert row["drift_vs_eager"] > 0 and all(row[c] > 0 for c in DRIFT)
+
+
 def test_part_full_measures_drift_of_the_timed_heads(tmp_path):
     done = cli("run", "experiment=smoke", "frames=2", "part=full", "model.kv_keep=0.25", "measure.drift=true",
                f"out={tmp_path}")

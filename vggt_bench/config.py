@@ -77,6 +77,9 @@ class MeasureSettings:
     repeats: int = 5
     drift: bool = False                # also measure output drift against the exact model (not-exact points;
                                        # heads held, untimed, with part=aggregator: drift_* columns)
+    eager_reference: bool = True       # with drift: also drift_vs_eager, the last layer against our eager fp32
+                                       # model (an fp32 forward per point: minutes at hundreds of frames;
+                                       # experiment=approximations turns it off)
     adaptive: bool = False             # repeat (repeats at least) until the median's 95% CI is within +-target_ci
     target_ci: float = 0.02            # adaptive: CI half-width as a fraction of the median
     budget_s: float = 60.0             # adaptive: seconds of timed calls at most (the last call may overrun)

@@ -406,8 +406,10 @@ def _auto_timings(net) -> str:
 
 
 def measure(point: Point, warmup: int, repeats: int, drift: bool = False,
-            adaptive: Optional[timing.AdaptiveSettings] = None, reference_dir: Optional[str] = None) -> dict:
-    """All measurement columns of one point (status ``ok``), or raise."""
+            adaptive: Optional[timing.AdaptiveSettings] = None, reference_dir: Optional[str] = None,
+            eager_reference: bool = True) -> dict:
+    """All measurement columns of one point (status ``ok``), or raise. With ``drift``: the drift
+    columns against the exact model, and with ``eager_reference`` also ``drift_vs_eager``."""
     device = point.device
     why = distributed.unavailable(point)  # what context parallelism does not combine with
     if why:
@@ -477,7 +479,8 @@ def measure(point: Point, warmup: int, repeats: int, drift: bool = False,
         row["attention_ran"] = net.attention_report()
         row["attention_auto"] = _auto_timings(net)
         row["drift_rel"] = math.nan
-        row["drift_vs_eager"] = _drift_vs_eager(point, fn, net, images, heads or point.part == "full") if drift else math.nan
+        row["drift_vs_eager"] = (_drift_vs_eager(point, fn, net, images, heads or point.part == "full")
+                                 if drift and eager_reference else math.nan)
         row.update({col: math.nan for col in DRIFT_COLUMNS})
         if drift and point.impl == "ours" and (not ex.is_exact() or reference_dir):
             del fn
@@ -530,7 +533,8 @@ def derived(point: Point, row: dict, gpu_name: str) -> dict:
 
 
 def run_point(point: Point, warmup: int, repeats: int, drift: bool = False, experiment: str = "",
-              adaptive: Optional[timing.AdaptiveSettings] = None, out: Optional[str] = None) -> dict:
+              adaptive: Optional[timing.AdaptiveSettings] = None, out: Optional[str] = None,
+              eager_reference: bool = True) -> dict:
     """One complete result row. Never raises for a failure of the point itself. ``out``: the results
     directory; drift's exact reference outputs are kept in ``<out>/drift_reference/``."""
     t0 = time.perf_counter()
@@ -542,9 +546,9 @@ def run_point(point: Point, warmup: int, repeats: int, drift: bool = False, expe
     try:
         reference_dir = os.path.join(out, DRIFT_REFERENCE_DIR) if out else None
         if point.execution.context_parallel > 1:  # N ranks measure it together (vggt_bench/distributed.py)
-            row.update(distributed.measure_point(point, warmup, repeats, drift, adaptive, reference_dir))
+            row.update(distributed.measure_point(point, warmup, repeats, drift, adaptive, reference_dir, eager_reference))
         else:
-            row.update(measure(point, warmup, repeats, drift, adaptive, reference_dir))
+            row.update(measure(point, warmup, repeats, drift, adaptive, reference_dir, eager_reference))
     except vggt_model.checkpoint.CheckpointError as exc:
         raise UserError(str(exc))
     except Exception as exc:  # a point's failure is a result; Ctrl-C and SystemExit (a launcher's requeue) pass

@@ -57,7 +57,7 @@ MEASUREMENTS = [
     "frac_of_peak",      # achieved / (peak x world_size)
     "attention_ran",     # what each call site ran: "frame=sdpa_cudnn global=flash_attn4" (auto: "auto(...)")
     "attention_auto",    # JSON: what attention=auto timed per site and shape (ms per backend), "" without auto
-    "drift_vs_eager",    # measure.drift: rel. L2 of the last layer's tokens vs the eager fp32 model, same weights/inputs
+    "drift_vs_eager",    # measure.drift (and eager_reference): rel. L2 of the last layer's tokens vs the eager fp32 model, same weights/inputs
     # Output drift of an approximation (measure.drift=true and the execution not exact; NaN otherwise):
     # ||out - out_exact|| / ||out_exact|| against the exact model (every approximation at its exact value,
     # everything else as the point) on the same weights and inputs. Random weights (random_weights):

@@ -76,7 +76,7 @@ def run_job(cfg: DictConfig) -> dict:
     else:
         try:
             row = run_point(point, int(cfg.measure.warmup), int(cfg.measure.repeats), bool(cfg.measure.drift), cfg.experiment,
-                            adaptive, out=str(cfg.out))
+                            adaptive, out=str(cfg.out), eager_reference=bool(cfg.measure.eager_reference))
         except UserError as exc:
             fail(str(exc))
         row["profiled"] = False  # headline timings never come from a profiled run
@@ -99,7 +99,7 @@ def _as_other_rank(cfg: DictConfig, point, adaptive) -> dict:
     if point.execution.context_parallel == 1 or (bool(cfg.resume) and ResultStore(cfg.out).is_done(point.point_id)):
         return {}
     return run_point(point, int(cfg.measure.warmup), int(cfg.measure.repeats), bool(cfg.measure.drift), cfg.experiment,
-                     adaptive)
+                     adaptive, eager_reference=bool(cfg.measure.eager_reference))
 
 
 def _single_run() -> bool:
