@@ -59,6 +59,8 @@ for stage in "$@"; do
       run approx 240 $A frames=400 measure.warmup=1 measure.repeats=1 approx=kv_keep_25,merge_50,sparse_75
       run approx 300 $A frames=800 measure.warmup=0 measure.repeats=1 approx=exact,merge_65
       run approx 240 $A frames=800 measure.warmup=1 measure.repeats=1 approx=kv_keep_10,sparse_90 ;;
+    approx-one) # issue 13, one sweep of the approximations named in $APPROX (a short call: pack after each)
+      run approx 300 python3 -m vggt_bench sweep report=false experiment=approximations out=$W/approx model.dtype=bf16 $APPROX ;;
     pack)   # the tables, figures and trimmed traces (no full traces, no drift reference outputs) into $OUT
       tar czf "${OUT:-/tmp}/study-$(date +%H%M%S).tgz" --exclude='*.pickle' --exclude='*.nsys-rep' --exclude='*.qdstrm' \
         --exclude='*.sqlite' --exclude='drift_reference' --exclude='hydra' --exclude='trace.json' -C "$W" . 2>&1 | tail -n 3
