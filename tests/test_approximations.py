@@ -455,3 +455,27 @@ def test_the_narrative_ranks_approximations_from_trusted_timings_only():
     noisy = [dict(r, repeats=1) for r in rows]
     line = [x for x in findings(pd.DataFrame(noisy))[0].lines if x.startswith("Attention approximations")]
     assert len(line) == 1 and "noisy timing, so none is ranked (1 measured" in line[0], line
+
+
+def test_the_pareto_figure_labels_each_drift_axis_in_one_notation():
+    """The 2026-12-06 H200 study at 100 frames (prune4, kv_keep 0.1, merge 0.65): the depth axis read
+    '0.0005, 0.1%, 0.2%' (percent above 1e-3, raw below). One notation per axis now."""
+    from vggt_bench.report import plots
+
+    table = pd.read_csv(os.path.join(os.path.dirname(__file__), "fixtures", "results", "h200_approximations_100.csv"))
+    plot = plots.approximations(table)
+    assert plot.figure is not None, plot.note
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(plot.figure).draw()
+    seen = 0
+    for ax in plot.figure.axes:
+        if not ax.get_ylabel():
+            continue
+        lo, hi = ax.get_ylim()
+        labels = [t.get_text() for t in ax.yaxis.get_ticklabels() if lo <= t.get_position()[1] <= hi and t.get_text()]
+        assert labels, ax.get_ylabel()
+        percent = [x.endswith("%") for x in labels]
+        assert all(percent) or not any(percent), (ax.get_ylabel(), labels)
+        seen += 1
+    assert seen == 3  # camera pose, depth, world points at one frame count

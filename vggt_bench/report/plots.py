@@ -553,7 +553,8 @@ def approximations(results: pd.DataFrame) -> Plot:
         return Plot(None, "output drift not measured: sweep with measure.drift=true (experiment=approximations does)")
     frames = sorted(int(f) for f in table["frames"].unique())
     # rows: outputs; columns: frame counts; a legend column on the right
-    fig = Figure(figsize=(3.3 * len(frames) + 2.4, 2.9 * len(drifts) + 0.9), layout="constrained")
+    # at least 8.5 in wide: the legend column and the two-line title need it with one frame count
+    fig = Figure(figsize=(max(3.3 * len(frames) + 2.4, 8.5), 2.9 * len(drifts) + 0.9), layout="constrained")
     grid = fig.add_gridspec(len(drifts), len(frames) + 1, width_ratios=[1.0] * len(frames) + [0.6])
     axes = [[fig.add_subplot(grid[r, c]) for c in range(len(frames))] for r in range(len(drifts))]
     lax = fig.add_subplot(grid[:, -1])
@@ -595,8 +596,7 @@ def approximations(results: pd.DataFrame) -> Plot:
                 lo, hi = float(drawn[col].min()), float(drawn[col].max())
                 decades = math.log10(hi / lo) if hi > lo else 0.0
                 ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades <= 2.6 else (1.0,)))
-                ax.yaxis.set_major_formatter(ticker.FuncFormatter(
-                    lambda v, _: fmt_percent(v) if v >= 1e-3 else f"{v:.2g}"))
+                ax.yaxis.set_major_formatter(ticker.FuncFormatter(_drift_tick(lo)))
                 ax.yaxis.set_minor_formatter(ticker.NullFormatter())
                 if decades < 0.3:  # a decade at least, so the axis carries a labelled tick
                     mid = math.sqrt(lo * hi)
@@ -619,6 +619,15 @@ def approximations(results: pd.DataFrame) -> Plot:
     if zero:
         notes.append(f"drift 0 (not drawn on the log axis): {', '.join(zero[:4])}" + (" …" if len(zero) > 4 else ""))
     return Plot(fig, "; ".join(n for n in notes if n))
+
+
+def _drift_tick(lowest: float):
+    """A tick formatter for one drift axis, in one notation for the whole axis: percent (two significant
+    digits: 0.05%, 0.1%, 2%) when the axis's smallest drift is at least 1e-4, else scientific (rounding-level
+    drifts). A fixed switch at 1e-3 labelled one axis '0.0005, 0.1%, 0.2%' (the 2026-12-06 study's figure)."""
+    if lowest >= 1e-4:
+        return lambda v, _: f"{v * 100:.2g}%"
+    return lambda v, _: f"{v:.0e}"
 
 
 def _speedup_ticks(span: float) -> List[float]:
