@@ -282,3 +282,20 @@ def test_settings_that_claim_the_same_function_are_checked_against_eager_fp32(se
                  "measure.repeats=1", f"out={tmp_path / 'k'}")
     assert pruned.returncode == 0, pruned.stderr[-2000:]
     assert load_results(str(tmp_path / "k")).iloc[0]["drift_vs_eager"] > 1e-4  # the check can fail
+
+
+def test_the_eager_fp32_reference_is_built_once_per_workload(monkeypatch):
+    """measure.drift built and ran a fresh fp32 model for every point's drift_vs_eager (the 2026-12-06
+    GPU study: ~20 s per 100-frame point, and minutes per 400-frame point). Points that share the
+    weights and inputs now share one reference; another frame count gets its own."""
+    built = []
+    real = runner.build_weights
+    monkeypatch.setattr(runner, "build_weights", lambda point, heads: built.append(point.frames) or real(point, heads))
+    runner._EAGER.clear()
+    rows = [runner.measure(_point(**knobs), 0, 1, drift=True)
+            for knobs in ({}, {"frame_exec": "sequential"}, {"prune_depth": 1}, {"frames": 3})]
+    assert [r["status"] for r in rows] == ["ok"] * 4
+    # the timed model once (its weights do not depend on the frames), then one reference per frame count
+    assert built == [2, 2, 3], built
+    assert rows[0]["drift_vs_eager"] < 1e-5 and rows[1]["drift_vs_eager"] < 1e-5  # exact settings
+    assert rows[2]["drift_vs_eager"] > 1e-4  # prune_depth=1 changes the function: the check can fail
