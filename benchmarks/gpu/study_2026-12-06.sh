@@ -38,6 +38,10 @@ for stage in "$@"; do
     fastest) # issue 16: upstream's code and our fastest exact setting, same machine, back to back
       run fastest 120 $S out=$W/fastest model.impl=upstream $UP model.dtype=bf16_autocast frames=100,200 measure.warmup=1 measure.repeats=3
       run fastest 200 $S out=$W/fastest $FAST model.compile=default model.cuda_graph=true frames=100,200 measure.warmup=2 measure.repeats=3 ;;
+    fastest-drift) # issue 16, left for the next lease: the fastest setting's drift against the eager fp32 model
+      # (one fp32 reference per frame count since adc848d), and one 1,000-frame forward of it without compile
+      run fastest_drift 200 $S out=$W/fastest_drift $FAST model.compile=default model.cuda_graph=true frames=100 measure.drift=true measure.warmup=2 measure.repeats=3
+      run thousand 300 $S out=$W/thousand $FAST frames=1000 measure.warmup=0 measure.repeats=1 ;;
     auto)   # issue 16: auto against the best single backends at 100 frames, bf16, eager, upstream's plan
       run auto 130 $S out=$W/auto model.dtype=bf16 model.memory_plan=upstream frames=100 measure.warmup=1 measure.repeats=3 \
         model.attention=sdpa_cudnn,auto model.global_attention=flash_attn4,auto ;;
