@@ -79,39 +79,65 @@ class Layout:
         return self.frames * self.tokens
 
 
+def _projections(block, x: torch.Tensor, rope, rows: int, keep_normed: bool):
+    """``q, k, v [B, N, H, D]`` of ``x [B, N, C]`` (qk-norm, RoPE, in the dtype the attention kernel
+    receives them in) and, with ``keep_normed``, ``norm1(x)``; over chunks of ``rows`` tokens into whole
+    buffers when ``rows`` (no ``[B, N, 3C]`` projection of every token at once), else in one go."""
+    attn = block.attn
+    B, N, C = x.shape
+    H, D = attn.num_heads, attn.head_dim
+    whole = None
+    for part in row_chunks(N, rows):
+        n = part.stop - part.start
+        h = block.norm1(x[:, part])
+        q, k, v = attn.qkv(h).view(B, n, 3, H, D).unbind(2)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        if rope is not None:
+            q, k = rope.apply(q), rope.apply(k)
+        q, k, v = q.to(attention_dtype(q)), k.to(attention_dtype(k)), v.to(attention_dtype(v))
+        h = h if keep_normed else None
+        if n == N:
+            return q, k, v, h
+        if whole is None:
+            whole = [x.new_empty((B, N, H, D), dtype=t.dtype) for t in (q, k, v)]
+            whole.append(x.new_empty((B, N, C), dtype=h.dtype) if keep_normed else None)
+        for buffer, t in zip(whole, (q, k, v, h)):
+            if buffer is not None:
+                buffer[:, part] = t
+        del q, k, v, h
+    return tuple(whole)
+
+
 def global_layer(block, x: torch.Tensor, attend, rope, ranges: Ranges, execution: ExecutionConfig, layout: Layout,
                  inplace: bool, rows: int = 0) -> torch.Tensor:
     """Global block ``block`` on ``x [B, N, C]`` with the attention approximation ``execution`` turns on.
 
-    ``inplace``: the result is written into ``x`` (the lean and offload plans) and the MLP runs over
-    chunks of ``rows`` tokens; otherwise a new tensor is returned and ``x`` is left as it was.
+    ``inplace``: the result is written into ``x`` (the lean and offload plans) and every per-token step
+    (norm, QKV projection, output projection, MLP) runs over chunks of ``rows`` tokens, as the exact
+    lean plan does: only Q, K, V (and for merging the normalised input) are ever whole. Otherwise a new
+    tensor is returned and ``x`` is left as it was.
     """
     technique = execution.approximations()[0]
     B, N, C = x.shape
     attn = block.attn
-    H, D = attn.num_heads, attn.head_dim
+    step = rows if inplace else 0
     with ranges("attention"):
-        h = block.norm1(x)
-        q, k, v = attn.qkv(h).view(B, N, 3, H, D).unbind(2)
-        q, k = attn.q_norm(q), attn.k_norm(k)
-        if rope is not None:
-            q, k = rope.apply(q), rope.apply(k)
-        # the dtype a fused kernel receives them in (autocast's), so every path computes alike
-        q, k, v = q.to(attention_dtype(q)), k.to(attention_dtype(k)), v.to(attention_dtype(v))
+        q, k, v, h = _projections(block, x, rope, step, keep_normed=technique == "merge_ratio")
         if technique == "kv_keep":
-            del h
             o = subsampled_attention(q, k, v, layout, execution.kv_keep)
         elif technique == "merge_ratio":
             o = merged_attention(q, k, v, h, layout, execution.merge_ratio, attend)
-            del h
         else:
-            del h
             o = block_sparse_attention(q, k, v, layout, execution.global_sparsity, attend)
-        del q, k, v
-        update = block.ls1(attn.proj(o.transpose(1, 2).reshape(B, N, C)))
+        del q, k, v, h
+        if inplace:
+            out = x
+            for part in row_chunks(N, step):
+                n = part.stop - part.start
+                out[:, part].add_(block.ls1(attn.proj(o[:, :, part].transpose(1, 2).reshape(B, n, C))))
+        else:
+            out = x + block.ls1(attn.proj(o.transpose(1, 2).reshape(B, N, C)))
         del o
-        out = x.add_(update) if inplace else x + update
-        del update
     with ranges("mlp"):
         for part in row_chunks(N, rows if inplace else 0):
             xc = out[:, part]
