@@ -162,7 +162,8 @@ class VGGT(nn.Module):
             return self.aggregator(images), self.aggregator.patch_start_idx
 
     def forward(
-        self, images: torch.Tensor, query_points: Optional[torch.Tensor] = None, return_intermediates: bool = False
+        self, images: torch.Tensor, query_points: Optional[torch.Tensor] = None, return_intermediates: bool = False,
+        aggregated: Optional[tuple] = None,
     ) -> Dict[str, torch.Tensor]:
         """Run the aggregator and every built head.
 
@@ -170,6 +171,9 @@ class VGGT(nn.Module):
             images: ``[S, 3, H, W]`` or ``[B, S, 3, H, W]`` in [0, 1]; H, W multiples of the patch size.
             query_points: ``[N, 2]`` or ``[B, N, 2]`` pixel (x, y) in frame 0, for the track head.
             return_intermediates: also return ``aggregated_tokens`` and ``track_feature_maps``.
+            aggregated: ``aggregate(images)``'s output for these images, already computed under this
+                configuration: the heads run on it and the aggregator does not run again (a benchmark
+                measuring drift reuses its last timed forward's).
 
         Returns a dict: ``pose_enc [B, S, 9]``, ``pose_enc_list`` (per iteration), ``extrinsic
         [B, S, 3, 4]``, ``intrinsic [B, S, 3, 3]``, ``depth [B, S, H, W, 1]``, ``depth_conf [B, S, H, W]``,
@@ -181,7 +185,7 @@ class VGGT(nn.Module):
         """
         images, query_points = self.check_inputs(images, query_points)
         with self.ranges("vggt"):
-            tokens, start = self.aggregate(images)
+            tokens, start = self.aggregate(images) if aggregated is None else aggregated
             gather = None
             if self.context is not None:  # the heads run on this rank's frames; their outputs are gathered
                 images, gather = self.context.shard(images), self.context.gather_frames

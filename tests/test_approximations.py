@@ -503,3 +503,61 @@ def test_the_pareto_figure_labels_each_drift_axis_in_one_notation():
         assert all(percent) or not any(percent), (ax.get_ylabel(), labels)
         seen += 1
     assert seen == 3  # camera pose, depth, world points at one frame count
+
+
+def test_keep_last_holds_only_the_last_calls_output():
+    import weakref
+
+    from vggt_bench.runner import KeepLast
+
+    class Out:
+        pass
+
+    alive = []
+
+    def fn():
+        out = Out()
+        alive.append(weakref.ref(out))
+        return out
+
+    keep = KeepLast(fn, 3)
+    assert keep() is None and keep() is None
+    assert all(ref() is None for ref in alive)  # earlier outputs are gone before the next call runs
+    keep()
+    assert keep.output is alive[-1]() and keep.output is not None
+
+
+def test_drift_reads_the_last_timed_forward_instead_of_running_the_aggregator_again(monkeypatch, tmp_path):
+    """At 800 frames one aggregator forward takes about two minutes on an H100, and measure.drift ran one
+    more per point for its outputs (a third of the 2026-12-06 approximations study's device time). Drift
+    now reads the last timed forward's output and runs only the heads on it: the aggregator runs
+    warmup + repeats times per point, and the drift columns equal those of a fresh forward."""
+    from vggt_bench import runner
+
+    calls = []
+    real = vggt_model.VGGT.aggregate
+    monkeypatch.setattr(vggt_model.VGGT, "aggregate", lambda self, images: calls.append(1) or real(self, images))
+    runner._REFERENCE.clear()
+
+    def point(**execution):
+        return runner.Point(arch="small", device="cpu", frames=2, batch=1, height=56, width=84, part="aggregator",
+                            query_points=0, inputs="synthetic", execution=ExecutionConfig(**execution))
+
+    exact = runner.measure(point(), 1, 2, drift=True, reference_dir=str(tmp_path), eager_reference=False)
+    assert exact["status"] == "ok" and len(calls) == 3, calls  # the exact outputs: from the last timed forward
+    calls.clear()
+    row = runner.measure(point(kv_keep=0.5), 1, 2, drift=True, reference_dir=str(tmp_path), eager_reference=False)
+    assert row["status"] == "ok" and len(calls) == 3, calls
+    assert all(row[c] > 0 for c in DRIFT), row
+    # the same columns from a fresh forward of each, with the exact outputs computed afresh too
+    runner._REFERENCE.clear()
+    with torch.inference_mode():
+        reference = runner.exact_outputs(runner.get_model(point(), heads=True), point(), runner.make_inputs(point())[0])
+        saved = torch.load(next(tmp_path.glob("*.pt")), weights_only=True)
+        assert saved.keys() == reference.keys() and all(torch.equal(saved[k], reference[k]) for k in saved)
+        net = runner.get_model(point(kv_keep=0.5), heads=True)
+        net.configure(ExecutionConfig(kv_keep=0.5))
+        fresh = runner.measure_drift(net, point(kv_keep=0.5), runner.make_inputs(point())[0])
+    assert {c: row[c] for c in DRIFT} == pytest.approx({c: fresh[c] for c in DRIFT}, rel=1e-9)
+    with pytest.raises(ValueError, match="exact point only"):
+        runner.exact_outputs(net, point(kv_keep=0.5), None, aggregated=([], 0))

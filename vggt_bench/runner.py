@@ -239,6 +239,23 @@ def time_forward(fn, device: str, warmup: int, repeats: int):
     return times
 
 
+class KeepLast:
+    """``fn`` timed ``calls`` times, keeping the output of the last call only (``output``): a drift
+    measurement reads the aggregator's output of the last timed forward instead of running the
+    aggregator once more (at 800 frames a forward is minutes). Earlier outputs are dropped as soon as
+    each call returns, so no call runs beside a previous call's output and the peak memory measured
+    is the same as without it."""
+
+    def __init__(self, fn: Callable[[], object], calls: int):
+        self.fn, self.calls, self.made, self.output = fn, calls, 0, None
+
+    def __call__(self):
+        out = self.fn()
+        self.made += 1
+        if self.made == self.calls:
+            self.output = out
+        return None
+
 def _percentile(values, q):
     values = sorted(values)
     if len(values) == 1:
@@ -291,14 +308,15 @@ def _last_layer(out, net) -> torch.Tensor:
     return last if context is None else context.gather_frames(last)  # every rank's frames
 
 
-def _drift_vs_eager(point: Point, fn, net, images, heads: bool) -> float:
+def _drift_vs_eager(point: Point, fn, net, images, heads: bool, last=None) -> float:
     """Relative L2 distance of this setting's last layer tokens from the exact reference: our model,
     the same weights (in fp32, as built or loaded) and inputs, run eagerly in fp32 (SDPA, upstream's
     plan, no compile, no CUDA graph). It covers what claims the same function (compile, CUDA graph,
     each backend, each plan, upstream's code) and, for half precision, the rounding too. The reference
-    is computed once per weights and inputs (``eager_reference``), not once per point."""
+    is computed once per weights and inputs (``eager_reference``), not once per point. ``last``: the
+    last timed forward's aggregator output, when kept (``KeepLast``)."""
     if point.part == "aggregator":
-        out = fn()  # the timed callable itself: a CUDA graph's replay, compiled blocks
+        out = last if last is not None else fn()  # the timed callable itself: a CUDA graph's replay, compiled blocks
         test = _last_layer(out, net)
     else:
         test = _last_layer(net.aggregate(images), net)
@@ -353,12 +371,13 @@ _REFERENCE: dict = {}  # the exact model's outputs per (weights, inputs, exact e
 DRIFT_REFERENCE_DIR = "drift_reference"  # under a sweep's out: those outputs, one .pt per reference_key
 
 
-def drift_outputs(net: vggt_model.VGGT, images) -> dict:
+def drift_outputs(net: vggt_model.VGGT, images, aggregated=None) -> dict:
     """The outputs drift is measured on, as fp32 host tensors: the last layer's tokens, and with heads
-    the camera pose encoding, depth and world points (no tracks)."""
+    the camera pose encoding, depth and world points (no tracks). ``aggregated``: ``net.aggregate(images)``
+    under the configuration measured, when a timed forward already computed it (the heads run on it)."""
     if net.camera_head is None and net.depth_head is None and net.point_head is None:
-        return {"tokens": _last_layer(net.aggregate(images), net).cpu()}
-    out = net(images, return_intermediates=True)
+        return {"tokens": _last_layer(aggregated if aggregated is not None else net.aggregate(images), net).cpu()}
+    out = net(images, return_intermediates=True, aggregated=aggregated)
     found = {"tokens": _last_layer(out, net).cpu()}  # every rank's frames under context parallelism
     for name in ("pose_enc", "depth", "world_points"):
         if name in out:
@@ -383,13 +402,15 @@ def reference_key(point: Point) -> str:
     return _digest({**_workload(point), "execution": dataclasses.asdict(point.execution.exact())})
 
 
-def measure_drift(net: vggt_model.VGGT, point: Point, images, reference_dir: Optional[str] = None) -> dict:
+def measure_drift(net: vggt_model.VGGT, point: Point, images, reference_dir: Optional[str] = None,
+                  test: Optional[dict] = None) -> dict:
     """Drift columns of a point whose execution is not exact: each output's relative L2 against the
     exact model (every approximation at its exact value, everything else as the point) on the same
     weights and inputs. The exact outputs are computed once per workload and kept on the host, and
     with ``reference_dir`` also saved there (``<key>.pt``), so later processes (a resumed or split
-    sweep) reuse them instead of running the exact model again."""
-    test = drift_outputs(net, images)
+    sweep) reuse them instead of running the exact model again. ``test``: this point's
+    ``drift_outputs``, when already computed."""
+    test = test if test is not None else drift_outputs(net, images)
     ref = exact_outputs(net, point, images, reference_dir)
     row = {col: relative_l2(test[name], ref[name]) if name in test and name in ref else math.nan
            for col, name in DRIFT_COLUMNS.items()}
@@ -397,9 +418,13 @@ def measure_drift(net: vggt_model.VGGT, point: Point, images, reference_dir: Opt
     return row
 
 
-def exact_outputs(net: vggt_model.VGGT, point: Point, images, reference_dir: Optional[str] = None) -> dict:
+def exact_outputs(net: vggt_model.VGGT, point: Point, images, reference_dir: Optional[str] = None,
+                  aggregated=None) -> dict:
     """The exact model's drift outputs for ``point``'s weights and inputs: from this process's cache,
-    else from ``reference_dir``, else computed (and saved there)."""
+    else from ``reference_dir``, else computed (and saved there). ``aggregated``: the aggregator's
+    output of an exact point's timed forward, reused (only when ``point`` is exact)."""
+    if aggregated is not None and not point.execution.is_exact():
+        raise ValueError("exact_outputs reuses the aggregator output of an exact point only")
     ex = point.execution
     key = reference_key(point)
     path = os.path.join(reference_dir, f"{key}.pt") if reference_dir else None
@@ -410,7 +435,7 @@ def exact_outputs(net: vggt_model.VGGT, point: Point, images, reference_dir: Opt
         else:
             net.configure(ex.exact())
             try:
-                _REFERENCE[key] = drift_outputs(net, images)
+                _REFERENCE[key] = drift_outputs(net, images, aggregated)
             finally:
                 net.configure(ex)
             if path:
@@ -479,11 +504,20 @@ def measure(point: Point, warmup: int, repeats: int, drift: bool = False,
         warm.setup_ms = built
         distributed.start_window(net)
         meter = telemetry.Meter(device).start()
+        last = None
         if adaptive is not None:
             run = timing.time_adaptive(fn, device, adaptive)
             times, stats = run.times_ms, run.columns()
         else:
-            times = time_forward(fn, device, 0, repeats)
+            # with drift on, the last timed forward's aggregator output is kept and the drift outputs
+            # are read from it (the heads run on it): no further aggregator forward for drift. Not
+            # for a CUDA graph's replay (its static outputs live in the graph's pool, freed before
+            # drift is measured) nor for the whole model (its output is the heads').
+            timed = (KeepLast(fn, repeats) if drift and point.impl == "ours" and point.part == "aggregator"
+                     and not ex.cuda_graph else fn)
+            times = time_forward(timed, device, 0, repeats)
+            last = timed.output if isinstance(timed, KeepLast) else None
+            del timed
             stats = timing.ci_columns(times)
         stats.update(meter.stop(), **timing.cold_columns(warm, times, ex.compile != "off"))
         message = point.note
@@ -508,7 +542,7 @@ def measure(point: Point, warmup: int, repeats: int, drift: bool = False,
         row["attention_ran"] = net.attention_report()
         row["attention_auto"] = _auto_timings(net)
         row["drift_rel"] = math.nan
-        row["drift_vs_eager"] = (_drift_vs_eager(point, fn, net, images, heads or point.part == "full")
+        row["drift_vs_eager"] = (_drift_vs_eager(point, fn, net, images, heads or point.part == "full", last)
                                  if drift and eager_reference else math.nan)
         row.update({col: math.nan for col in DRIFT_COLUMNS})
         if drift and point.impl == "ours" and (not ex.is_exact() or reference_dir):
@@ -516,10 +550,12 @@ def measure(point: Point, warmup: int, repeats: int, drift: bool = False,
             fn = None
             free_memory()
             if ex.is_exact():  # the exact point of a sweep keeps its outputs for the others' drift
-                exact_outputs(net, point, images, reference_dir)
+                exact_outputs(net, point, images, reference_dir, last)
             else:
-                row.update(measure_drift(net, point, images, reference_dir))
-        del images, queries, fn
+                test = drift_outputs(net, images, last)
+                last = None  # this point's layer outputs are not held while the exact ones are computed
+                row.update(measure_drift(net, point, images, reference_dir, test))
+        del images, queries, fn, last
     return row
 
 

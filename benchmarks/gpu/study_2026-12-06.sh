@@ -41,7 +41,10 @@ for stage in "$@"; do
     fastest-drift) # issue 16, left for the next lease: the fastest setting's drift against the eager fp32 model
       # (one fp32 reference per frame count since adc848d), and one 1,000-frame forward of it without compile
       run fastest_drift 200 $S out=$W/fastest_drift $FAST model.compile=default model.cuda_graph=true frames=100 measure.drift=true measure.warmup=2 measure.repeats=3
-      run thousand 300 $S out=$W/thousand $FAST frames=1000 measure.warmup=0 measure.repeats=1 ;;
+      # upstream's plan keeps every layer's output (~72 GiB of activations at 1,000 frames, past an H100's
+      # 80 GB): the lean plan, exact too. An 8-frame point first, in the same process, so FlashAttention-4's
+      # kernels are compiled before the one timed 1,000-frame forward.
+      run thousand 330 $S out=$W/thousand ${FAST/memory_plan=upstream/memory_plan=lean} frames=8,1000 measure.warmup=0 measure.repeats=1 ;;
     auto)   # issue 16: auto against the best single backends at 100 frames, bf16, eager, upstream's plan
       run auto 130 $S out=$W/auto model.dtype=bf16 model.memory_plan=upstream frames=100 measure.warmup=1 measure.repeats=3 \
         model.attention=sdpa_cudnn,auto model.global_attention=flash_attn4,auto ;;
@@ -63,6 +66,29 @@ for stage in "$@"; do
       run approx 240 $A frames=400 measure.warmup=1 measure.repeats=1 approx=kv_keep_25,merge_50,sparse_75
       run approx 300 $A frames=800 measure.warmup=0 measure.repeats=1 approx=exact,merge_65
       run approx 240 $A frames=800 measure.warmup=1 measure.repeats=1 approx=kv_keep_10,sparse_90 ;;
+    approx100|approx400|approx800a|approx800b|approx800c|approx800d)
+      # issue 13, the second lease (after 12e1c57: approximations chunk their projections under the lean plan;
+      # drift read from the last timed forward, no extra aggregator forward per point). Every setting at
+      # every frame count against the exact model of this lease. Settings that run on flex attention
+      # (kv_keep, global_sparsity) get one warm-up forward (its compilation); at 400 and 800 frames the
+      # others are timed on their first forward (one 30-130 s forward; cuDNN's and cuBLAS's first-call
+      # set-up is under a second). In priority order: 100 frames; 800 frames exact and prune4; the
+      # cheapest setting of each technique at 800; 400 frames; the other settings at 800.
+      A="python3 -m vggt_bench sweep report=false experiment=approximations out=$W/approx model.dtype=bf16"
+      FLEX0=kv_keep_10,sparse_90; FLEX1=kv_keep_25,sparse_75; FLEX2=kv_keep_50,sparse_50
+      case $stage in
+        approx100) run approx 300 $A frames=100 measure.warmup=1 measure.repeats=3 \
+                     approx=exact,prune4,kv_keep_10,sparse_90,merge_65,kv_keep_25,sparse_75,merge_50,kv_keep_50,sparse_50,merge_30 ;;
+        approx800a) run approx 420 $A frames=800 measure.warmup=0 measure.repeats=1 approx=exact,prune4 ;;
+        approx800b) run approx 120 $A frames=800 measure.warmup=0 measure.repeats=1 approx=merge_65
+                    run approx 240 $A frames=800 measure.warmup=1 measure.repeats=1 approx=$FLEX0 ;;
+        approx400) run approx 200 $A frames=400 measure.warmup=0 measure.repeats=1 approx=exact,prune4,merge_65,merge_50,merge_30
+                   run approx 300 $A frames=400 measure.warmup=1 measure.repeats=1 approx=$FLEX0,$FLEX1,$FLEX2 ;;
+        approx800c) run approx 120 $A frames=800 measure.warmup=0 measure.repeats=1 approx=merge_50
+                    run approx 300 $A frames=800 measure.warmup=1 measure.repeats=1 approx=$FLEX1 ;;
+        approx800d) run approx 160 $A frames=800 measure.warmup=0 measure.repeats=1 approx=merge_30
+                    run approx 400 $A frames=800 measure.warmup=1 measure.repeats=1 approx=$FLEX2 ;;
+      esac ;;
     approx-one) # issue 13, one sweep of the approximations named in $APPROX (a short call: pack after each)
       run approx 300 python3 -m vggt_bench sweep report=false experiment=approximations out=$W/approx model.dtype=bf16 $APPROX ;;
     pack)   # the tables, figures and trimmed traces (no full traces, no drift reference outputs) into $OUT
