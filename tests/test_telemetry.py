@@ -32,7 +32,19 @@ def _row(**changes):
 
 def test_a_clean_row_is_not_noisy():
     assert noise.classify(_row()) == (False, "")
-    assert noise.columns(_row()) == {"spread": pytest.approx(1.05), "noisy": False, "noise_reason": ""}
+    assert noise.columns(_row()) == {"spread": pytest.approx(1.05), "noisy": False, "noise_reason": "",
+                                     "backs_claim": True, "claim_note": ""}
+
+
+def test_a_cpu_row_backs_no_claim_even_when_clean():
+    """The developers' guide: CPU timings move whenever anything else runs; they back no claim, and the
+    tool must say so in its rows. A clean CPU row was indistinguishable from a clean GPU row."""
+    clean = noise.columns(_row(device="cpu", cpu_cores=2, cpu_usable_cores=2, load_avg_1m=1.0))
+    assert clean["noisy"] is False and clean["backs_claim"] is False
+    assert clean["claim_note"].startswith("CPU timing:") and "backs no speed claim" in clean["claim_note"]
+    noisy = noise.columns(_row(latency_ms_p90=134.0))
+    assert noisy["backs_claim"] is False and noisy["claim_note"] == "noisy: see noise_reason"
+    assert noise.columns(_row(status="oom"))["backs_claim"] is False
 
 
 def test_spread_over_the_device_threshold_is_noisy():
@@ -110,6 +122,8 @@ def test_console_line_says_noisy():
                peak_rss_gib=0.4, noisy=True, noise_reason="spread p90/p10 1.60 > 1.50")
     assert sweep._result(row).endswith("0.40 GiB peak NOISY (spread p90/p10 1.60 > 1.50)")
     assert "NOISY" not in sweep._result(dict(row, noisy=False, noise_reason=""))
+    cpu = dict(row, noisy=False, noise_reason="", claim_note=noise.CPU_NOTE)
+    assert sweep._result(cpu).endswith("0.40 GiB peak (CPU timing: backs no claim)")
 
 
 # ---- CPU share ---------------------------------------------------------------------------------------
@@ -472,3 +486,21 @@ def test_building_the_forward_counts_in_the_first_call_and_in_compile_time():
     warm = timing.WarmUp(calls_ms=[5.0, 4.0], setup_ms=3000.0)
     cols = timing.cold_columns(warm, [4.0, 4.0, 4.0], compiled=True)
     assert cols["first_call_ms"] == 3005.0 and abs(cols["compile_s"] - 3.001) < 1e-9
+
+
+def test_the_report_says_cpu_timings_back_no_claim():
+    import pandas as pd
+
+    from vggt_bench.analysis.findings import findings
+
+    def rows(device):
+        return pd.DataFrame([dict(point_id=f"p{s}", impl="ours", arch="small", device=device, frames=s, batch=1,
+                                  height=28, width=42, part="aggregator", query_points=0, inputs="synthetic",
+                                  gpu_name="cpu" if device == "cpu" else "H100", status="ok", random_weights=True,
+                                  checkpoint="", frame_exec="fused", attention="sdpa", dtype="fp32", prune_depth=0,
+                                  repeats=5, latency_ms_median=10.0 * s, latency_ms_p10=9.9 * s, latency_ms_p90=10.1 * s)
+                             for s in (2, 4)])
+
+    said = [line for line in findings(rows("cpu"))[0].lines if "timed on the CPU" in line]
+    assert len(said) == 1 and said[0].startswith("2 point(s) were timed on the CPU") and "back no claim" in said[0]
+    assert not any("timed on the CPU" in line for line in findings(rows("cuda"))[0].lines)

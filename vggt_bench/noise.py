@@ -3,7 +3,8 @@
 Entry points:
 
 * :func:`classify` -- ``(noisy, reason)`` for one result row (a dict).
-* :func:`columns` -- the ``spread``, ``noisy`` and ``noise_reason`` columns of one row.
+* :func:`columns` -- the ``spread``, ``noisy``, ``noise_reason``, ``backs_claim`` and ``claim_note``
+  columns of one row.
 * :func:`flag_noisy` -- (re)computes those columns for a whole results table; old tables
   without the telemetry columns are judged on what they have (spread and repeats).
 
@@ -27,6 +28,11 @@ A row is noisy when any of these holds (each adds a short phrase with its number
 * adaptive timing stopped by its budget or max_repeats before the median's CI converged.
 
 Rows whose status is not ``ok`` have no timing to judge: ``noisy`` False, reason "".
+
+Whether a row's latency can back a speed claim (``backs_claim``, with ``claim_note`` saying why not):
+only a GPU row that is not noisy. A CPU row never does, noisy or not: CPU timings move whenever
+anything else runs on the machine (CI's two cores, a build beside the sweep), so they show that the
+harness works, not what an optimisation buys.
 """
 
 from __future__ import annotations
@@ -47,7 +53,11 @@ COLUMNS = [
     "spread",        # latency_ms_p90 / latency_ms_p10 (NaN when not timed)
     "noisy",         # bool: do not trust this row's latency without looking at noise_reason
     "noise_reason",  # "; "-joined reasons ("" when clean)
+    "backs_claim",   # bool: the latency may back a speed claim (a GPU row, not noisy)
+    "claim_note",    # why not ("" when it may)
 ]
+CPU_NOTE = ("CPU timing: it moves whenever anything else runs on this machine, so it backs no speed claim "
+            "(GPU studies do)")
 
 
 @dataclass(frozen=True)
@@ -139,18 +149,31 @@ def classify(row, thresholds: Thresholds = DEFAULT) -> Tuple[bool, str]:
     return bool(found), "; ".join(found)
 
 
+def claim(row, noisy: bool) -> Tuple[bool, str]:
+    """(backs_claim, claim_note) of one row whose noise verdict is ``noisy``."""
+    if _text(row, "status") not in ("ok", ""):
+        return False, ""
+    if not _on_gpu(row):
+        return False, CPU_NOTE
+    if noisy:
+        return False, "noisy: see noise_reason"
+    return True, ""
+
+
 def columns(row, thresholds: Thresholds = DEFAULT) -> dict:
-    """``spread``, ``noisy`` and ``noise_reason`` of one row."""
+    """``spread``, ``noisy``, ``noise_reason``, ``backs_claim`` and ``claim_note`` of one row."""
     noisy, reason = classify(row, thresholds)
-    return {"spread": spread(row), "noisy": noisy, "noise_reason": reason}
+    backs, note = claim(row, noisy)
+    return {"spread": spread(row), "noisy": noisy, "noise_reason": reason, "backs_claim": backs, "claim_note": note}
 
 
 def flag_noisy(frame, thresholds: Thresholds = DEFAULT):
-    """A copy of a results DataFrame with ``spread``, ``noisy`` and ``noise_reason`` (re)computed."""
+    """A copy of a results DataFrame with the :data:`COLUMNS` (re)computed."""
     out = frame.copy()
     cols = [columns(row, thresholds) for row in frame.to_dict("records")]
     for name in COLUMNS:
         out[name] = [c[name] for c in cols]
     if len(out):
         out["noisy"] = out["noisy"].astype(bool)
+        out["backs_claim"] = out["backs_claim"].astype(bool)
     return out

@@ -79,6 +79,8 @@ MEASUREMENTS = [
     # How far to trust the row (vggt_bench/noise.py, telemetry.py, timing.py document each):
     "noisy",             # bool: the latency is not to be trusted as is; noise_reason says why
     "noise_reason",      # "; "-joined reasons, e.g. "spread p90/p10 1.34 > 1.10; GPU throttled: sw_power_cap"
+    "backs_claim",       # bool: the latency may back a speed claim: a GPU row that is not noisy (never a CPU row)
+    "claim_note",        # why it may not ("CPU timing: ... backs no speed claim", "noisy: see noise_reason")
     "spread",            # latency_ms_p90 / latency_ms_p10
     "ci95_low_ms",       # distribution-free 95% CI of the median latency (NaN with < 6 repeats)
     "ci95_high_ms",

@@ -125,6 +125,8 @@ def _result(row: dict) -> str:
     mem = row.get("peak_alloc_gib")
     mem = mem if mem is not None and not (isinstance(mem, float) and math.isnan(mem)) else row.get("peak_rss_gib")
     noisy = f" NOISY ({row['noise_reason']})" if row.get("noisy") else ""
+    if str(row.get("claim_note") or "").startswith("CPU timing"):
+        noisy += " (CPU timing: backs no claim)"
     return f"{row['latency_ms_median']:.1f} ms (p10 {row['latency_ms_p10']:.1f}, p90 {row['latency_ms_p90']:.1f}), {mem:.2f} GiB peak{noisy}"
 
 

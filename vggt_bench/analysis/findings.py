@@ -124,6 +124,11 @@ def _findings(label: str, rows: pd.DataFrame) -> Findings:
     lines = []
     status_text = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
     lines.append(f"**{label}**: {len(rows_all)} points ({status_text}).")
+    on_cpu = rows_all[(rows_all["status"] == "ok") & ~rows_all["device"].fillna("").astype(str).str.startswith("cuda")]
+    if len(on_cpu):
+        lines.append(f"{len(on_cpu)} point(s) were timed on the CPU: CPU timings move whenever anything else runs on "
+                     f"the machine, so they show what the harness measures, not what an optimisation buys on a GPU; "
+                     f"they back no claim (`backs_claim` is False in their rows).")
     if len(noisy):
         where = "; ".join(f"S={int(r['frames'])} {config_label(r, EXACT_CONFIG)}: {r['noise_reason']}"
                           for _, r in noisy.head(4).iterrows())

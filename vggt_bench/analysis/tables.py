@@ -49,11 +49,11 @@ STAGES = RANGE_STAGES + ["heads", "other"]
 INT_COLUMNS = ["frames", "batch", "height", "width", "query_points", "iterations"] + [
     k for k, t in _KNOB_TYPE.items() if t == "int"]
 BOOL_KNOBS = [k for k, t in _KNOB_TYPE.items() if t == "bool"]  # absent (older tables) means off
-BOOL_COLUMNS = BOOL_KNOBS + ["random_weights", "disagree", "profiled", "noisy"]
+BOOL_COLUMNS = BOOL_KNOBS + ["random_weights", "disagree", "profiled", "noisy", "backs_claim"]
 TEXT_COLUMNS = [
     "point_id", "experiment", "arch", "device", "part", "inputs", "gpu_name", "driver", "torch_version",
     "cuda_version", "cudnn_version", "python_version", "cpu", "git_commit", "host", "timestamp", "checkpoint",
-    "status", "message", "peak_source", "tag", "profiler", "range", "domain", "impl", "noise_reason", "gpu_uuid",
+    "status", "message", "peak_source", "tag", "profiler", "range", "domain", "impl", "noise_reason", "claim_note", "gpu_uuid",
     "attention_ran", "upstream_source",
     "profile_status", "profile_message", "stage", "source",
 ] + [k for k, t in _KNOB_TYPE.items() if t == "str"]
@@ -110,10 +110,12 @@ def tidy_results(frame: pd.DataFrame) -> pd.DataFrame:
     """The results table with every RESULT_COLUMNS column present and numeric columns as floats.
 
     Tables from before a column existed get its meaning: ``impl`` ours, ``memory_plan`` upstream
-    (the only plan there was), and ``noisy``/``noise_reason`` computed from what the rows hold.
+    (the only plan there was), and the noise columns (``noisy``, ``backs_claim`` ...) computed from what
+    the rows hold.
     """
     frame = frame.copy()
-    missing_noise = "noisy" not in frame.columns or frame["noisy"].isna().all()
+    # tables from before the noise columns, or before backs_claim: computed from what the rows hold
+    missing_noise = any(c not in frame.columns or frame[c].isna().all() for c in ("noisy", "backs_claim"))
     for col, old_value in (("impl", "ours"), ("memory_plan", "upstream")):
         if col not in frame.columns:
             frame[col] = old_value
@@ -125,7 +127,7 @@ def tidy_results(frame: pd.DataFrame) -> pd.DataFrame:
 
         frame = flag_noisy(frame)
     frame = _coerce(frame)
-    for col in BOOL_KNOBS + ["noisy"]:
+    for col in BOOL_KNOBS + ["noisy", "backs_claim"]:
         frame[col] = frame[col].map(lambda v: False if v is None else v).astype(object)
     frame["context_parallel"] = frame["context_parallel"].fillna(1.0)  # tables from before it: one rank
     for col in APPROXIMATE_ATTENTION:  # absent (older tables): those ran the exact attention
@@ -921,22 +923,26 @@ def approximation_table(results: pd.DataFrame) -> pd.DataFrame:
 
     Columns: the knobs, gpu_name, random_weights, checkpoint, technique, setting, status,
     status_exact, latency_ms, latency_ms_exact, speedup (exact latency / latency; NaN unless both
-    ran), and the drift columns (DRIFT_OUTPUTS, ``drift_rel``).
+    ran), ``noisy`` (the point's timing or its exact point's is flagged noisy: the speedup is an
+    estimate) and the drift columns (DRIFT_OUTPUTS, ``drift_rel``).
     """
     frame = tidy_results(results)
     keys = [k for k in KNOBS if k not in APPROXIMATIONS] + ["gpu_name", "random_weights", "checkpoint"]
     is_exact = attention_exact(frame) & (frame["prune_depth"] == 0)
-    base = frame[is_exact].drop_duplicates(keys, keep="last")[keys + ["latency_ms_median", "status"]]
-    base = base.rename(columns={"latency_ms_median": "latency_ms_exact", "status": "status_exact"})
+    base = frame[is_exact].drop_duplicates(keys, keep="last")[keys + ["latency_ms_median", "status", "noisy"]]
+    base = base.rename(columns={"latency_ms_median": "latency_ms_exact", "status": "status_exact",
+                                "noisy": "noisy_exact"})
     approx = frame[~is_exact & frame["prune_depth"].notna()].rename(columns={"latency_ms_median": "latency_ms"})
     table = approx.merge(base, on=keys, how="left").copy()
     ok = (table["status"] == "ok") & (table["status_exact"] == "ok")
     records = table.to_dict("records")
+    noisy = table["noisy"].fillna(False).astype(bool) | table["noisy_exact"].fillna(False).astype(bool)
     table = table.assign(speedup=np.where(ok, table["latency_ms_exact"] / table["latency_ms"], np.nan),
-                         technique=[technique(r) for r in records], setting=[setting(r) for r in records])
+                         technique=[technique(r) for r in records], setting=[setting(r) for r in records],
+                         noisy=noisy & ok)
     drift = [c for c, _ in DRIFT_OUTPUTS] + ["drift_rel"]
     columns = KNOBS + ["gpu_name", "random_weights", "checkpoint", "technique", "setting", "status", "status_exact",
-                       "latency_ms", "latency_ms_exact", "speedup"] + drift
+                       "latency_ms", "latency_ms_exact", "speedup", "noisy"] + drift
     return table[columns].reset_index(drop=True)
 
 
@@ -960,8 +966,9 @@ def best_within_yardstick(table: pd.DataFrame, frames: Optional[int] = None,
     """The fastest attention approximation whose drift on every one of ``outputs`` is below that of
     ``prune_depth=depth`` at the same frame count (default: the largest measured with both).
 
-    Returns ``{frames, setting, technique, speedup, yardstick_speedup, <output>, yardstick_<output>}``
-    or None when the yardstick or a qualifying point is missing.
+    Returns ``{frames, setting, technique, speedup, yardstick_speedup, noisy, <output>,
+    yardstick_<output>}`` or None when the yardstick or a qualifying point is missing; ``noisy``: a
+    timing behind either speedup is flagged noisy (the ranking is an estimate).
     """
     ok = table[table["speedup"].notna()]
     ruler = ok[(ok["technique"] == "prune_depth") & (ok["prune_depth"] == depth)]
@@ -981,7 +988,8 @@ def best_within_yardstick(table: pd.DataFrame, frames: Optional[int] = None,
         return None
     best = inside.loc[inside["speedup"].idxmax()]
     found = {"frames": int(frames), "setting": best["setting"], "technique": best["technique"],
-             "speedup": float(best["speedup"]), "yardstick_speedup": float(ruler["speedup"])}
+             "speedup": float(best["speedup"]), "yardstick_speedup": float(ruler["speedup"]),
+             "noisy": bool(best.get("noisy", False)) or bool(ruler.get("noisy", False))}
     for col in outputs:
         found[col], found[f"yardstick_{col}"] = float(best[col]), float(ruler[col])
     return found
