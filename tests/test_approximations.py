@@ -465,6 +465,13 @@ def test_pareto_front_and_the_yardstick_from_a_table():
     table = tables.approximation_table(pd.DataFrame(noisy_rows + rows[1:]))
     assert table[table["frames"] == 800]["noisy"].all() and not table[table["frames"] == 400]["noisy"].any()
     assert tables.best_within_yardstick(table)["noisy"]
+    from vggt_bench.report import plots
+
+    figure = plots.approximations(pd.DataFrame(noisy_rows + rows[1:])).figure
+    labels = [h.get_label() for h in figure.axes[-1].get_legend().legend_handles]
+    assert "noisy timing (speedup an estimate)" in labels
+    clean = plots.approximations(pd.DataFrame(rows)).figure
+    assert "noisy timing (speedup an estimate)" not in [h.get_label() for h in clean.axes[-1].get_legend().legend_handles]
     # the exact model's rows (every other figure) leave the approximations out
     exact, _ = tables.exact_rows(tables.tidy_results(pd.DataFrame(rows)))
     assert list(exact["latency_ms_median"]) == [100_000.0, 25_000.0]

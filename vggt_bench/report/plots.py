@@ -527,7 +527,8 @@ def approximations(results: pd.DataFrame) -> Plot:
     one column of panels per frame count, one row per output (camera pose, depth, world points; the
     last layer's tokens where no head was measured). x: speedup over the exact model, y: relative L2
     drift, both log. Colour and marker = technique; the line joins the Pareto front (no other point
-    is both faster and closer); the dotted line is prune_depth=4's drift, the yardstick.
+    is both faster and closer); the dotted line is prune_depth=4's drift, the yardstick. A red ring
+    marks a point whose timing, or its exact point's, is flagged noisy (its speedup is an estimate).
 
     Fixed: the backend with most approximation points (ties: ``sdpa``), ``fused`` frame execution
     when measured (the note says what was left out).
@@ -562,6 +563,7 @@ def approximations(results: pd.DataFrame) -> Plot:
     kinds = sorted(set(table["technique"]), key=lambda t: (TECHNIQUE_ORDER.index(t.split(" + ")[0])
                                                          if t.split(" + ")[0] in TECHNIQUE_ORDER else 9, t))
     zero = []
+    any_noisy = False
     for r, (col, name) in enumerate(drifts):
         front = pareto_front(table, col)
         for c, frames_ in enumerate(frames):
@@ -579,6 +581,11 @@ def approximations(results: pd.DataFrame) -> Plot:
                 for _, row in pts.iterrows():
                     ax.annotate(row["setting"].replace(f"{base}=", ""), (row["speedup"], row[col]), fontsize=6.5,
                                 xytext=(3, 2), textcoords="offset points", color="#333333")
+            shaky = drawn[drawn["noisy"].fillna(False).astype(bool)] if "noisy" in drawn else drawn.iloc[0:0]
+            if len(shaky):
+                any_noisy = True
+                ax.scatter(shaky["speedup"], shaky[col], s=120, facecolors="none", edgecolors="#d62728",
+                           linewidth=1.2, zorder=4)
             on = drawn[drawn["on_front"]].sort_values("speedup")
             if len(on) > 1:
                 ax.plot(on["speedup"], on[col], color="black", lw=1.0, alpha=0.6, zorder=2)
@@ -613,6 +620,9 @@ def approximations(results: pd.DataFrame) -> Plot:
                       label=TECHNIQUE_SOURCES.get(k, k)) for k in kinds]
     handles += [Line2D([], [], color="black", alpha=0.6, lw=1.0, label="Pareto front"),
                 Line2D([], [], color="#7f7f7f", ls=":", lw=1.0, label=f"drift of prune_depth={YARDSTICK_DEPTH}")]
+    if any_noisy:
+        handles.append(Line2D([], [], ls="", marker="o", ms=10, mfc="none", mec="#d62728", mew=1.2,
+                              label="noisy timing (speedup an estimate)"))
     _side_legend(lax, handles, title="technique")
     _suptitle(fig, "Speed against output drift: every approximation against the exact model", table,
               extra=f"attention {backend} · {weights_line(table)}")
