@@ -455,6 +455,11 @@ def test_noisy_points_are_listed_and_left_out_of_conclusions(tmp_path):
     table.loc[table["noisy"].isna(), "noisy"] = False
     (found,) = findings.findings(table)
     assert any("noisy point(s) are left out" in line and "1.40" in line for line in found.lines)
+    # a table from before backs_claim keeps its noisy verdicts and gets backs_claim from them
+    tidy = tables.tidy_results(table)
+    assert tidy.loc[fastest.name, "noisy"] and not tidy.loc[fastest.name, "backs_claim"]
+    clean = tidy[(tidy["status"] == "ok") & ~tidy["noisy"].astype(bool) & tidy["device"].str.startswith("cuda")]
+    assert len(clean) and clean["backs_claim"].astype(bool).all()
     at256 = found.fastest[found.fastest["frames"] == 256]
     assert at256.empty or float(at256["latency_ms"].iloc[0]) != float(fastest["latency_ms_median"])
     fig, _ = plots.scaling_wall(table)

@@ -114,8 +114,10 @@ def tidy_results(frame: pd.DataFrame) -> pd.DataFrame:
     the rows hold.
     """
     frame = frame.copy()
-    # tables from before the noise columns, or before backs_claim: computed from what the rows hold
-    missing_noise = any(c not in frame.columns or frame[c].isna().all() for c in ("noisy", "backs_claim"))
+    # tables from before the noise columns: computed from what the rows hold; from before backs_claim:
+    # that one from the rows' own noisy verdict
+    missing_noise = "noisy" not in frame.columns or frame["noisy"].isna().all()
+    missing_claim = "backs_claim" not in frame.columns or frame["backs_claim"].isna().all()
     for col, old_value in (("impl", "ours"), ("memory_plan", "upstream")):
         if col not in frame.columns:
             frame[col] = old_value
@@ -126,6 +128,11 @@ def tidy_results(frame: pd.DataFrame) -> pd.DataFrame:
         from ..noise import flag_noisy
 
         frame = flag_noisy(frame)
+    elif missing_claim and len(frame):
+        from ..noise import claim
+
+        said = [claim(r, r.get("noisy") is True or r.get("noisy") == 1) for r in frame.to_dict("records")]
+        frame["backs_claim"], frame["claim_note"] = [b for b, _ in said], [n for _, n in said]
     frame = _coerce(frame)
     for col in BOOL_KNOBS + ["noisy", "backs_claim"]:
         frame[col] = frame[col].map(lambda v: False if v is None else v).astype(object)
