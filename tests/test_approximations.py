@@ -557,10 +557,11 @@ def test_drift_reads_the_last_timed_forward_instead_of_running_the_aggregator_ag
         return runner.Point(arch="small", device="cpu", frames=2, batch=1, height=56, width=84, part="aggregator",
                             query_points=0, inputs="synthetic", execution=ExecutionConfig(**execution))
 
-    exact = runner.measure(point(), 1, 2, drift=True, reference_dir=str(tmp_path), eager_reference=False)
+    how = runner.Measurement(warmup=1, repeats=2, drift=True, eager_reference=False, reference_dir=str(tmp_path))
+    exact = runner.measure(point(), how)
     assert exact["status"] == "ok" and len(calls) == 3, calls  # the exact outputs: from the last timed forward
     calls.clear()
-    row = runner.measure(point(kv_keep=0.5), 1, 2, drift=True, reference_dir=str(tmp_path), eager_reference=False)
+    row = runner.measure(point(kv_keep=0.5), how)
     assert row["status"] == "ok" and len(calls) == 3, calls
     assert all(row[c] > 0 for c in DRIFT), row
     # the same columns from a fresh forward of each, with the exact outputs computed afresh too

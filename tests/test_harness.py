@@ -90,7 +90,7 @@ def test_out_of_memory_is_a_result_and_the_next_point_runs(tmp_path, monkeypatch
     store = ResultStore(str(tmp_path))
     store.ensure_writable()
     for frames in (4, 2):
-        store.add(runner.run_point(_point(frames=frames), warmup=0, repeats=1))
+        store.add(runner.run_point(_point(frames=frames), runner.Measurement(warmup=0, repeats=1)))
     table = store.table().set_index("frames")
     assert table.loc[4, "status"] == "oom" and "Tried to allocate" in table.loc[4, "message"]
     assert pd.isna(table.loc[4, "latency_ms_median"])
@@ -104,7 +104,7 @@ def test_an_error_is_recorded_with_its_message(monkeypatch, tmp_path):
         raise RuntimeError("kernel exploded\nsecond line")
 
     monkeypatch.setattr(runner, "time_forward", broken)
-    row = runner.run_point(_point(), warmup=0, repeats=1)
+    row = runner.run_point(_point(), runner.Measurement(warmup=0, repeats=1))
     assert row["status"] == "error" and row["message"] == "RuntimeError: kernel exploded"
     store = ResultStore(str(tmp_path))
     store.ensure_writable()
@@ -113,7 +113,7 @@ def test_an_error_is_recorded_with_its_message(monkeypatch, tmp_path):
 
 
 def test_unavailable_backend_is_recorded_with_the_reason():
-    row = runner.run_point(_point(attention="sdpa_cudnn"), warmup=0, repeats=1)
+    row = runner.run_point(_point(attention="sdpa_cudnn"), runner.Measurement(warmup=0, repeats=1))
     assert row["status"] == "unavailable" and "CUDA" in row["message"]
 
 
@@ -246,12 +246,12 @@ def test_system_exit_inside_a_point_is_not_swallowed(monkeypatch):
 
     monkeypatch.setattr(runner, "time_forward", requeue)
     with pytest.raises(SystemExit):
-        runner.run_point(_point(), warmup=0, repeats=1)
+        runner.run_point(_point(), runner.Measurement(warmup=0, repeats=1))
 
 
 def test_flops_of_huge_frame_counts_fit_the_table(tmp_path):
     """10^8 frames: the analytic count passes 2**63; the row (an unavailable point) must still be stored."""
-    row = runner.run_point(_point(frames=10**8, attention="sdpa_cudnn"), warmup=0, repeats=1)
+    row = runner.run_point(_point(frames=10**8, attention="sdpa_cudnn"), runner.Measurement(warmup=0, repeats=1))
     assert row["status"] == "unavailable" and row["flops"] > 2**63
     store = ResultStore(str(tmp_path))
     store.ensure_writable()
@@ -292,7 +292,7 @@ def test_the_eager_fp32_reference_is_built_once_per_workload(monkeypatch):
     real = runner.build_weights
     monkeypatch.setattr(runner, "build_weights", lambda point, heads: built.append(point.frames) or real(point, heads))
     runner._EAGER.clear()
-    rows = [runner.measure(_point(**knobs), 0, 1, drift=True)
+    rows = [runner.measure(_point(**knobs), runner.Measurement(0, 1, drift=True))
             for knobs in ({}, {"frame_exec": "sequential"}, {"prune_depth": 1}, {"frames": 3})]
     assert [r["status"] for r in rows] == ["ok"] * 4
     # the timed model once (its weights do not depend on the frames), then one reference per frame count

@@ -451,7 +451,7 @@ def test_schema_lists_the_new_columns():
 
 def test_run_point_adaptive_fills_the_ci_and_classifies():
     settings = timing.AdaptiveSettings(target_ci=0.5, budget_s=20.0, min_repeats=3, max_repeats=40)
-    row = runner.run_point(_point(), warmup=1, repeats=3, adaptive=settings)
+    row = runner.run_point(_point(), runner.Measurement(warmup=1, repeats=3, adaptive=settings))
     assert row["status"] == "ok", row["message"]
     assert row["stopped_by"] in ("converged", "budget", "max_repeats") and 6 <= row["repeats"] <= 40
     assert row["ci95_low_ms"] <= row["latency_ms_median"] <= row["ci95_high_ms"]

@@ -282,8 +282,8 @@ def first_result(got: Dict[int, Tuple[str, object]]):
 
 
 # ---- measuring on the ranks ------------------------------------------------------------------------------
-def measure_point(point, warmup: int, repeats: int, drift: bool, adaptive, reference_dir=None, eager_reference=True) -> dict:
-    """``runner.measure`` of a context-parallel point, by N ranks together: rank 0's columns, with every
+def measure_point(point, how) -> dict:
+    """``runner.measure(point, how)`` of a context-parallel point, by N ranks together: rank 0's columns, with every
     rank's in ``world_size``, ``rank_peak_gib_*`` and ``comm_*``.
 
     Ranks are started here, unless this process already is one (torchrun, srun): then it joins the
@@ -294,18 +294,17 @@ def measure_point(point, warmup: int, repeats: int, drift: bool, adaptive, refer
     from . import runner
 
     if unavailable(point):
-        return runner.measure(point, warmup, repeats, drift, adaptive, reference_dir, eager_reference)
+        return runner.measure(point, how)
     ext = launched()
     if ext is None and not in_group():
-        got = launch(point.execution.context_parallel, _measure_rank, (point, warmup, repeats, drift, adaptive, reference_dir, eager_reference),
-                     point.device)
+        got = launch(point.execution.context_parallel, _measure_rank, (point, how), point.device)
         try:
             return first_result(got)
         except RankFailed as exc:
             return exc.columns
     join(point.device, point.execution.context_parallel)
     try:
-        return _measure_rank(point, warmup, repeats, drift, adaptive, reference_dir, eager_reference)
+        return _measure_rank(point, how)
     except RankFailed as exc:  # possibly mid-forward: the other ranks may wait for this one in a collective
         if rank() != 0:
             from .errors import say_error
@@ -327,11 +326,11 @@ def stop_if_stuck() -> None:
         raise SystemExit(1)
 
 
-def _measure_rank(point, warmup, repeats, drift, adaptive, reference_dir=None, eager_reference=True) -> dict:
+def _measure_rank(point, how) -> dict:
     from . import runner
 
     try:
-        columns = runner.measure(point, warmup, repeats, drift, adaptive, reference_dir, eager_reference)  # ok, or unavailable on every rank alike
+        columns = runner.measure(point, how)  # ok, or unavailable on every rank alike
     except Exception as exc:  # noqa: BLE001 - a rank's failure is the row
         raise RankFailed({"status": "oom" if runner.is_oom(exc) else "error", "message": runner._one_line(exc)})
     model = runner._CACHE.get("model")

@@ -459,11 +459,35 @@ def _auto_timings(net) -> str:
     return json.dumps(timings) if timings else ""
 
 
-def measure(point: Point, warmup: int, repeats: int, drift: bool = False,
-            adaptive: Optional[timing.AdaptiveSettings] = None, reference_dir: Optional[str] = None,
-            eager_reference: bool = True) -> dict:
-    """All measurement columns of one point (status ``ok``), or raise. With ``drift``: the drift
-    columns against the exact model, and with ``eager_reference`` also ``drift_vs_eager``."""
+@dataclasses.dataclass(frozen=True)
+class Measurement:
+    """How every point is measured: the ``measure`` config group, and where drift's exact outputs are
+    kept. ``warmup`` untimed calls, then ``repeats`` timed ones (with ``adaptive``: at least that
+    many, until the median's CI converges); with ``drift`` the drift columns against the exact
+    model, and with ``eager_reference`` also ``drift_vs_eager`` against the eager fp32 model;
+    ``reference_dir``: where the exact model's drift outputs are saved for later processes."""
+
+    warmup: int = 1
+    repeats: int = 3
+    drift: bool = False
+    eager_reference: bool = True
+    adaptive: Optional[timing.AdaptiveSettings] = None
+    reference_dir: Optional[str] = None
+
+    @classmethod
+    def from_config(cls, measure, out: Optional[str] = None) -> "Measurement":
+        """From a ``measure`` config group; ``out``: the results directory (drift's exact outputs go to
+        ``<out>/drift_reference/``). Raises ``timing.SettingsError`` for bad adaptive settings."""
+        return cls(warmup=int(measure.warmup), repeats=int(measure.repeats), drift=bool(measure.drift),
+                   eager_reference=bool(measure.get("eager_reference", True)),
+                   adaptive=timing.adaptive_settings(measure),
+                   reference_dir=os.path.join(out, DRIFT_REFERENCE_DIR) if out else None)
+
+
+def measure(point: Point, how: Measurement) -> dict:
+    """All measurement columns of one point (status ``ok``), or raise; ``how`` says how (warm-up,
+    repeats, drift)."""
+    warmup, repeats, drift, adaptive = how.warmup, how.repeats, how.drift, how.adaptive
     device = point.device
     why = distributed.unavailable(point)  # what context parallelism does not combine with
     if why:
@@ -543,8 +567,9 @@ def measure(point: Point, warmup: int, repeats: int, drift: bool = False,
         row["attention_auto"] = _auto_timings(net)
         row["drift_rel"] = math.nan
         row["drift_vs_eager"] = (_drift_vs_eager(point, fn, net, images, heads or point.part == "full", last)
-                                 if drift and eager_reference else math.nan)
+                                 if drift and how.eager_reference else math.nan)
         row.update({col: math.nan for col in DRIFT_COLUMNS})
+        reference_dir = how.reference_dir
         if drift and point.impl == "ours" and (not ex.is_exact() or reference_dir):
             del fn
             fn = None
@@ -597,11 +622,8 @@ def derived(point: Point, row: dict, gpu_name: str) -> dict:
     return out
 
 
-def run_point(point: Point, warmup: int, repeats: int, drift: bool = False, experiment: str = "",
-              adaptive: Optional[timing.AdaptiveSettings] = None, out: Optional[str] = None,
-              eager_reference: bool = True) -> dict:
-    """One complete result row. Never raises for a failure of the point itself. ``out``: the results
-    directory; drift's exact reference outputs are kept in ``<out>/drift_reference/``."""
+def run_point(point: Point, how: Measurement, experiment: str = "") -> dict:
+    """One complete result row, measured as ``how`` says. Never raises for a failure of the point itself."""
     t0 = time.perf_counter()
     dev = torch.device(point.device)
     row = {"point_id": point.point_id, "experiment": experiment, **point.knobs(), **env.environment(dev)}
@@ -609,11 +631,10 @@ def run_point(point: Point, warmup: int, repeats: int, drift: bool = False, expe
     row["checkpoint"] = point.checkpoint or ""
     row["upstream_source"] = upstream.describe(point.upstream_path) if point.impl == "upstream" else ""
     try:
-        reference_dir = os.path.join(out, DRIFT_REFERENCE_DIR) if out else None
         if point.execution.context_parallel > 1:  # N ranks measure it together (vggt_bench/distributed.py)
-            row.update(distributed.measure_point(point, warmup, repeats, drift, adaptive, reference_dir, eager_reference))
+            row.update(distributed.measure_point(point, how))
         else:
-            row.update(measure(point, warmup, repeats, drift, adaptive, reference_dir, eager_reference))
+            row.update(measure(point, how))
     except vggt_model.checkpoint.CheckpointError as exc:
         raise UserError(str(exc))
     except Exception as exc:  # a point's failure is a result; Ctrl-C and SystemExit (a launcher's requeue) pass

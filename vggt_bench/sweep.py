@@ -14,6 +14,7 @@ resumed sweep skips a point only when it is measured and, with a profiler, profi
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -28,8 +29,8 @@ from .capture import check_profiler, profile_point
 from .errors import UserError, fail
 from .profile_store import profile_done
 from .results import ResultStore
-from .runner import resolve, resolve_device, run_point
-from .timing import SettingsError, adaptive_settings
+from .runner import Measurement, resolve, resolve_device, run_point
+from .timing import SettingsError
 from .config import approx_label
 
 SUMMARY_COLUMNS = [
@@ -55,12 +56,12 @@ def run_job(cfg: DictConfig) -> dict:
     profiler, then profile it in a separate capture (or skip that when already profiled)."""
     try:
         point = resolve(cfg)
-        adaptive = adaptive_settings(cfg.measure)
+        how = Measurement.from_config(cfg.measure, str(cfg.out))
         profiler = check_profiler(cfg, point.device)
     except (UserError, SettingsError) as exc:
         fail(str(exc))
     if not distributed.writes_rows():  # another rank of torchrun/srun: measures with rank 0, writes nothing
-        return _as_other_rank(cfg, point, adaptive)
+        return _as_other_rank(cfg, point, how)
     store = open_store(cfg.out)
     progress.job_started(point, cfg.experiment)
     pid = point.point_id
@@ -75,8 +76,7 @@ def run_job(cfg: DictConfig) -> dict:
         _say(f"skip  {_describe(point)}: already measured ({row['status']}); profiling it")
     else:
         try:
-            row = run_point(point, int(cfg.measure.warmup), int(cfg.measure.repeats), bool(cfg.measure.drift), cfg.experiment,
-                            adaptive, out=str(cfg.out), eager_reference=bool(cfg.measure.eager_reference))
+            row = run_point(point, how, cfg.experiment)
         except UserError as exc:
             fail(str(exc))
         row["profiled"] = False  # headline timings never come from a profiled run
@@ -93,13 +93,12 @@ def run_job(cfg: DictConfig) -> dict:
     return row
 
 
-def _as_other_rank(cfg: DictConfig, point, adaptive) -> dict:
+def _as_other_rank(cfg: DictConfig, point, how) -> dict:
     """A rank other than 0 under torchrun/srun: take part in the context-parallel points (and skip
     those rank 0 skips as measured); one-rank points are rank 0's alone."""
     if point.execution.context_parallel == 1 or (bool(cfg.resume) and ResultStore(cfg.out).is_done(point.point_id)):
         return {}
-    return run_point(point, int(cfg.measure.warmup), int(cfg.measure.repeats), bool(cfg.measure.drift), cfg.experiment,
-                     adaptive, eager_reference=bool(cfg.measure.eager_reference))
+    return run_point(point, dataclasses.replace(how, reference_dir=None), cfg.experiment)  # rank 0 keeps the outputs
 
 
 def _single_run() -> bool:
