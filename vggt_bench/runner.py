@@ -256,6 +256,7 @@ class KeepLast:
             self.output = out
         return None
 
+
 def _percentile(values, q):
     values = sorted(values)
     if len(values) == 1:
