@@ -246,6 +246,7 @@ def test_cpu_figures_never_show_the_gpu_reference(cpu_sweep):
         drawn = " ".join(texts(fig))
         assert "reference" not in drawn and "upstream" not in drawn
         assert "CPU" in fig._suptitle.get_text()
+        assert plots.CPU_TIMINGS in fig._suptitle.get_text()  # the guide: CPU timings back no claim, say so
     fig, _ = plots.memory(table)
     assert any("peak resident set" in t for t in texts(fig))  # CPU memory is the process RSS
 

@@ -161,9 +161,28 @@ def _side_legend(lax, handles, labels=None, title: Optional[str] = None) -> None
         lax.legend(handles, labels, **kw)
 
 
+CPU_TIMINGS = "CPU timings: they back no claim"
+
+
 def _suptitle(fig: Figure, what: str, frame: pd.DataFrame, extra: str = "") -> None:
     line = context_line(frame) + (f" · {extra}" if extra else "")
-    fig.suptitle(f"{what}\n{line}", fontsize=11)
+    devices = frame["device"].dropna().astype(str) if "device" in frame else pd.Series([], dtype=str)
+    if len(devices) and not devices.str.startswith("cuda").any():  # the guide: say so wherever they show
+        line += f" · {CPU_TIMINGS}"
+    fig.suptitle(f"{what}\n{_wrap_parts(line, 110)}", fontsize=11)
+
+
+def _wrap_parts(line: str, width: int) -> str:
+    """``a · b · c`` broken into lines of at most ``width`` characters at the `` · `` separators."""
+    lines, current = [], ""
+    for part in line.split(" · "):
+        joined = f"{current} · {part}" if current else part
+        if current and len(joined) > width:
+            lines.append(current)
+            current = part
+        else:
+            current = joined
+    return "\n".join(lines + [current])
 
 
 def _footnote(fig: Figure, lines: Sequence[str]) -> None:
