@@ -480,7 +480,7 @@ class Measurement:
         """From a ``measure`` config group; ``out``: the results directory (drift's exact outputs go to
         ``<out>/drift_reference/``). Raises ``timing.SettingsError`` for bad adaptive settings."""
         return cls(warmup=int(measure.warmup), repeats=int(measure.repeats), drift=bool(measure.drift),
-                   eager_reference=bool(measure.get("eager_reference", True)),
+                   eager_reference=bool(measure.eager_reference),
                    adaptive=timing.adaptive_settings(measure),
                    reference_dir=os.path.join(out, DRIFT_REFERENCE_DIR) if out else None)
 

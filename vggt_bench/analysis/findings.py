@@ -15,6 +15,7 @@ import pandas as pd
 
 from vggt_model.config import ExecutionConfig
 
+from ..noise import CPU_NOTE
 from ..schema import EXECUTION
 from . import tables as t
 from .tables import APPROXIMATIONS, WORKLOAD_CONTEXT as WORKLOAD
@@ -124,7 +125,7 @@ def _findings(label: str, rows: pd.DataFrame) -> Findings:
     lines = []
     status_text = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
     lines.append(f"**{label}**: {len(rows_all)} points ({status_text}).")
-    on_cpu = rows_all[(rows_all["status"] == "ok") & ~rows_all["device"].fillna("").astype(str).str.startswith("cuda")]
+    on_cpu = rows_all[rows_all["claim_note"] == CPU_NOTE]  # the rows' own verdict (noise.claim)
     if len(on_cpu):
         lines.append(f"{len(on_cpu)} point(s) were timed on the CPU: CPU timings move whenever anything else runs on "
                      f"the machine, so they show what the harness measures, not what an optimisation buys on a GPU; "

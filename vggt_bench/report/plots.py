@@ -227,15 +227,16 @@ def line_colors(labels) -> dict:
     return colors
 
 
-def _mark_noisy(ax, rows: pd.DataFrame, column: str, scale: float = 1.0) -> list:
-    """Hollow red rings on the points flagged noisy; the legend handle when there are any."""
+def _mark_noisy(ax, rows: pd.DataFrame, column: str, scale: float = 1.0, x: str = "frames",
+                label: str = "noisy (not used for conclusions)") -> list:
+    """Hollow red rings on the points flagged noisy (``x`` against ``column``); the legend handle when
+    there are any."""
     noisy = rows[rows["noisy"].fillna(False).astype(bool)] if "noisy" in rows else rows.iloc[0:0]
     if noisy.empty:
         return []
-    ax.plot(noisy["frames"], noisy[column] * scale, ls="none", marker="o", ms=11, mfc="none", mec="#d62728", mew=1.4,
+    ax.plot(noisy[x], noisy[column] * scale, ls="none", marker="o", ms=11, mfc="none", mec="#d62728", mew=1.4,
             zorder=5)
-    return [Line2D([], [], ls="none", marker="o", ms=9, mfc="none", mec="#d62728", mew=1.4,
-                   label="noisy (not used for conclusions)")]
+    return [Line2D([], [], ls="none", marker="o", ms=9, mfc="none", mec="#d62728", mew=1.4, label=label)]
 
 
 def scaling_wall(results: pd.DataFrame, reference: Optional[str] = "upstream_h100") -> Plot:
@@ -582,7 +583,7 @@ def approximations(results: pd.DataFrame) -> Plot:
     kinds = sorted(set(table["technique"]), key=lambda t: (TECHNIQUE_ORDER.index(t.split(" + ")[0])
                                                          if t.split(" + ")[0] in TECHNIQUE_ORDER else 9, t))
     zero = []
-    any_noisy = False
+    noisy_handle: list = []
     for r, (col, name) in enumerate(drifts):
         front = pareto_front(table, col)
         for c, frames_ in enumerate(frames):
@@ -600,11 +601,7 @@ def approximations(results: pd.DataFrame) -> Plot:
                 for _, row in pts.iterrows():
                     ax.annotate(row["setting"].replace(f"{base}=", ""), (row["speedup"], row[col]), fontsize=6.5,
                                 xytext=(3, 2), textcoords="offset points", color="#333333")
-            shaky = drawn[drawn["noisy"].fillna(False).astype(bool)] if "noisy" in drawn else drawn.iloc[0:0]
-            if len(shaky):
-                any_noisy = True
-                ax.scatter(shaky["speedup"], shaky[col], s=120, facecolors="none", edgecolors="#d62728",
-                           linewidth=1.2, zorder=4)
+            noisy_handle = _mark_noisy(ax, drawn, col, x="speedup", label="noisy timing (speedup an estimate)") or noisy_handle
             on = drawn[drawn["on_front"]].sort_values("speedup")
             if len(on) > 1:
                 ax.plot(on["speedup"], on[col], color="black", lw=1.0, alpha=0.6, zorder=2)
@@ -639,9 +636,7 @@ def approximations(results: pd.DataFrame) -> Plot:
                       label=TECHNIQUE_SOURCES.get(k, k)) for k in kinds]
     handles += [Line2D([], [], color="black", alpha=0.6, lw=1.0, label="Pareto front"),
                 Line2D([], [], color="#7f7f7f", ls=":", lw=1.0, label=f"drift of prune_depth={YARDSTICK_DEPTH}")]
-    if any_noisy:
-        handles.append(Line2D([], [], ls="", marker="o", ms=10, mfc="none", mec="#d62728", mew=1.2,
-                              label="noisy timing (speedup an estimate)"))
+    handles += noisy_handle
     _side_legend(lax, handles, title="technique")
     _suptitle(fig, "Speed against output drift: every approximation against the exact model", table,
               extra=f"attention {backend} · {weights_line(table)}")
