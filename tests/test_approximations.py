@@ -576,3 +576,31 @@ def test_drift_reads_the_last_timed_forward_instead_of_running_the_aggregator_ag
     assert {c: row[c] for c in DRIFT} == pytest.approx({c: fresh[c] for c in DRIFT}, rel=1e-9)
     with pytest.raises(ValueError, match="exact point only"):
         runner.exact_outputs(net, point(kv_keep=0.5), None, aggregated=([], 0))
+
+
+def test_drift_floor_benchmark_shows_bf16_depth_drift_is_rounding(tmp_path):
+    """benchmarks/drift_floor.py backs a claim of the third 2026-12-06 study: on random weights the depth
+    map is exp() of values near 0, under one bf16 step, so in bf16 every setting's depth drift is the
+    same rounding while in fp32 it is hundreds of times smaller and tells the settings apart."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "drift_floor.py"
+    out = tmp_path / "floor.json"
+    done = subprocess.run([sys.executable, str(script), "--arch", "small", "--frames", "2", "--height", "56",
+                           "--width", "84", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())["rows"]
+    by = {p: [r for r in rows if r["precision"] == p] for p in ("fp32", "bf16")}
+    assert {r["setting"] for r in by["bf16"]} == {"prune_depth=4", "kv_keep=0.25", "merge_ratio=0.5"}
+    bf16 = [r["drift_depth_rel"] for r in by["bf16"]]
+    fp32 = [r["drift_depth_rel"] for r in by["fp32"]]
+    assert max(bf16) / min(bf16) < 1.1            # one value for every setting: rounding
+    assert min(bf16) > 100 * max(fp32) > 0         # fp32 far below it, and not zero
+    assert max(fp32) / min(fp32) > 1.5             # fp32 tells the settings apart
+    assert by["bf16"][0]["depth_distinct_values"] < 32 < by["fp32"][0]["depth_distinct_values"]
+    # camera drift is no rounding floor: it tells the settings apart in bf16 too
+    pose = [r["drift_pose_enc_rel"] for r in by["bf16"]]
+    assert max(pose) / min(pose) > 1.5
