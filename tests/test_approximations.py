@@ -604,3 +604,53 @@ def test_drift_floor_benchmark_shows_bf16_depth_drift_is_rounding(tmp_path):
     # camera drift is no rounding floor: it tells the settings apart in bf16 too
     pose = [r["drift_pose_enc_rel"] for r in by["bf16"]]
     assert max(pose) / min(pose) > 1.5
+
+
+def test_depth_drift_of_random_weights_in_half_precision_is_called_rounding_and_pose_alone_ranks():
+    """The third 2026-12-06 study: on random weights in bf16 every setting's depth drift was one value
+    (rounding); the findings must say so and name the fastest setting under prune_depth=4's pose drift."""
+    from vggt_bench.analysis import findings
+
+    def rows(dtype, weights=True):
+        r = lambda **kw: _row(dtype=dtype, random_weights=weights, repeats=3, latency_ms_p10=kw["latency_ms_median"],
+                              latency_ms_p90=kw["latency_ms_median"], **kw)
+        return pd.DataFrame([
+            r(latency_ms_median=130_000.0),
+            r(prune_depth=4, latency_ms_median=110_000.0, drift_pose_rel=0.0140, drift_depth_rel=0.000693),
+            r(kv_keep=0.1, latency_ms_median=26_800.0, drift_pose_rel=0.0116, drift_depth_rel=0.000691),
+            r(global_sparsity=0.9, latency_ms_median=20_600.0, drift_pose_rel=0.0070, drift_depth_rel=0.000703),
+        ])
+
+    half = tables.approximation_table(rows("bf16"))
+    assert tables.drift_is_rounding(half)
+    assert tables.best_within_yardstick(half)["setting"] == "kv_keep=0.1"
+    text = " ".join(line for f in findings.findings(rows("bf16")) for line in f.lines)
+    assert "depth and world-point drift are rounding" in text
+    assert "On camera-pose drift alone the fastest below prune_depth=4's at S=800 is global_sparsity=0.9" in text
+    for other in (rows("bf16_autocast"), rows("fp32"), rows("bf16", weights=False)):
+        assert not tables.drift_is_rounding(tables.approximation_table(other))
+        text = " ".join(line for f in findings.findings(other) for line in f.lines)
+        assert "rounding" not in text and "is kv_keep=0.1" in text
+
+
+def test_the_committed_800_frame_study_renders_its_verdict_and_the_rounding_note(tmp_path):
+    """The H100 study of the third 2026-12-06 lease (reports/h100-2026-12-06b/approx), rendered again from
+    its committed rows: kv_keep=0.1 is the best under prune_depth=4's camera and depth drift (4.86x, noisy),
+    and the notebook says depth drift is rounding there and names the best on camera drift alone."""
+    import shutil
+    from pathlib import Path
+
+    from test_report import error_outputs, notebook_text
+    from vggt_bench.report import render
+
+    study = Path(__file__).resolve().parents[1] / "reports" / "h100-2026-12-06b" / "approx"
+    out = tmp_path / "approx"
+    shutil.copytree(study, out, ignore=shutil.ignore_patterns("figures", "report.*"))
+    table = tables.approximation_table(load_results(str(out)))
+    best = tables.best_within_yardstick(table)
+    assert best["setting"] == "kv_keep=0.1" and best["speedup"] == pytest.approx(4.8626, abs=1e-3) and best["noisy"]
+    render(str(out), log=lambda *_: None)
+    assert error_outputs(out / "report.ipynb") == []
+    text = notebook_text(out / "report.ipynb")
+    assert "is **kv_keep=0.1**: 4.86×" in text
+    assert "on it alone the fastest below prune_depth=4's at S=800 is **global_sparsity=0.9**, 6.33×" in text

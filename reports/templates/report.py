@@ -161,6 +161,13 @@ else:
                          f"{best['speedup']:.2f}× over the exact model."
                          + (" A timing behind it (or behind prune_depth's) is flagged noisy (`noisy`): an estimate, "
                             "not a ranking to rely on." if best["noisy"] else "")))
+    if analysis.drift_is_rounding(approx):
+        pose = analysis.best_within_yardstick(approx, outputs=("drift_pose_rel",))
+        display(Markdown("Random weights with the heads in half precision: the depth map is under one bf16 step, so "
+                         "`drift_depth_rel` and `drift_points_rel` are rounding (about one value for every setting; "
+                         "`benchmarks/drift_floor.py`) and rank nothing. `drift_pose_rel` still ranks the settings"
+                         + (f": on it alone the fastest below prune_depth={analysis.YARDSTICK_DEPTH}'s at "
+                            f"S={pose['frames']} is **{pose['setting']}**, {pose['speedup']:.2f}×." if pose else ".")))
 
 # %% [markdown]
 # ## One scene across GPUs

@@ -280,7 +280,24 @@ def _approximation_line(rows: pd.DataFrame, found: Findings, rows_all: Optional[
     else:
         text += (f" No yardstick: measure prune_depth={k} with heads and measure.drift=true "
                  f"(experiment=approximations does).")
-    found.lines.append(text + _random_weights_note(rows))
+    found.lines.append(text + _random_weights_note(rows) + _rounding_note(table, within))
+
+
+def _rounding_note(table: pd.DataFrame, within: Optional[dict]) -> str:
+    """When depth drift is rounding (random weights, heads in half precision): say so, and name the
+    fastest setting under prune_depth=4's camera-pose drift alone where that differs."""
+    if not t.drift_is_rounding(table):
+        return ""
+    text = (" Random weights in half precision: the depth map (exp() of values near 0) is under one bf16 step, "
+            "so depth and world-point drift are rounding, about one value for every setting, and rank nothing "
+            "(benchmarks/drift_floor.py); camera-pose drift still ranks them. Use model.dtype=bf16_autocast "
+            "(heads in fp32) or the checkpoint for a depth ranking.")
+    pose = t.best_within_yardstick(table, outputs=("drift_pose_rel",))
+    if pose is not None and (within is None or pose["setting"] != within["setting"]):
+        text += (f" On camera-pose drift alone the fastest below prune_depth={t.YARDSTICK_DEPTH}'s at "
+                 f"S={pose['frames']} is {pose['setting']}: {fmt_x(pose['speedup'])} (pose "
+                 f"{fmt_frac(pose['drift_pose_rel'])}).")
+    return text
 
 
 def _random_weights_note(rows: pd.DataFrame) -> str:
