@@ -654,3 +654,19 @@ def test_the_committed_800_frame_study_renders_its_verdict_and_the_rounding_note
     text = notebook_text(out / "report.ipynb")
     assert "is **kv_keep=0.1**: 4.86×" in text
     assert "on it alone the fastest below prune_depth=4's at S=800 is **global_sparsity=0.9**, 6.33×" in text
+
+
+def test_kv_keep_score_mod_is_one_function_per_plan_that_captures_no_tensor():
+    """Gathering the mean tokens' log(count) from a captured tensor inside flex attention's score_mod made
+    kv_keep's attention 39% slower on an H100 (benchmarks/gpu/flex_kv_keep.py); the bias now comes from the
+    key index. One function per plan, so compiled flex does not recompile per layer."""
+    layout = A.Layout(frames=3, tokens=5 + 12, specials=5, rows=3, cols=4)
+    plan = A.SubsamplePlan(layout, 0.5, "cpu")
+    mod = plan.score_mod()
+    assert mod is plan.score_mod()
+    assert not any(isinstance(cell.cell_contents, torch.Tensor) for cell in mod.__closure__ or ())
+    kv = torch.arange(plan.length)
+    biased = mod(torch.zeros(plan.length), 0, 0, 0, kv)
+    assert torch.equal(biased[: plan.first_mean], torch.zeros(plan.first_mean))
+    assert torch.allclose(biased[plan.first_mean:], torch.full((layout.frames,), math.log(plan.dropped)))
+    assert A.SubsamplePlan(layout, 1.0, "cpu").score_mod() is None  # nothing dropped: no weight
