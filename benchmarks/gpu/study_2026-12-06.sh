@@ -96,14 +96,19 @@ for stage in "$@"; do
             # point runs first: every drift and speedup of the queue is against it. The queue runs from a copy
             # of this script (the next call's checkout copy may replace it); `wait` waits for it, `pack` packs.
       cp "$SELF" "$W/queue.sh"
-      setsid nohup env DEADLINE=$(( $(date +%s) + 4000 )) VGGT_REPO="$R" bash "$W/queue.sh" approx800queue \
+            # QUEUE (optional): other points, each frames:approx:warmup:repeats, the exact points first; e.g.
+            # the kv_keep settings again after cf369e0 (their score_mod no longer gathers; predicted in
+            # docs/BENCHMARKS.md), about 9 minutes of device time:
+            #   QUEUE="800:exact:0:1 800:kv_keep_10:1:1 800:kv_keep_25:1:1 800:kv_keep_50:1:1 100:exact:1:3 100:kv_keep_10:1:3 100:kv_keep_25:1:3 100:kv_keep_50:1:3"
+      setsid nohup env DEADLINE=$(( $(date +%s) + 4000 )) VGGT_REPO="$R" QUEUE="${QUEUE:-}" bash "$W/queue.sh" approx800queue \
         > "$W/logs/queue.out" 2>&1 < /dev/null &
       echo "queue started: pid $!" ;;
     approx800queue)
       A="python3 -m vggt_bench sweep report=false experiment=approximations out=$W/approx model.dtype=bf16"
-      for spec in exact:0 sparse_75:1 merge_50:0 kv_keep_25:1 sparse_50:1 merge_30:0 kv_keep_50:1 prune4:0 \
-                  kv_keep_10:1 sparse_90:1 merge_65:0; do
-        run approx 900 $A frames=800 measure.warmup=${spec#*:} measure.repeats=1 approx=${spec%:*}
+      for spec in ${QUEUE:-800:exact:0:1 800:sparse_75:1:1 800:merge_50:0:1 800:kv_keep_25:1:1 800:sparse_50:1:1 \
+                  800:merge_30:0:1 800:kv_keep_50:1:1 800:prune4:0:1 800:kv_keep_10:1:1 800:sparse_90:1:1 800:merge_65:0:1}; do
+        IFS=: read -r f name warm reps <<< "$spec"
+        run approx 900 $A frames=$f measure.warmup=$warm measure.repeats=$reps approx=$name
       done
       date +%T > "$W/queue.done" ;;
     wait)   # until the background queue is done or DEADLINE is near
