@@ -206,10 +206,7 @@ class SubsamplePlan:
         means = S if self.dropped else 0
         self.length = N + S * per + means
         frame = torch.cat((torch.arange(N) // P, torch.arange(S).repeat_interleave(per), torch.arange(means)))
-        # one int32 per key: its frame f in the own region (seen by frame f's queries), -(f+1) in the
-        # other regions (seen by every other frame's queries)
-        code = torch.cat((frame[:N], -(frame[N:] + 1))).to(torch.int32)
-        self.kv_frame, self.kv_code = frame.to(device), code.to(device)
+        self.kv_frame = frame.to(device)  # each key's frame (own region, kept tokens, means)
         self.first_mean = N + S * per  # keys from here on are the mean tokens
         self.block_mask = self._block_mask(N, P, S * per, device)
         self._score_mod = self._mean_weight() if means else None
@@ -217,12 +214,14 @@ class SubsamplePlan:
     def _block_mask(self, N, P, shared, device):
         from torch.nn.attention.flex_attention import BlockMask
 
-        code = self.kv_code
+        per, first = len(self.keep_positions), self.first_mean
 
         def visible(b, h, q_idx, kv_idx):
-            c = code[kv_idx]
-            f = q_idx // P
-            return (c == f) | ((c < 0) & (c != -(f + 1)))
+            # the key's frame from its index (as score_mod's weight: nothing gathered from a tensor in the
+            # kernel): the own region is seen by its frame's queries, the other regions by every other frame's
+            own = kv_idx < N
+            frame = torch.where(own, kv_idx // P, torch.where(kv_idx < first, (kv_idx - N) // per, kv_idx - first))
+            return torch.where(own, frame == q_idx // P, frame != q_idx // P)
 
         q_first, q_last = _frames_of_blocks(N, P, device)
         n_kv = -(-self.length // BLOCK)

@@ -670,3 +670,12 @@ def test_kv_keep_score_mod_is_one_function_per_plan_that_captures_no_tensor():
     assert torch.equal(biased[: plan.first_mean], torch.zeros(plan.first_mean))
     assert torch.allclose(biased[plan.first_mean:], torch.full((layout.frames,), math.log(plan.dropped)))
     assert A.SubsamplePlan(layout, 1.0, "cpu").score_mod() is None  # nothing dropped: no weight
+    # the mask_mod of the partial blocks: the key's frame from its index too, and exactly the visibility
+    # of the layout (own frame in place; other frames' kept tokens and means)
+    visible = plan.block_mask.mask_mod
+    assert not any(isinstance(cell.cell_contents, torch.Tensor) for cell in visible.__closure__ or ())
+    N = layout.length
+    q, kv = torch.arange(N)[:, None], torch.arange(plan.length)[None, :]
+    same = plan.kv_frame[None, :] == q // layout.tokens
+    expected = torch.where(kv < N, same, ~same)
+    assert torch.equal(visible(0, 0, q, kv), expected)
