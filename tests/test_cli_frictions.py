@@ -108,3 +108,39 @@ def test_analyze_on_a_file_that_is_not_a_trace_is_one_line(name, content, tmp_pa
     done = cli("profile", f"analyze={path}", f"out={tmp_path / 'out'}")
     assert done.returncode == 2, done.stderr[-2000:]
     assert f"analyze={path}" in one_line(done)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--run"], "--run is not an option of `python -m vggt_bench sweep`"),
+    (["--multirun"], "--multirun is not an option"),
+    (["--shell-completion"], "--shell-completion is not an option"),
+    (["--hydra-help"], "--hydra-help is not an option"),
+    (["--config-name", "x"], "--config-name is not an option"),
+    (["--cfg=jobs"], "--cfg takes one of job|hydra|all, got 'jobs'"),
+    (["--resolve"], "--resolve goes with --cfg"),
+    (["--nope"], "unknown option '--nope'; options are --help, --cfg job|hydra|all"),
+    (["--cfg", "job", "frames=1,2"], "--cfg and --info show one configuration"),
+    (["--cfg", "job", "model.atention=sdpa"], "unknown key model.atention"),
+])
+def test_hydras_own_flags_that_cannot_work_here_are_one_line_with_exit_2(args, message, tmp_path):
+    """2026-12-06: `sweep --cfg=job`, `--run`, `--resolve` and `--hydra-help` ended in a Hydra traceback and
+    exit 1 (sweep adds --multirun, which Hydra refuses beside them)."""
+    done = cli("sweep", *args, f"out={tmp_path / 'out'}")
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert message in one_line(done)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flags", [["--cfg", "job"], ["--cfg=job", "--resolve"], ["-c", "job", "-p", "model"],
+                                   ["--info", "defaults"]])
+def test_hydras_inspection_flags_print_the_configuration_and_run_nothing(flags, tmp_path):
+    done = cli("sweep", "experiment=smoke", "frames=4", *flags, f"out={tmp_path / 'out'}")
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    if "-p" in flags:
+        assert "# @package model" in done.stdout and "kv_keep: 1.0" in done.stdout
+    elif "--info" in flags:
+        assert "Defaults List" in done.stdout
+    else:
+        assert "frames: 4" in done.stdout
+    assert not (tmp_path / "out" / "points").exists() and not (tmp_path / "out" / "results.csv").exists()

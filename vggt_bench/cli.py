@@ -84,6 +84,67 @@ def _value(override: str) -> str:
         return override.split("=", 1)[1]
 
 
+# Hydra's own command-line flags. Those that inspect the configuration pass through (with or without a
+# value); those that would change what the command runs, or where its configuration comes from, are
+# refused in one line: the command decides run or multirun, and the presets live in the package.
+CFG_CHOICES = ("job", "hydra", "all")
+INFO_CHOICES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
+REFUSED_FLAGS = {
+    "--run": "the command decides: `run` measures one configuration, `sweep` a grid",
+    "-r": "the command decides: `run` measures one configuration, `sweep` a grid",
+    "--multirun": "the command decides: use `sweep` for a grid", "-m": "the command decides: use `sweep` for a grid",
+    "--config-path": "the presets are the package's: choose one with experiment=NAME",
+    "-cp": "the presets are the package's: choose one with experiment=NAME",
+    "--config-name": "the presets are the package's: choose one with experiment=NAME",
+    "-cn": "the presets are the package's: choose one with experiment=NAME",
+    "--config-dir": "the presets are the package's: choose one with experiment=NAME",
+    "-cd": "the presets are the package's: choose one with experiment=NAME",
+    "--shell-completion": "not offered", "-sc": "not offered", "--experimental-rerun": "not offered",
+    "--hydra-help": "`--help` shows this command's configuration", "--version": "see `pip show vggt-bench hydra-core`",
+}
+FLAGS_HELP = "--help, --cfg job|hydra|all [--resolve] [--package KEY], --info [" + "|".join(INFO_CHOICES) + "]"
+
+
+def split_flags(rest: list, command: str):
+    """``rest`` -> (overrides, Hydra flags to pass on, problem): the problem is one line (or None)."""
+    overrides, flags, i = [], [], 0
+    while i < len(rest):
+        arg = rest[i]
+        if not arg.startswith("-"):
+            overrides.append(arg)
+            i += 1
+            continue
+        name, eq, inline = arg.partition("=")
+        if name in REFUSED_FLAGS:
+            return overrides, flags, f"{name} is not an option of `python -m vggt_bench {command}`: {REFUSED_FLAGS[name]}"
+        takes = {"--cfg": CFG_CHOICES, "-c": CFG_CHOICES, "--package": None, "-p": None}
+        if name in takes:
+            value = inline if eq else (rest[i + 1] if i + 1 < len(rest) else "")
+            i += 1 if eq else 2
+            choices = takes[name]
+            if choices and value not in choices:
+                return overrides, flags, f"{name} takes one of {'|'.join(choices)}, got {value!r} (e.g. {name} job)"
+            if not value or "=" in value:
+                return overrides, flags, f"{name} takes a config key (e.g. {name} model), got {value!r}"
+            flags += [name, value]
+        elif name in ("--info", "-i"):
+            value = inline if eq else (rest[i + 1] if i + 1 < len(rest) and rest[i + 1] in INFO_CHOICES else "")
+            i += 1 if eq or not value else 2
+            if value and value not in INFO_CHOICES:
+                return overrides, flags, f"{name} takes one of {'|'.join(INFO_CHOICES)}, got {value!r}"
+            flags += [name] + ([value] if value else [])
+        elif arg in ("--resolve", "--help", "-h"):
+            flags.append("--help" if arg == "-h" else arg)
+            i += 1
+        else:
+            return overrides, flags, f"unknown option {arg!r}; options are {FLAGS_HELP}, then key=value overrides"
+    if "--resolve" in flags and not {"--cfg", "-c", "--help"} & set(flags):
+        return overrides, flags, "--resolve goes with --cfg (e.g. --cfg job --resolve)"
+    if {"--package", "-p"} & set(flags) and not {"--cfg", "-c"} & set(flags):
+        return overrides, flags, "--package goes with --cfg (e.g. --cfg job --package model)"
+    return overrides, flags, None
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -102,16 +163,29 @@ def main(argv=None) -> int:
     from .resources import experiments_dir
 
     config_name = COMMANDS[command][0]
-    if "--help" not in rest:
-        problem = overrides.check(getattr(config, SCHEMAS[config_name]), rest, command)
-        if problem:
-            say_error(problem)
-            return EXIT_USER_ERROR
+    given, flags, problem = split_flags(rest, command)
+    if problem is None and "--help" not in flags:
+        problem = overrides.check(getattr(config, SCHEMAS[config_name]), given, command)
+    inspect = bool({"--cfg", "-c", "--info", "-i"} & set(flags))  # shows the configuration, runs nothing
+    if problem is None and inspect and any("," in o.split("=", 1)[-1] for o in given) and command == "sweep":
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        if any(o.is_sweep_override() for o in OverridesParser.create().parse_overrides(given)):
+            problem = "--cfg and --info show one configuration: give single values (frames=8), not a grid"
+    if problem:
+        say_error(problem)
+        return EXIT_USER_ERROR
+    rest = given + flags
+    if "--help" in flags or inspect:  # Hydra prints and returns: no results directory, no multirun
+        config.register()
+        sys.argv = [f"vggt_bench-{command}"] + rest
+        hydra.main(version_base=None, config_path=experiments_dir(), config_name=config_name)(_task(command))()
+        return 0
 
     from .distributed import launched
 
     ext = launched()
-    if ext is not None and ext.rank != 0 and "--help" not in rest:
+    if ext is not None and ext.rank != 0:
         # another rank of torchrun/srun: rank 0 owns the results directory, Hydra's files and `latest`
         import tempfile
 
@@ -119,13 +193,13 @@ def main(argv=None) -> int:
         named = command not in ("run", "sweep", "profile") or any(a.startswith("out=") for a in rest)
         rest = ([] if named else [f"out={scratch}/out"]) + rest + [
             f"hydra.run.dir={scratch}/hydra", f"hydra.sweep.dir={scratch}/hydra"]
-    if command in ("run", "sweep", "profile") and not any(a.startswith("out=") for a in rest) and "--help" not in rest:
+    if command in ("run", "sweep", "profile") and not any(a.startswith("out=") for a in rest):
         from .sweep import stamped_out
 
         rest = stamped_out() + rest  # first: Hydra takes overrides before its own flags
         print(f"vggt_bench: results go to {rest[0].split('=', 1)[1]} (reports/runs/latest points at it)", flush=True)
     out = next((_value(a) for a in reversed(rest) if a.startswith("out=")), None)
-    if out is not None and "--help" not in rest:
+    if out is not None:
         # Hydra writes its own logs under out/ before our code runs: check it first, in one line.
         from .results import unwritable
 
