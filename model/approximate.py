@@ -122,14 +122,15 @@ def global_layer(block, x: torch.Tensor, attend, rope, ranges: Ranges, execution
     attn = block.attn
     step = rows if inplace else 0
     with ranges("attention"):
-        q, k, v, h = _projections(block, x, rope, step, keep_normed=technique == "merge_ratio")
+        # handed over in a list, never bound here: each technique drops Q, K, V (and the normalised input)
+        # as soon as it has made what it attends from them, so the whole tensors do not outlive their use
+        given = list(_projections(block, x, rope, step, keep_normed=technique == "merge_ratio"))
         if technique == "kv_keep":
-            o = subsampled_attention(q, k, v, layout, execution.kv_keep)
+            o = _subsampled(given, layout, execution.kv_keep)
         elif technique == "merge_ratio":
-            o = merged_attention(q, k, v, h, layout, execution.merge_ratio, attend)
+            o = _merged(given, layout, execution.merge_ratio, attend)
         else:
-            o = block_sparse_attention(q, k, v, layout, execution.global_sparsity, attend)
-        del q, k, v, h
+            o = _block_sparse(given, layout, execution.global_sparsity, attend)
         if inplace:
             out = x
             for part in row_chunks(N, step):
@@ -274,6 +275,20 @@ def _plan(kind, layout: Layout, value: float, device):
 
 def subsampled_attention(q, k, v, layout: Layout, keep: float) -> torch.Tensor:
     """``q, k, v [B, N, H, D]`` (token-major) -> ``[B, H, N, D]``: AVGGT's K/V subsampling."""
+    return _subsampled([q, k, v], layout, keep)
+
+
+def _take(given: list) -> list:
+    """The tensors of ``given``, which is emptied: the caller's references are gone, so a tensor the
+    callee deletes is freed."""
+    taken = list(given)
+    given.clear()
+    return taken
+
+
+def _subsampled(given: list, layout: Layout, keep: float) -> torch.Tensor:
+    """subsampled_attention on ``given = [q, k, v]`` (taken): K and V are freed once their key sets exist."""
+    q, k, v = _take(given)[:3]
     plan = _plan(SubsamplePlan, layout, keep, q.device)
     B, N, H, D = k.shape
     S, P, sp = layout.frames, layout.tokens, layout.specials
@@ -288,7 +303,9 @@ def subsampled_attention(q, k, v, layout: Layout, keep: float) -> torch.Tensor:
         return torch.cat(parts, dim=1).transpose(1, 2)
 
     k_all = keys(k)
+    del k
     v_all = keys(v)
+    del v
     return _flex(q.transpose(1, 2), k_all, v_all, plan.block_mask, plan.score_mod())
 
 
@@ -371,19 +388,32 @@ def sparse_block_mask(selected: torch.Tensor, plan: SparsePlan, with_mask_mod: b
 
 def block_sparse_attention(q, k, v, layout: Layout, sparsity: float, attend) -> torch.Tensor:
     """``q, k, v [B, N, H, D]`` (token-major) -> ``[B, H, N, D]``: block-sparse global attention."""
+    return _block_sparse([q, k, v], layout, sparsity, attend)
+
+
+def _block_sparse(given: list, layout: Layout, sparsity: float, attend) -> torch.Tensor:
+    """block_sparse_attention on ``given = [q, k, v]`` (taken): each is freed once reordered."""
+    q, k, v = _take(given)[:3]
     plan = _plan(SparsePlan, layout, 0.0, q.device)
     B, N, H, D = q.shape
-    out = q.new_empty((B, H, N, D))
     # camera/register queries attend to everything (few rows)
     specials = plan.special_idx
-    out[:, :, specials] = attend(q[:, specials].transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    o_specials = attend(q[:, specials].transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
     # patch queries: keys reordered as patches (frame-major) then camera/register tokens
     order = torch.cat((plan.patch_idx, specials))
     q_patch = q[:, plan.patch_idx]
-    k_cat, v_cat = k[:, order], v[:, order]
+    del q
+    k_cat = k[:, order]
+    del k
+    v_cat = v[:, order]
+    del v
     selected = block_selection(q_patch, k_cat, plan, sparsity)
-    mask = sparse_block_mask(selected, plan, with_mask_mod=not q.is_cuda)
-    out[:, :, plan.patch_idx] = _flex(q_patch.transpose(1, 2), k_cat.transpose(1, 2), v_cat.transpose(1, 2), mask)
+    mask = sparse_block_mask(selected, plan, with_mask_mod=not q_patch.is_cuda)
+    o_patch = _flex(q_patch.transpose(1, 2), k_cat.transpose(1, 2), v_cat.transpose(1, 2), mask)
+    del q_patch, k_cat, v_cat, selected, mask
+    out = o_patch.new_empty((B, H, N, D))  # made once the inputs are gone
+    out[:, :, plan.patch_idx] = o_patch
+    out[:, :, specials] = o_specials
     return out
 
 
@@ -431,22 +461,47 @@ def merge_assignment(metric: torch.Tensor, layout: Layout, ratio: float, dtype: 
     """``metric [N, C]`` (the block's normalised input for one batch item) -> ``(slot [N], kept)``:
     the token of the reduced set each original token is averaged into (its own, or its destination's
     when merged), and the reduced set's size. No host synchronisation: every size is known."""
-    plan = _plan(MergePlan, layout, 0.0, metric.device)
+    return _assignment(_units(metric, layout, ratio, dtype), layout, ratio, metric.device)
+
+
+def _units(metric: torch.Tensor, layout: Layout, ratio: float, dtype: torch.dtype):
+    """The tokens as unit vectors in ``dtype`` (None when nothing is merged): cosine in the attention
+    kernel's dtype (bf16 under autocast), as FastVGGT matches in bf16. Row by row (each row's result is
+    its own), a chunk of rows at a time: no fp32 copy of every token at once."""
+    if ratio <= 0:
+        return None
+    N, C = metric.shape
+    unit = torch.empty((N, C), device=metric.device, dtype=dtype)
+    for part in row_chunks(N, max(layout.tokens, SIM_ELEMENTS // max(1, C))):
+        unit[part] = F.normalize(metric[part].float(), dim=-1).to(dtype)
+    return unit
+
+
+def _assignment(unit, layout: Layout, ratio: float, device):
+    """merge_assignment from the unit vectors ``unit [N, C]`` (None: ratio 0, nothing merged)."""
     S, P = layout.frames, layout.tokens
     N = layout.length
-    device = metric.device
-    r = min(round(ratio * N), plan.sources) if ratio > 0 else 0
     slot = torch.arange(N, device=device)
+    if unit is None:
+        return slot, N
+    plan = _plan(MergePlan, layout, 0.0, device)
+    r = min(round(ratio * N), plan.sources)
     if r == 0:
         return slot, N
-    # cosine in the attention kernel's dtype (bf16 under autocast), as FastVGGT matches in bf16
-    unit = F.normalize(metric.float(), dim=-1).to(dtype)
+    C = unit.shape[-1]
     frames = unit.view(S, P, -1)
-    # salient: in each other frame, the candidates least like the frame's mean (cosine)
-    centre = F.normalize(frames.float().mean(1), dim=-1).to(unit.dtype)  # [S, C]
+    # salient: in each other frame, the candidates least like the frame's mean (cosine). Per frame, so a
+    # chunk of frames at a time (no copy of every token's vector at once)
+    step = max(1, SIM_ELEMENTS // max(1, P * C))
+    centre = torch.cat([frames[part].float().mean(1) for part in row_chunks(S, step)])
+    centre = F.normalize(centre, dim=-1).to(unit.dtype)  # [S, C]
     cand = plan.candidates  # [S-1, m] positions within a frame
-    cand_units = torch.gather(frames[1:], 1, cand[..., None].expand(-1, -1, unit.shape[-1]))
-    likeness = (cand_units * centre[1:, None]).sum(-1, dtype=torch.float32)  # [S-1, m]
+    likeness = []
+    for part in row_chunks(S - 1, step):
+        rows = slice(part.start + 1, part.stop + 1)  # other frames: 1..S-1
+        cand_units = torch.gather(frames[rows], 1, cand[part, :, None].expand(-1, -1, C))
+        likeness.append((cand_units * centre[rows, None]).sum(-1, dtype=torch.float32))  # [frames, m]
+    likeness = torch.cat(likeness)
     order = likeness.argsort(dim=-1)  # least alike (salient) first
     sources = torch.gather(cand, 1, order[:, plan.salient:])  # [S-1, m - salient]
     sources = (sources + torch.arange(1, S, device=device)[:, None] * P).reshape(-1)
@@ -471,19 +526,45 @@ def merge_assignment(metric: torch.Tensor, layout: Layout, ratio: float, dtype: 
 def merged_attention(q, k, v, metric, layout: Layout, ratio: float, attend) -> torch.Tensor:
     """``q, k, v [B, N, H, D]`` (token-major), ``metric [B, N, C]`` -> ``[B, H, N, D]``: attention over
     the merged tokens (each the mean of a destination and its sources), unmerged by copying."""
+    return _merged([q, k, v, metric], layout, ratio, attend)
+
+
+def _merged(given: list, layout: Layout, ratio: float, attend) -> torch.Tensor:
+    """merged_attention on ``given = [q, k, v, metric]`` (taken): the metric is freed once every batch
+    item is matched, each of Q, K, V once reduced."""
+    q, k, v, metric = _take(given)
     B, N, H, D = q.shape
-    out = q.new_empty((B, H, N, D))
+    dtype = q.dtype
+    units = [_units(metric[b], layout, ratio, dtype) for b in range(B)]
+    del metric
+    assignments = []
     for b in range(B):
-        slot, n = merge_assignment(metric[b], layout, ratio, q.dtype)
-        counts = torch.bincount(slot, minlength=n).to(torch.float32)[:, None]
+        assignments.append(_assignment(units[b], layout, ratio, q.device))
+        units[b] = None
+    counts = [torch.bincount(slot, minlength=n).to(torch.float32)[:, None] for slot, n in assignments]
 
-        def reduce(t):
-            flat = t[b].reshape(N, H * D)
-            sums = torch.zeros(n, H * D, device=t.device, dtype=torch.float32).index_add_(0, slot, flat.float())
-            return (sums / counts).to(t.dtype).view(1, n, H, D).transpose(1, 2)
+    def reduce(t, b):
+        slot, n = assignments[b]
+        flat = t[b].reshape(N, H * D)
+        sums = torch.zeros(n, H * D, device=t.device, dtype=torch.float32)
+        for part in row_chunks(N, max(layout.tokens, SIM_ELEMENTS // (H * D))):  # no fp32 copy of every token
+            sums.index_add_(0, slot[part], flat[part].float())
+        return sums.div_(counts[b]).to(t.dtype).view(1, n, H, D).transpose(1, 2)
 
-        o = attend(reduce(q), reduce(k), reduce(v))  # [1, H, n, D]
-        out[b] = o[0][:, slot]
+    qs = [reduce(q, b) for b in range(B)]
+    del q
+    ks = [reduce(k, b) for b in range(B)]
+    del k
+    vs = [reduce(v, b) for b in range(B)]
+    del v
+    out = None
+    for b in range(B):
+        o = attend(qs[b], ks[b], vs[b])  # [1, H, n, D]
+        qs[b] = ks[b] = vs[b] = None
+        if out is None:
+            out = o.new_empty((B, H, N, D))
+        out[b] = o[0][:, assignments[b][0]]
+        del o
     return out
 
 
