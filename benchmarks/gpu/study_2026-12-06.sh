@@ -97,9 +97,9 @@ for stage in "$@"; do
             # of this script (the next call's checkout copy may replace it); `wait` waits for it, `pack` packs.
       cp "$SELF" "$W/queue.sh"
             # QUEUE (optional): other points, each frames:approx:warmup:repeats, the exact points first; e.g.
-            # the kv_keep settings again after cf369e0 (their score_mod no longer gathers; predicted in
-            # docs/BENCHMARKS.md), about 9 minutes of device time:
-            #   QUEUE="800:exact:0:1 800:kv_keep_10:1:1 800:kv_keep_25:1:1 800:kv_keep_50:1:1 100:exact:1:3 100:kv_keep_10:1:3 100:kv_keep_25:1:3 100:kv_keep_50:1:3"
+            # after cf369e0 (kv_keep's score_mod no longer gathers) and 8532b65 (the approximations' memory),
+            # both predicted in docs/BENCHMARKS.md, about 14 minutes of device time:
+            #   QUEUE="800:exact:0:1 800:kv_keep_10:1:1 800:sparse_90:1:1 800:merge_65:0:1 800:kv_keep_25:1:1 800:kv_keep_50:1:1 100:exact:1:3 100:kv_keep_10:1:3 100:kv_keep_25:1:3 100:kv_keep_50:1:3"
       setsid nohup env DEADLINE=$(( $(date +%s) + 4000 )) VGGT_REPO="$R" QUEUE="${QUEUE:-}" bash "$W/queue.sh" approx800queue \
         > "$W/logs/queue.out" 2>&1 < /dev/null &
       echo "queue started: pid $!" ;;
