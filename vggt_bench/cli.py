@@ -89,17 +89,12 @@ def _value(override: str) -> str:
 # refused in one line: the command decides run or multirun, and the presets live in the package.
 CFG_CHOICES = ("job", "hydra", "all")
 INFO_CHOICES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
+_COMMAND_DECIDES = "the command decides: `run` measures one configuration, `sweep` a grid"
+_PRESETS = "the presets are the package's: choose one with experiment=NAME"
 REFUSED_FLAGS = {
-    "--run": "the command decides: `run` measures one configuration, `sweep` a grid",
-    "-r": "the command decides: `run` measures one configuration, `sweep` a grid",
-    "--multirun": "the command decides: use `sweep` for a grid", "-m": "the command decides: use `sweep` for a grid",
-    "--config-path": "the presets are the package's: choose one with experiment=NAME",
-    "-cp": "the presets are the package's: choose one with experiment=NAME",
-    "--config-name": "the presets are the package's: choose one with experiment=NAME",
-    "-cn": "the presets are the package's: choose one with experiment=NAME",
-    "--config-dir": "the presets are the package's: choose one with experiment=NAME",
-    "-cd": "the presets are the package's: choose one with experiment=NAME",
-    "--shell-completion": "not offered", "-sc": "not offered", "--experimental-rerun": "not offered",
+    **dict.fromkeys(("--run", "-r", "--multirun", "-m"), _COMMAND_DECIDES),
+    **dict.fromkeys(("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"), _PRESETS),
+    **dict.fromkeys(("--shell-completion", "-sc", "--experimental-rerun"), "not offered"),
     "--hydra-help": "`--help` shows this command's configuration", "--version": "see `pip show vggt-bench hydra-core`",
 }
 FLAGS_HELP = "--help, --cfg job|hydra|all [--resolve] [--package KEY], --info [" + "|".join(INFO_CHOICES) + "]"
