@@ -709,3 +709,28 @@ def test_approximated_global_layers_hold_little_more_than_the_exact_lean_model(m
              for name, value in (("kv_keep", 0.1), ("global_sparsity", 0.9), ("merge_ratio", 0.65))}
     # measured after: 2.49, 1.80, 2.83
     assert above["kv_keep"] < 2.7 and above["global_sparsity"] < 2.0 and above["merge_ratio"] < 3.1, above
+
+
+@pytest.mark.skipif(__import__("shutil").which("c++") is None and __import__("shutil").which("g++") is None,
+                    reason="compiling flex attention on the CPU needs a C++ compiler")
+def test_compiled_flex_traces_kv_keeps_mask_and_weight_as_the_gpu_runs_them():
+    """The GPU runs K/V subsampling through compiled flex attention, which no CPU test otherwise compiles:
+    the score_mod and mask_mod (the key's frame and weight from its index) must trace, and give what the
+    unfused path gives. Compiled here for the CPU by inductor (about 10 s)."""
+    import warnings
+
+    from torch.nn.attention.flex_attention import flex_attention
+
+    layout = A.Layout(frames=4, tokens=5 + 12 * 12, specials=5, rows=12, cols=12)
+    plan = A.SubsamplePlan(layout, 0.25, "cpu")
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 2, layout.length, 64, generator=g)
+    k = torch.randn(1, 2, plan.length, 64, generator=g)
+    v = torch.randn(1, 2, plan.length, 64, generator=g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        compiled = torch.compile(flex_attention, dynamic=False)(q, k, v, score_mod=plan.score_mod(),
+                                                                block_mask=plan.block_mask)
+        eager = flex_attention(q, k, v, score_mod=plan.score_mod(), block_mask=plan.block_mask)
+    torch._dynamo.reset()  # leave no compiled state to the tests after this one
+    assert (compiled - eager).abs().max() < 1e-5
