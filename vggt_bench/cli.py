@@ -97,6 +97,7 @@ REFUSED_FLAGS = {
     **dict.fromkeys(("--shell-completion", "-sc", "--experimental-rerun"), "not offered"),
     "--hydra-help": "`--help` shows this command's configuration", "--version": "see `pip show vggt-bench hydra-core`",
 }
+VALUED_FLAGS = {"--cfg": CFG_CHOICES, "-c": CFG_CHOICES, "--package": None, "-p": None}  # flag -> its choices
 FLAGS_HELP = "--help, --cfg job|hydra|all [--resolve] [--package KEY], --info [" + "|".join(INFO_CHOICES) + "]"
 
 
@@ -112,11 +113,10 @@ def split_flags(rest: list, command: str):
         name, eq, inline = arg.partition("=")
         if name in REFUSED_FLAGS:
             return overrides, flags, f"{name} is not an option of `python -m vggt_bench {command}`: {REFUSED_FLAGS[name]}"
-        takes = {"--cfg": CFG_CHOICES, "-c": CFG_CHOICES, "--package": None, "-p": None}
-        if name in takes:
+        if name in VALUED_FLAGS:
             value = inline if eq else (rest[i + 1] if i + 1 < len(rest) else "")
             i += 1 if eq else 2
-            choices = takes[name]
+            choices = VALUED_FLAGS[name]
             if choices and value not in choices:
                 return overrides, flags, f"{name} takes one of {'|'.join(choices)}, got {value!r} (e.g. {name} job)"
             if not value or "=" in value:
@@ -162,7 +162,7 @@ def main(argv=None) -> int:
     if problem is None and "--help" not in flags:
         problem = overrides.check(getattr(config, SCHEMAS[config_name]), given, command)
     inspect = bool({"--cfg", "-c", "--info", "-i"} & set(flags))  # shows the configuration, runs nothing
-    if problem is None and inspect and any("," in o.split("=", 1)[-1] for o in given) and command == "sweep":
+    if problem is None and inspect and command == "sweep":
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
         if any(o.is_sweep_override() for o in OverridesParser.create().parse_overrides(given)):

@@ -954,7 +954,6 @@ def approximation_table(results: pd.DataFrame) -> pd.DataFrame:
 
 
 HALF_DTYPES = ("bf16", "fp16")  # weights, and so the heads, in half precision (bf16_autocast keeps the heads fp32)
-ROUNDING_OUTPUTS = ("drift_depth_rel", "drift_points_rel")
 
 
 def drift_is_rounding(table: pd.DataFrame) -> bool:
