@@ -734,3 +734,25 @@ def test_compiled_flex_traces_kv_keeps_mask_and_weight_as_the_gpu_runs_them():
         eager = flex_attention(q, k, v, score_mod=plan.score_mod(), block_mask=plan.block_mask)
     torch._dynamo.reset()  # leave no compiled state to the tests after this one
     assert (compiled - eager).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("values", [dict(merge_ratio=0.5), dict(kv_keep=0.25), dict(global_sparsity=0.5)])
+def test_chunked_matching_and_reduction_give_the_same_outputs_bit_for_bit(values, monkeypatch):
+    """8532b65 made merging normalise, average frames, score candidates and reduce a chunk at a time (chunks
+    of SIM_ELEMENTS), and every technique free Q, K, V early: the outputs with chunks forced tiny equal those
+    with one chunk, under the lean (chunked projections) and upstream plans."""
+    net = vggt_model.build(VGGTConfig.small(), "cpu", seed=1)
+    vggt_model.set_precision(net, "bf16")
+    images = torch.rand(1, 6, 3, 70, 112, generator=torch.Generator().manual_seed(0)).bfloat16()
+
+    def outputs(plan):
+        net.configure(ExecutionConfig(memory_plan=plan, token_chunk=100, attention="sdpa", **values))
+        with torch.inference_mode():
+            return [t.clone() for t in net.aggregate(images)[0] if t is not None]
+
+    for plan in ("lean", "upstream"):
+        monkeypatch.setattr(A, "SIM_ELEMENTS", 1 << 40)  # one chunk everywhere
+        whole = outputs(plan)
+        monkeypatch.setattr(A, "SIM_ELEMENTS", 6000)     # a frame, or ~46 rows, per chunk
+        chunked = outputs(plan)
+        assert all(torch.equal(a, b) for a, b in zip(whole, chunked)), plan
