@@ -480,6 +480,22 @@ def test_pareto_front_and_the_yardstick_from_a_table():
     assert old["kv_keep"].iloc[0] == 1.0 and old["drift_tokens_rel"].iloc[0] == 0.01
 
 
+def test_the_pareto_figure_names_the_yardstick_only_where_it_draws_it():
+    """The 2026-12-06 study's 400-frame kv_keep grid (no prune_depth=4 point): the legend still listed
+    'drift of prune_depth=4', a line drawn nowhere."""
+    from vggt_bench.report import plots
+
+    rows = [_row(frames=400, latency_ms_median=34_000.0),
+            _row(frames=400, kv_keep=0.1, latency_ms_median=7_300.0, drift_pose_rel=0.011, drift_depth_rel=0.0007)]
+
+    def legend(table):
+        return [h.get_label() for h in plots.approximations(pd.DataFrame(table)).figure.axes[-1].get_legend().legend_handles]
+
+    assert "drift of prune_depth=4" not in legend(rows)
+    ruler = _row(frames=400, prune_depth=4, latency_ms_median=29_000.0, drift_pose_rel=0.014, drift_depth_rel=0.0007)
+    assert "drift of prune_depth=4" in legend(rows + [ruler])
+
+
 def test_the_narrative_ranks_approximations_from_trusted_timings_only():
     # A CPU sweep with one repeat per point is all noisy: the narrative said nothing about the
     # approximations at all (a merge of the noise rule with the approximations line).

@@ -584,6 +584,7 @@ def approximations(results: pd.DataFrame) -> Plot:
                                                          if t.split(" + ")[0] in TECHNIQUE_ORDER else 9, t))
     zero = []
     noisy_handle: list = []
+    ruler_drawn = False
     for r, (col, name) in enumerate(drifts):
         front = pareto_front(table, col)
         for c, frames_ in enumerate(frames):
@@ -608,6 +609,7 @@ def approximations(results: pd.DataFrame) -> Plot:
             ruler = drawn[(drawn["technique"] == "prune_depth") & (drawn["prune_depth"] == YARDSTICK_DEPTH)]
             if len(ruler):
                 ax.axhline(float(ruler[col].iloc[0]), color="#7f7f7f", ls=":", lw=1.0)
+                ruler_drawn = True
             ax.axvline(1.0, color="#bbbbbb", lw=0.8)
             ax.set_xscale("log")
             if len(drawn):
@@ -634,8 +636,9 @@ def approximations(results: pd.DataFrame) -> Plot:
                       color=TECHNIQUE_COLORS.get(k.split(" + ")[0], "#9467bd"),
                       markeredgecolor="black" if " + " in k else "none",
                       label=TECHNIQUE_SOURCES.get(k, k)) for k in kinds]
-    handles += [Line2D([], [], color="black", alpha=0.6, lw=1.0, label="Pareto front"),
-                Line2D([], [], color="#7f7f7f", ls=":", lw=1.0, label=f"drift of prune_depth={YARDSTICK_DEPTH}")]
+    handles += [Line2D([], [], color="black", alpha=0.6, lw=1.0, label="Pareto front")]
+    if ruler_drawn:  # the yardstick's entry only where its line is drawn
+        handles += [Line2D([], [], color="#7f7f7f", ls=":", lw=1.0, label=f"drift of prune_depth={YARDSTICK_DEPTH}")]
     handles += noisy_handle
     _side_legend(lax, handles, title="technique")
     _suptitle(fig, "Speed against output drift: every approximation against the exact model", table,
