@@ -50,10 +50,23 @@ def test_rerun_with_same_out_measures_nothing_again(smoke):
     before = {p: os.path.getmtime(out / "points" / p) for p in os.listdir(out / "points")}
     again = cli("sweep", "experiment=smoke", f"out={out}", "report=false")
     assert again.returncode == 0, again.stderr[-2000:]
-    assert again.stdout.count("skip") == 4
+    assert again.stdout.count("skip") == 4 and "where this sweep asks for" not in again.stdout
     after = {p: os.path.getmtime(out / "points" / p) for p in os.listdir(out / "points")}
     assert before == after
     assert len(load_results(str(out))) == 4  # no duplicate rows
+
+
+def test_a_skip_says_when_the_kept_row_was_timed_with_other_counts(smoke):
+    # 2026-12-06, H100: a rerun asking for measure.repeats=2 at a point kept with one timed forward
+    # skipped it silently, as "already measured (ok)"; the row stayed a single forward
+    out, _ = smoke
+    before = {p: os.path.getmtime(out / "points" / p) for p in os.listdir(out / "points")}
+    again = cli("run", "model.arch=small", "inputs.height=56", "inputs.width=84", "frames=1", "measure.repeats=5",
+                "measure.warmup=1", "experiment=smoke", f"out={out}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert ("already measured (ok), with warmup=1 repeats=2 where this sweep asks for warmup=1 repeats=5 "
+            "(resume=false measures it again, replacing the row)") in again.stdout, again.stdout
+    assert {p: os.path.getmtime(out / "points" / p) for p in os.listdir(out / "points")} == before
 
 
 def test_resume_false_measures_again_without_duplicating(smoke, tmp_path):

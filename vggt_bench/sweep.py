@@ -51,6 +51,23 @@ def open_store(out: str) -> ResultStore:
     return store
 
 
+def _measured_otherwise(row: dict, how: Measurement) -> str:
+    """What a skip line adds when the kept row was timed with other warm-up or repeat counts than this
+    sweep asks for (a point's id is its configuration, not how it was timed): the counts, and how to
+    measure it again. Empty when they agree, for adaptive timing (its repeats are a minimum) and for
+    rows that did not run (oom, unavailable)."""
+    if row.get("status") != "ok" or how.adaptive is not None:
+        return ""
+    asked = {"warmup": how.warmup, "repeats": how.repeats}
+    kept = {k: row.get(k) for k in asked}
+    if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in kept.values()):
+        return ""
+    if all(int(kept[k]) == asked[k] for k in asked):
+        return ""
+    return (f", with warmup={int(kept['warmup'])} repeats={int(kept['repeats'])} where this sweep asks for "
+            f"warmup={asked['warmup']} repeats={asked['repeats']} (resume=false measures it again, replacing the row)")
+
+
 def run_job(cfg: DictConfig) -> dict:
     """Measure the job's point (or skip it when already measured) and persist its row; with a
     profiler, then profile it in a separate capture (or skip that when already profiled)."""
@@ -69,11 +86,12 @@ def run_job(cfg: DictConfig) -> dict:
     profiled = profiler == "none" or (bool(cfg.resume) and profile_done(cfg.out, pid, profiler))
     if measured and profiled:
         row = store.existing(pid)
-        _say(f"skip  {_describe(point)}: already measured ({row['status']})" + ("" if profiler == "none" else " and profiled"))
+        _say(f"skip  {_describe(point)}: already measured ({row['status']})" + ("" if profiler == "none" else " and profiled")
+             + _measured_otherwise(row, how))
         return row
     if measured:
         row = store.existing(pid)
-        _say(f"skip  {_describe(point)}: already measured ({row['status']}); profiling it")
+        _say(f"skip  {_describe(point)}: already measured ({row['status']}){_measured_otherwise(row, how)}; profiling it")
     else:
         try:
             row = run_point(point, how, cfg.experiment)
