@@ -98,7 +98,8 @@ for stage in "$@"; do
       cp "$SELF" "$W/queue.sh"
             # QUEUE (optional): other points, each frames:approx:warmup:repeats, the exact points first; e.g.
             # after cf369e0 (kv_keep's score_mod no longer gathers) and 8532b65 (the approximations' memory),
-            # both predicted in docs/BENCHMARKS.md, about 14 minutes of device time:
+            # both predicted in docs/BENCHMARKS.md, about 14 minutes of device time (the fourth lease ran it, then
+            # QUEUE="800:prune4:0:1" for the yardstick, and the 400-frame kv_keep points: reports/h100-2026-12-06c/):
             #   QUEUE="800:exact:0:1 800:kv_keep_10:1:1 800:sparse_90:1:1 800:merge_65:0:1 800:kv_keep_25:1:1 800:kv_keep_50:1:1 100:exact:1:3 100:kv_keep_10:1:3 100:kv_keep_25:1:3 100:kv_keep_50:1:3"
       setsid nohup env DEADLINE=$(( $(date +%s) + 4000 )) VGGT_REPO="$R" QUEUE="${QUEUE:-}" bash "$W/queue.sh" approx800queue \
         > "$W/logs/queue.out" 2>&1 < /dev/null &
