@@ -652,7 +652,8 @@ def test_depth_drift_of_random_weights_in_half_precision_is_called_rounding_and_
 def test_the_committed_800_frame_study_renders_its_verdict_and_the_rounding_note(tmp_path):
     """The H100 study of the third 2026-12-06 lease (reports/h100-2026-12-06b/approx), rendered again from
     its committed rows: kv_keep=0.1 is the best under prune_depth=4's camera and depth drift (4.86x, noisy),
-    and the notebook says depth drift is rounding there and names the best on camera drift alone."""
+    and the notebook says depth drift is rounding there and names the best on camera drift alone. The
+    fourth lease's rows (h100-2026-12-06c) give the same setting at 6.35x."""
     import shutil
     from pathlib import Path
 
@@ -670,6 +671,12 @@ def test_the_committed_800_frame_study_renders_its_verdict_and_the_rounding_note
     text = notebook_text(out / "report.ipynb")
     assert "is **kv_keep=0.1**: 4.86×" in text
     assert "on it alone the fastest below prune_depth=4's at S=800 is **global_sparsity=0.9**, 6.33×" in text
+    # the fourth lease (reports/h100-2026-12-06c/approx), after kv_keep's score_mod fix: the same verdict's
+    # setting, now over the target, under the yardstick on camera drift too
+    after = tables.approximation_table(load_results(str(study.parents[1] / "h100-2026-12-06c" / "approx")))
+    best = tables.best_within_yardstick(after)
+    assert best["setting"] == "kv_keep=0.1" and best["speedup"] == pytest.approx(6.3501, abs=1e-3) and best["noisy"]
+    assert best["speedup"] >= 5.0 and best["drift_pose_rel"] < best["yardstick_drift_pose_rel"]
 
 
 def test_kv_keep_score_mod_is_one_function_per_plan_that_captures_no_tensor():
