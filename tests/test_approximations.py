@@ -496,6 +496,35 @@ def test_the_pareto_figure_names_the_yardstick_only_where_it_draws_it():
     assert "drift of prune_depth=4" in legend(rows + [ruler])
 
 
+def test_the_memory_wall_names_each_approximation_and_draws_no_residual_of_a_two_point_line():
+    """The fourth 2026-12-06 lease's 100/800-frame rows: four lines all labelled 'sdpa' (the exact model
+    and kv_keep 0.1/0.25/0.5, which memory_fit fits apart), and a residual panel of float rounding at
+    1e-15 GiB for lines through two frame counts."""
+    from test_report import texts
+    from vggt_bench.report import plots
+
+    def rows(frames, **kw):
+        return [_row(frames=f, latency_ms_median=1000.0 * f, peak_alloc_gib=2.0 + f * (0.02 + 0.003 * len(kw)),
+                     device_mem_gib=79.2, **kw) for f in frames]
+
+    two = pd.DataFrame(rows([100, 800]) + rows([100, 800], kv_keep=0.1))
+    drawn = texts(plots.memory_wall(two).figure)
+    assert any(t.startswith("sdpa · kv_keep=0.1\n") for t in drawn) and any(t.startswith("sdpa\n") for t in drawn)
+    assert any("fitted through two frame counts" in t for t in drawn)
+    three = pd.DataFrame(rows([100, 400, 800]) + rows([100, 800], kv_keep=0.1))
+    plot = plots.memory_wall(three)
+    drawn = texts(plot.figure)
+    assert not any("fitted through two frame counts" in t for t in drawn)
+    assert "residuals\n(1 line through two frame counts: none, not drawn)" in drawn
+    residuals = plot.figure.axes[1]
+    assert len(residuals.get_lines()) == 2  # the zero line and the three-point line's residuals
+    # the H200 study's nsys sweep: fused and sequential, two lines both named 'sdpa_cudnn'
+    execs = pd.DataFrame(rows([16, 64]) + [dict(r, frame_exec="sequential", peak_alloc_gib=r["peak_alloc_gib"] + 0.5)
+                                           for r in rows([16, 64])])
+    drawn = texts(plots.memory_wall(execs).figure)
+    assert any(t.startswith("sdpa · fused\n") for t in drawn) and any(t.startswith("sdpa · sequential\n") for t in drawn)
+
+
 def test_the_narrative_ranks_approximations_from_trusted_timings_only():
     # A CPU sweep with one repeat per point is all noisy: the narrative said nothing about the
     # approximations at all (a merge of the noise rule with the approximations line).

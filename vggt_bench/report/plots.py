@@ -64,7 +64,7 @@ from matplotlib.patches import Patch
 
 from ..analysis.tables import (
     CONTEXT, DRIFT_OUTPUTS, FRAME_EXEC_ORDER, STAGES, TECHNIQUE_ORDER, YARDSTICK_DEPTH, Tables, approximation_table,
-    baseline_depth, context_line, contexts, context_slug, pareto_front,
+    baseline_depth, context_line, contexts, context_slug, pareto_front, setting,
     conversion_table, device_label, device_memory_gib, exact_rows, failure_notes, fmt_percent, launch_table, load_tables, missing, ok_rows, one_context, one_sided_notes, order_exec, part_name, shorten,
     speedup_pairs, stage_times, tidy_profile, tidy_results, unavailable_notes, with_gpu_name,
     GRID_STAGES, grid_activity, grid_stage_times,
@@ -1009,9 +1009,17 @@ def memory_wall(results: pd.DataFrame) -> Plot:
     fig, (ax, res), lax = _new_figure(12.0, 5.0, ncols=2, legend=0.42)
     keys = [c for c in fits.columns if c in resid.columns and c in frame.columns
             and c not in ("frames", "device_mem_gib")]
-    fits = fits.assign(_line=line_labels(fits.assign(impl=fits.get("impl", "ours")), frame))
+    # a line per series and approximation setting (memory_fit fits each): name the setting beside the backend
+    # and the frame execution where it varies (drawn as the line style too, as in the scaling wall)
+    settings = [setting(f) for _, f in fits.iterrows()]
+    execs = fits["frame_exec"].fillna("") if "frame_exec" in fits else pd.Series("", index=fits.index)
+    named_exec = execs.nunique() > 1
+    fits = fits.assign(_line=[line + (f" · {e}" if named_exec and e else "") + ("" if s == "exact" else f" · {s}")
+                              for line, e, s in zip(line_labels(fits.assign(impl=fits.get("impl", "ours")), frame),
+                                                    execs, settings)])
     colors = line_colors(fits["_line"])
     handles = []
+    through_two = 0  # lines fitted through two frame counts: they pass through both, nothing is left out
     for _, f in fits.iterrows():
         sel = np.ones(len(resid), dtype=bool)
         for k in keys:
@@ -1021,13 +1029,18 @@ def memory_wall(results: pd.DataFrame) -> Plot:
         xmax = max(float(pts["frames"].max()), float(f["wall_frames_device"]) if f["wall_frames_device"] > 0 else 0)
         xs = np.linspace(0, xmax, 50)
         ax.plot(pts["frames"], pts["peak_alloc_gib"], ls="none", marker="o", color=color, ms=5)
-        ax.plot(xs, f["slope_gib_per_frame"] * xs + f["intercept_gib"], color=color, lw=1.3)
-        res.plot(pts["frames"], pts["residual_gib"], marker="o", color=color, lw=1)
+        style = FRAME_EXEC_LINE.get(f.get("frame_exec"), "-") if named_exec else "-"
+        ax.plot(xs, f["slope_gib_per_frame"] * xs + f["intercept_gib"], color=color, lw=1.3, ls=style)
+        if f["points"] > 2 and pts["frames"].nunique() > 2:
+            res.plot(pts["frames"], pts["residual_gib"], marker="o", color=color, lw=1)
+        else:
+            through_two += 1
         walls = ", ".join(f"{c.split()[0]}: {f['wall_frames_' + c.split()[0]]:,.0f}" for c in ["device"] + [w[0] for w in WALL_CARDS])
-        handles.append(Line2D([], [], color=color, marker="o", lw=1.3,
+        handles.append(Line2D([], [], color=color, marker="o", lw=1.3, ls=style,
                               label=f"{f['_line']}\n{f['slope_mb_per_frame'] / 1.048576:.1f} MiB/frame; wall {walls}"))
     device = float(fits["device_mem_gib"].max())
-    for label, gib, style in [("device", device, "-.")] + [(c, g, ":") for c, g in WALL_CARDS]:
+    # a card with the device's memory (an H200 measured) is the device's line: drawn once
+    for label, gib, style in [("device", device, "-.")] + [(c, g, ":") for c, g in WALL_CARDS if abs(g - device) > 1.0]:
         ax.axhline(gib, color="#b2182b", ls=style, lw=1)
         ax.annotate(f"{label}: {gib:.0f} GiB", (0, gib), xytext=(3, 3), textcoords="offset points", fontsize=7.5,
                     color="#b2182b")
@@ -1038,10 +1051,19 @@ def memory_wall(results: pd.DataFrame) -> Plot:
     res.set_xlabel("frames S")
     res.set_ylabel("measured - fitted (GiB)")
     res.set_title("residuals", fontsize=10)
+    if through_two == len(fits):  # a fit through two points has residuals of float rounding (1e-15 GiB) only
+        res.set_ylim(-1.0, 1.0)
+        res.set_xlim(ax.get_xlim())
+        res.text(0.5, 0.72, "every line is fitted through two frame counts\nand passes through both: no residual;\n"
+                 "a third frame count would test the line", transform=res.transAxes, ha="center", va="center",
+                 fontsize=9, color="#555555")
+    elif through_two:
+        res.set_title(f"residuals\n({through_two} line{'s' if through_two > 1 else ''} through two frame counts: "
+                      "none, not drawn)", fontsize=10)
     _side_legend(lax, handles, title="series: slope; predicted wall (frames)")
     _suptitle(fig, "The memory wall: GiB per frame, fitted, and where it meets the card", frame)
-    _footnote(fig, ["wall = (memory - intercept) / slope: linear growth, a prediction past the largest frame count "
-                    "measured; 141 GB and 192 GB are cards not measured here"])
+    _footnote(fig, ["wall = (memory - intercept) / slope: linear growth, a prediction past the largest frame count measured",
+                    "141 GB / 192 GB: the memory an H200 / a B200 gives PyTorch (tables.WALL_CARDS)"])
     return Plot(fig, note)
 
 
