@@ -59,6 +59,12 @@ SIM_ELEMENTS = 1 << 26  # similarity scores computed per chunk when matching sou
 FLEX_RECOMPILES = 64  # compiled flex kernels kept per process (one per layout and setting)
 
 
+def _rows_per_chunk(width: int, least: int = 1) -> int:
+    """Rows of ``width`` elements to take at a time so that a chunk holds about SIM_ELEMENTS (at least
+    ``least`` rows): the one bound for every chunked step of matching and merging."""
+    return max(least, SIM_ELEMENTS // max(1, width))
+
+
 @dataclass(frozen=True)
 class Layout:
     """How the global sequence of one batch item is laid out: ``frames`` x ``tokens`` per frame, the
@@ -472,7 +478,7 @@ def _units(metric: torch.Tensor, layout: Layout, ratio: float, dtype: torch.dtyp
         return None
     N, C = metric.shape
     unit = torch.empty((N, C), device=metric.device, dtype=dtype)
-    for part in row_chunks(N, max(layout.tokens, SIM_ELEMENTS // max(1, C))):
+    for part in row_chunks(N, _rows_per_chunk(C, layout.tokens)):
         unit[part] = F.normalize(metric[part].float(), dim=-1).to(dtype)
     return unit
 
@@ -492,7 +498,7 @@ def _assignment(unit, layout: Layout, ratio: float, device):
     frames = unit.view(S, P, -1)
     # salient: in each other frame, the candidates least like the frame's mean (cosine). Per frame, so a
     # chunk of frames at a time (no copy of every token's vector at once)
-    step = max(1, SIM_ELEMENTS // max(1, P * C))
+    step = _rows_per_chunk(P * C)
     centre = torch.cat([frames[part].float().mean(1) for part in row_chunks(S, step)])
     centre = F.normalize(centre, dim=-1).to(unit.dtype)  # [S, C]
     cand = plan.candidates  # [S-1, m] positions within a frame
@@ -508,7 +514,7 @@ def _assignment(unit, layout: Layout, ratio: float, device):
     dst_units = unit[plan.dst]
     best = torch.empty(len(sources), device=device, dtype=torch.float32)
     best_dst = torch.empty(len(sources), device=device, dtype=torch.long)
-    step = max(1, SIM_ELEMENTS // max(1, len(plan.dst)))
+    step = _rows_per_chunk(len(plan.dst))
     for part in row_chunks(len(sources), step):
         sims = unit[sources[part]] @ dst_units.T
         value, index = sims.max(dim=-1)
@@ -547,7 +553,7 @@ def _merged(given: list, layout: Layout, ratio: float, attend) -> torch.Tensor:
         slot, n = assignments[b]
         flat = t[b].reshape(N, H * D)
         sums = torch.zeros(n, H * D, device=t.device, dtype=torch.float32)
-        for part in row_chunks(N, max(layout.tokens, SIM_ELEMENTS // (H * D))):  # no fp32 copy of every token
+        for part in row_chunks(N, _rows_per_chunk(H * D, layout.tokens)):  # no fp32 copy of every token
             sums.index_add_(0, slot[part], flat[part].float())
         return sums.div_(counts[b]).to(t.dtype).view(1, n, H, D).transpose(1, 2)
 
