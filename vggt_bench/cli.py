@@ -140,6 +140,19 @@ def split_flags(rest: list, command: str):
     return overrides, flags, None
 
 
+def _hydra_app(command: str, args: list):
+    """The command's Hydra entry point, to be called, with ``args`` as its command line (overrides, then
+    Hydra's flags) and our configuration schemas registered."""
+    import hydra
+
+    from . import config
+    from .resources import experiments_dir
+
+    config.register()
+    sys.argv = [f"vggt_bench-{command}"] + args
+    return hydra.main(version_base=None, config_path=experiments_dir(), config_name=COMMANDS[command][0])(_task(command))
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -152,10 +165,7 @@ def main(argv=None) -> int:
     if command == "backends":
         return list_backends()
 
-    import hydra
-
     from . import config, overrides
-    from .resources import experiments_dir
 
     config_name = COMMANDS[command][0]
     given, flags, problem = split_flags(rest, command)
@@ -172,9 +182,7 @@ def main(argv=None) -> int:
         return EXIT_USER_ERROR
     rest = given + flags
     if "--help" in flags or inspect:  # Hydra prints and returns: no results directory, no multirun
-        config.register()
-        sys.argv = [f"vggt_bench-{command}"] + rest
-        hydra.main(version_base=None, config_path=experiments_dir(), config_name=config_name)(_task(command))()
+        _hydra_app(command, rest)()
         return 0
 
     from .distributed import launched
@@ -204,9 +212,7 @@ def main(argv=None) -> int:
             return EXIT_USER_ERROR
     if command == "sweep":
         rest = ["--multirun"] + rest
-    config.register()
-    sys.argv = [f"vggt_bench-{command}"] + rest
-    app = hydra.main(version_base=None, config_path=experiments_dir(), config_name=config_name)(_task(command))
+    app = _hydra_app(command, rest)
 
     def interrupted(*_):
         # Ctrl-C can land anywhere, Hydra's config composition included (which would report a
