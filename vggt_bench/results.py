@@ -119,10 +119,14 @@ class ResultStore:
         self.points_dir = os.path.join(out, "points")
 
     def ensure_writable(self) -> None:
-        """Create ``out``; raise OSError with a one-line reason if it cannot be written."""
+        """Create ``out``; raise OSError with a one-line reason if it cannot be written. Also imports the
+        Parquet writer now, before any point is measured: imported lazily by the first table write, a
+        Ctrl-C landing inside that import left the module half-made, and the handler's own table write
+        failed on it ("cannot access submodule 'parquet' of module 'pyarrow'"): points, no tables."""
         problem = unwritable(self.points_dir)
         if problem:
             raise OSError(problem)
+        import pyarrow.parquet  # noqa: F401  (pandas.to_parquet's engine)
 
     def _lock(self, wait: bool = True):
         return locked(self.out, wait)
