@@ -701,7 +701,7 @@ def test_the_committed_800_frame_study_renders_its_verdict_and_the_rounding_note
     assert "is **kv_keep=0.1**: 4.86×" in text
     assert "on it alone the fastest below prune_depth=4's at S=800 is **global_sparsity=0.9**, 6.33×" in text
     # the fourth lease (reports/h100-2026-12-06c/approx), after kv_keep's score_mod fix: the same verdict's
-    # setting, now over the target, under the yardstick on camera drift too
+    # setting, now estimated over the target (single forwards: noisy), under the yardstick on camera drift too
     after = tables.approximation_table(load_results(str(study.parents[1] / "h100-2026-12-06c" / "approx")))
     best = tables.best_within_yardstick(after)
     assert best["setting"] == "kv_keep=0.1" and best["speedup"] == pytest.approx(6.3501, abs=1e-3) and best["noisy"]
