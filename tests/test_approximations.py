@@ -496,6 +496,29 @@ def test_the_pareto_figure_names_the_yardstick_only_where_it_draws_it():
     assert "drift of prune_depth=4" in legend(rows + [ruler])
 
 
+def test_the_pareto_figure_names_the_front_only_where_it_draws_one():
+    """The fifth 2026-12-06 lease's 800-frame rows (reports/h100-2026-12-06d/approx): kv_keep=0.1 is faster
+    than prune_depth=4 with less drift, so each panel's front is that one point and no line is drawn, yet
+    the legend listed 'Pareto front'."""
+    from vggt_bench.report import plots
+
+    rows = [_row(latency_ms_median=130_749.0),
+            _row(prune_depth=4, latency_ms_median=109_740.0, drift_pose_rel=0.01404, drift_depth_rel=0.000693),
+            _row(kv_keep=0.1, latency_ms_median=20_685.0, drift_pose_rel=0.01162, drift_depth_rel=0.000691)]
+
+    def drawn(table):
+        figure = plots.approximations(pd.DataFrame(table)).figure
+        lines = sum(1 for ax in figure.axes[:-1] for line in ax.get_lines() if line.get_linestyle() == "-"
+                    and len(line.get_xdata()) > 1 and line.get_color() == "black")
+        return lines, [h.get_label() for h in figure.axes[-1].get_legend().legend_handles]
+
+    lines, legend = drawn(rows)
+    assert lines == 0 and "Pareto front" not in legend
+    slower = _row(kv_keep=0.25, latency_ms_median=44_600.0, drift_pose_rel=0.0102, drift_depth_rel=0.000690)
+    lines, legend = drawn(rows + [slower])  # kv_keep=0.25: slower than 0.1 but closer, on the front too
+    assert lines > 0 and "Pareto front" in legend
+
+
 def test_the_memory_wall_names_each_approximation_and_draws_no_residual_of_a_two_point_line():
     """The fourth 2026-12-06 lease's 100/800-frame rows: four lines all labelled 'sdpa' (the exact model
     and kv_keep 0.1/0.25/0.5, which memory_fit fits apart), and a residual panel of float rounding at

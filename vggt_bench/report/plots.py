@@ -547,8 +547,9 @@ def approximations(results: pd.DataFrame) -> Plot:
     one column of panels per frame count, one row per output (camera pose, depth, world points; the
     last layer's tokens where no head was measured). x: speedup over the exact model, y: relative L2
     drift, both log. Colour and marker = technique; the line joins the Pareto front (no other point
-    is both faster and closer); the dotted line is prune_depth=4's drift, the yardstick. A red ring
-    marks a point whose timing, or its exact point's, is flagged noisy (its speedup is an estimate).
+    is both faster and closer; no line where one point beats every other); the dotted line is
+    prune_depth=4's drift, the yardstick. A red ring marks a point whose timing, or its exact
+    point's, is flagged noisy (its speedup is an estimate).
 
     Fixed: the backend with most approximation points (ties: ``sdpa``), ``fused`` frame execution
     when measured (the note says what was left out).
@@ -584,7 +585,7 @@ def approximations(results: pd.DataFrame) -> Plot:
                                                          if t.split(" + ")[0] in TECHNIQUE_ORDER else 9, t))
     zero = []
     noisy_handle: list = []
-    ruler_drawn = False
+    ruler_drawn = front_drawn = False
     for r, (col, name) in enumerate(drifts):
         front = pareto_front(table, col)
         for c, frames_ in enumerate(frames):
@@ -604,8 +605,9 @@ def approximations(results: pd.DataFrame) -> Plot:
                                 xytext=(3, 2), textcoords="offset points", color="#333333")
             noisy_handle = _mark_noisy(ax, drawn, col, x="speedup", label="noisy timing (speedup an estimate)") or noisy_handle
             on = drawn[drawn["on_front"]].sort_values("speedup")
-            if len(on) > 1:
+            if len(on) > 1:  # a front of one point (it beats every other) is that point: no line
                 ax.plot(on["speedup"], on[col], color="black", lw=1.0, alpha=0.6, zorder=2)
+                front_drawn = True
             ruler = drawn[(drawn["technique"] == "prune_depth") & (drawn["prune_depth"] == YARDSTICK_DEPTH)]
             if len(ruler):
                 ax.axhline(float(ruler[col].iloc[0]), color="#7f7f7f", ls=":", lw=1.0)
@@ -636,8 +638,9 @@ def approximations(results: pd.DataFrame) -> Plot:
                       color=TECHNIQUE_COLORS.get(k.split(" + ")[0], "#9467bd"),
                       markeredgecolor="black" if " + " in k else "none",
                       label=TECHNIQUE_SOURCES.get(k, k)) for k in kinds]
-    handles += [Line2D([], [], color="black", alpha=0.6, lw=1.0, label="Pareto front")]
-    if ruler_drawn:  # the yardstick's entry only where its line is drawn
+    if front_drawn:  # each legend line only where it is drawn
+        handles += [Line2D([], [], color="black", alpha=0.6, lw=1.0, label="Pareto front")]
+    if ruler_drawn:
         handles += [Line2D([], [], color="#7f7f7f", ls=":", lw=1.0, label=f"drift of prune_depth={YARDSTICK_DEPTH}")]
     handles += noisy_handle
     _side_legend(lax, handles, title="technique")
