@@ -15,7 +15,6 @@ resumed sweep skips a point only when it is measured and, with a profiler, profi
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import sys
 from typing import Any, List
@@ -25,6 +24,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, launchers, progress
+from .analysis.tables import missing
 from .capture import check_profiler, profile_point
 from .errors import UserError, fail
 from .profile_store import profile_done
@@ -60,7 +60,7 @@ def _measured_otherwise(row: dict, how: Measurement) -> str:
         return ""
     asked = {"warmup": how.warmup, "repeats": how.repeats}
     kept = {k: row.get(k) for k in asked}
-    if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in kept.values()):
+    if any(missing(v) for v in kept.values()):
         return ""
     if all(int(kept[k]) == asked[k] for k in asked):
         return ""
@@ -140,7 +140,7 @@ def _result(row: dict) -> str:
     if row["status"] != "ok":
         return row.get("message", "")
     mem = row.get("peak_alloc_gib")
-    mem = mem if mem is not None and not (isinstance(mem, float) and math.isnan(mem)) else row.get("peak_rss_gib")
+    mem = mem if not missing(mem) else row.get("peak_rss_gib")
     noisy = f" NOISY ({row['noise_reason']})" if row.get("noisy") else ""
     if str(row.get("claim_note") or "").startswith("CPU timing"):
         noisy += " (CPU timing: backs no claim)"
