@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import glob
 import hashlib
+import io
 import json
 import math
 import os
@@ -119,14 +120,12 @@ class ResultStore:
         self.points_dir = os.path.join(out, "points")
 
     def ensure_writable(self) -> None:
-        """Create ``out``; raise OSError with a one-line reason if it cannot be written. Also imports the
-        Parquet writer now, before any point is measured: imported lazily by the first table write, a
-        Ctrl-C landing inside that import left the module half-made, and the handler's own table write
-        failed on it ("cannot access submodule 'parquet' of module 'pyarrow'"): points, no tables."""
+        """Create ``out``; raise OSError with a one-line reason if it cannot be written. Also runs the
+        table path once in memory (``_warm_tables``), before any point is measured."""
         problem = unwritable(self.points_dir)
         if problem:
             raise OSError(problem)
-        import pyarrow.parquet  # noqa: F401  (pandas.to_parquet's engine)
+        _warm_tables()
 
     def _lock(self, wait: bool = True):
         return locked(self.out, wait)
@@ -194,6 +193,18 @@ class ResultStore:
     def _write_tables(self, frame: pd.DataFrame) -> None:
         _atomic_write(os.path.join(self.out, "results.parquet"), lambda f: frame.to_parquet(f, index=False))
         _atomic_write(os.path.join(self.out, "results.csv"), lambda f: f.write(frame.to_csv(index=False).encode()))
+
+
+def _warm_tables() -> None:
+    """Build and write a one-row table in memory, with a value of each kind a row holds (text, float,
+    int, bool, none), so that every lazy import on the table path (pandas' Arrow-backed strings,
+    pyarrow's pandas shim, its Parquet writer) happens now. The Ctrl-C handler rebuilds the tables;
+    landing inside one of those first imports it re-entered it: pyarrow.parquet half-made ("cannot
+    access submodule 'parquet'": points, no tables), and pyarrow's pandas shim, whose import lock is
+    not re-entrant, deadlocked (CI, 2026-12-06: the sweep hung after its first point)."""
+    frame = pd.DataFrame([{"status": "ok", "latency_ms_median": 1.0, "frames": 1, "noisy": False, "message": None}])
+    frame.to_parquet(io.BytesIO(), index=False)
+    frame.to_csv(index=False)
 
 
 def load_results(directory: str) -> pd.DataFrame:
