@@ -140,9 +140,31 @@ def test_all_to_all_attention_chunked_rounds_and_gather_equal_the_whole_on_uneve
         assert res["bytes"] == res["expected_bytes"] and res["calls"] == 4, (r, res)
 
 
-def _peaks_on_ranks(images):
+def _on_copies(collective):
+    """``collective(out, inp, ...)`` run on copies the memory counter does not see, the result copied
+    into ``out``. gloo's worker thread lets go of the tensors a collective was handed some time after
+    the call returns (the CI machine's two cores: through the next projection and MLP), and until it
+    does they are alive: the count of a rank's own tensors then depended on thread scheduling (peaks
+    of 0.50, 0.53 and 0.55 of one process's, same input). With copies each of the code's tensors ends
+    where the code drops it."""
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    def call(out, inp, *args, **kwargs):
+        with _disable_current_modes():
+            staged_out = [torch.empty_like(t) for t in out] if isinstance(out, list) else torch.empty_like(out)
+            collective(staged_out, inp.clone(), *args, **kwargs)
+            for t, staged in zip(out, staged_out) if isinstance(out, list) else [(out, staged_out)]:
+                t.copy_(staged)
+
+    return call
+
+
+def _peaks_on_ranks(images, staged=True):
+    import torch.distributed as dist
     from vggt_bench.profiling.tensor_memory import LiveTensorMemory
 
+    if staged:  # this spawned process's own module: the ranks' ContextParallel calls it as self.dist
+        dist.all_to_all_single, dist.all_gather = _on_copies(dist.all_to_all_single), _on_copies(dist.all_gather)
     net = vggt_model.build(vggt_model.VGGTConfig.small(), "cpu", seed=1)
     net.configure(vggt_model.ExecutionConfig(context_parallel=2, token_chunk=1024))
     with torch.inference_mode(), LiveTensorMemory() as counter:
@@ -175,8 +197,9 @@ def test_each_rank_holds_about_half_the_memory_of_one_process():
     peaks = [value for _, (state, value) in sorted(got.items())]
     assert len(peaks) == 2 and all(state == "ok" for state, _ in got.values()), got
     # every tensor a rank holds is per frame or per head: half (the head group's K, V over every frame are
-    # [B, H/2, S P, D]); measured 0.50
-    assert max(peaks) < 0.55 * counter.peak_bytes, (peaks, counter.peak_bytes)
+    # [B, H/2, S P, D]); 0.5016 on each rank, every run, with the collectives on copies (_on_copies)
+    assert max(peaks) < 0.52 * counter.peak_bytes, (peaks, counter.peak_bytes)
+    assert peaks[0] == peaks[1], peaks  # 8 frames and 1 head each: the same tensors (without copies, not always)
 
 
 def test_run_writes_one_row_from_rank_0_with_the_rank_columns(tmp_path):

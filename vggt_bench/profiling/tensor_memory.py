@@ -7,8 +7,10 @@ while it is active, groups them by storage, and counts a storage's bytes from it
 until the last Python tensor on it is gone. Its ``peak_bytes`` is the most memory the code's own
 intermediate tensors held at once: what a memory plan changes, without allocator slack. Tensors
 made before the mode (weights, inputs) are not counted, nor views of them made inside it (a slice
-of the input is the input's memory). Slow (a Python callback per operator): for tests and small
-models.
+of the input is the input's memory). A tensor handed to a collective ends when the backend lets go
+of it too: gloo's worker thread does so some time after the call returns, so around collectives
+the count depends on thread scheduling (tests run them on copies the mode does not see). Slow (a
+Python callback per operator): for tests and small models.
 """
 
 from __future__ import annotations
