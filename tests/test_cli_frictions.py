@@ -40,12 +40,17 @@ def test_ctrl_c_during_a_sweep_is_one_line_keeps_the_points_and_exits_130(tmp_pa
                        "measure.repeats=20", f"out={tmp_path}", "report=false", stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, text=True)
     points = tmp_path / "points"
-    deadline = time.time() + 240
-    while time.time() < deadline and not (points.is_dir() and any(points.iterdir())):
-        time.sleep(0.2)
-    assert points.is_dir() and any(points.iterdir()), "no point was measured in time"
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not (points.is_dir() and any(points.iterdir())):
+            time.sleep(0.2)
+        assert points.is_dir() and any(points.iterdir()), "no point was measured in time"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:  # a sweep that hangs must not outlive its test (CI 2026-12-06: it ran on, 20 repeats a point)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err, err[-3000:]
     last = err.strip().splitlines()[-1]
@@ -53,6 +58,37 @@ def test_ctrl_c_during_a_sweep_is_one_line_keeps_the_points_and_exits_130(tmp_pa
     assert last == f"vggt_bench: interrupted; {kept} point{'s' if kept != 1 else ''} kept in {tmp_path}; rerun the same command to resume"
     assert kept >= 1 and len(load_results(str(tmp_path))) == kept
     assert not list(tmp_path.glob(".tmp-*")) and not list(points.glob(".tmp-*")), "half-written files left behind"
+
+
+def test_ctrl_c_leaves_within_its_bound_when_the_tables_rebuild_hangs(tmp_path):
+    # The handler's rebuild once waited forever on an import lock the interrupted code held (acd110d
+    # removed that cause); whatever the next one is, Ctrl-C still ends the run: the same one line, which
+    # says the tables were not updated, and exit 130.
+    (tmp_path / "points").mkdir()
+    (tmp_path / "points" / "a.json").write_text('{"point_id": "a", "status": "ok", "timestamp": 1.0}')
+    code = ("import time; from vggt_bench import cli, results; "
+            "results.ResultStore.rebuild_before_exit = lambda self: time.sleep(600); cli.REBUILD_WITHIN_S = 2; "
+            f"cli.leave_interrupted({str(tmp_path)!r})")
+    start = time.time()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 130 and time.time() - start < 60, done.stderr[-2000:]
+    assert one_line(done) == (f"vggt_bench: interrupted; 1 point kept in {tmp_path} (tables not updated within 2 s: "
+                              "the next run rebuilds them); rerun the same command to resume")
+
+
+def test_a_second_ctrl_c_while_leaving_is_ignored(tmp_path):
+    # The handler (installed as the CLI installs it) ignores SIGINT from its first line: a second Ctrl-C
+    # during the rebuild neither starts another rebuild nor prints a second line.
+    (tmp_path / "points").mkdir()
+    (tmp_path / "points" / "a.json").write_text('{"point_id": "a", "status": "ok", "timestamp": 1.0}')
+    code = ("import os, signal, time; from vggt_bench import cli, results; "
+            f"signal.signal(signal.SIGINT, lambda *_: cli.leave_interrupted({str(tmp_path)!r})); calls = []; "
+            "results.ResultStore.rebuild_before_exit = lambda self: (calls.append(1), "
+            "os.kill(os.getpid(), signal.SIGINT), time.sleep(0.5), print(len(calls), flush=True)); "
+            f"cli.leave_interrupted({str(tmp_path)!r})")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 130 and done.stdout.strip() == "1", (done.stdout, done.stderr[-2000:])
+    assert one_line(done).startswith("vggt_bench: interrupted; 1 point kept in ")
 
 
 def test_the_parquet_writer_is_imported_before_any_point_is_measured(tmp_path):

@@ -215,22 +215,7 @@ def main(argv=None) -> int:
     app = _hydra_app(command, rest)
 
     def interrupted(*_):
-        # Ctrl-C can land anywhere, Hydra's config composition included (which would report a
-        # mangled state as a config error): leave at once. Every point is already on disk (each
-        # written atomically the moment it was measured), so nothing measured is lost.
-        kept = _points_in(out) if out else 0
-        if kept:  # the tables may lag the last point written (or be mid-rebuild): bring them up to date
-            from .results import ResultStore
-
-            try:
-                ResultStore(out).rebuild_before_exit()
-            except Exception:
-                pass  # the points are the record; the next run rebuilds the tables
-        where = f"{kept} point{'s' if kept != 1 else ''} kept in {out}; rerun the same command to resume" if out else \
-            "nothing was being written"
-        print(f"\nvggt_bench: interrupted; {where}", file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        os._exit(130)
+        leave_interrupted(out)
 
     signal.signal(signal.SIGINT, interrupted)
     try:
@@ -238,6 +223,42 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         interrupted()
     return 0
+
+
+INTERRUPT_EXIT = 130
+REBUILD_WITHIN_S = 20  # what the tables' rebuild may take after Ctrl-C before the process leaves without it
+
+
+def leave_interrupted(out) -> None:
+    """Ctrl-C: say what was kept, in one line, and exit 130. It can land anywhere, Hydra's config
+    composition included (which would report a mangled state as a config error): leave at once.
+    Every point is already on disk (each written atomically the moment it was measured), so nothing
+    measured is lost; the tables may lag the last point (or be mid-rebuild), so they are brought up
+    to date first, within REBUILD_WITHIN_S: a rebuild that hangs (it once waited forever on an import
+    lock the interrupted code held) must not keep the user's Ctrl-C from ending the run. Further
+    Ctrl-Cs are ignored meanwhile: one message, one exit."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    kept = _points_in(out) if out else 0
+    where = f"{kept} point{'s' if kept != 1 else ''} kept in {out}" if out else "nothing was being written"
+
+    def leave(tables_note: str = "") -> None:
+        resume = "; rerun the same command to resume" if out else ""
+        print(f"\nvggt_bench: interrupted; {where}{tables_note}{resume}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(INTERRUPT_EXIT)
+
+    if kept:
+        from .results import ResultStore
+
+        signal.signal(signal.SIGALRM, lambda *_: leave(f" (tables not updated within {REBUILD_WITHIN_S} s: "
+                                                       "the next run rebuilds them)"))
+        signal.alarm(REBUILD_WITHIN_S)
+        try:
+            ResultStore(out).rebuild_before_exit()
+        except Exception:
+            pass  # the points are the record; the next run rebuilds the tables
+        signal.alarm(0)
+    leave()
 
 
 def _points_in(out: str) -> int:
