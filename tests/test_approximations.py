@@ -519,6 +519,36 @@ def test_the_pareto_figure_names_the_front_only_where_it_draws_one():
     assert lines > 0 and "Pareto front" in legend
 
 
+def test_the_pareto_figure_labels_a_speedup_beyond_every_point():
+    """The fifth 2026-12-06 lease's 800-frame figure: kv_keep=0.1 at 6.32x sat past the last labelled tick
+    (4x), so the headline number could be read off nothing. The axis now runs to the first power of two
+    beyond the fastest point (and below the slowest, or 1x)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from vggt_bench.report import plots
+
+    def labelled(rows):
+        figure = plots.approximations(pd.DataFrame(rows)).figure
+        FigureCanvasAgg(figure).draw()
+        ax = figure.axes[0]
+        lo, hi = ax.get_xlim()
+        ticks = [t.get_position()[0] for t in ax.xaxis.get_ticklabels() if t.get_text() and lo <= t.get_position()[0] <= hi]
+        return min(ticks), max(ticks)
+
+    rows = [_row(latency_ms_median=130_749.0),
+            _row(prune_depth=4, latency_ms_median=109_740.0, drift_pose_rel=0.01404, drift_depth_rel=0.000693),
+            _row(kv_keep=0.1, latency_ms_median=20_685.0, drift_pose_rel=0.01162, drift_depth_rel=0.000691)]
+    first, last = labelled(rows)
+    assert first <= 1.0 and last >= 130_749.0 / 20_685.0, (first, last)
+    slower = _row(merge_ratio=0.3, latency_ms_median=150_000.0, drift_pose_rel=0.02, drift_depth_rel=0.0007)
+    first, last = labelled(rows + [slower])  # a setting slower than the exact model: 0.87x
+    assert first <= 130_749.0 / 150_000.0 and last >= 6.32, (first, last)
+    near = [_row(latency_ms_median=100_000.0),
+            _row(kv_keep=0.5, latency_ms_median=80_000.0, drift_pose_rel=0.01, drift_depth_rel=0.0007)]
+    first, last = labelled(near)  # 1.25x: the fine steps near 1x
+    assert first <= 1.0 and last >= 1.25, (first, last)
+
+
 def test_the_memory_wall_names_each_approximation_and_draws_no_residual_of_a_two_point_line():
     """The fourth 2026-12-06 lease's 100/800-frame rows: four lines all labelled 'sdpa' (the exact model
     and kv_keep 0.1/0.25/0.5, which memory_fit fits apart), and a residual panel of float rounding at
