@@ -6,7 +6,7 @@ import os
 import signal
 import sys
 
-from .errors import EXIT_USER_ERROR, say_error
+from .errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, say_error
 
 COMMANDS = {
     "sweep": ("bench", "sweep a grid (a Hydra multirun); default: the `default` preset for this machine; "
@@ -225,18 +225,17 @@ def main(argv=None) -> int:
     return 0
 
 
-INTERRUPT_EXIT = 130
 REBUILD_WITHIN_S = 20  # what the tables' rebuild may take after Ctrl-C before the process leaves without it
 
 
 def leave_interrupted(out) -> None:
-    """Ctrl-C: say what was kept, in one line, and exit 130. It can land anywhere, Hydra's config
-    composition included (which would report a mangled state as a config error): leave at once.
-    Every point is already on disk (each written atomically the moment it was measured), so nothing
-    measured is lost; the tables may lag the last point (or be mid-rebuild), so they are brought up
-    to date first, within REBUILD_WITHIN_S: a rebuild that hangs (it once waited forever on an import
-    lock the interrupted code held) must not keep the user's Ctrl-C from ending the run. Further
-    Ctrl-Cs are ignored meanwhile: one message, one exit."""
+    """Ctrl-C: say what was kept, in one line, and exit EXIT_INTERRUPTED (130). It can land anywhere,
+    Hydra's config composition included (which would report a mangled state as a config error): leave
+    at once. Every point is already on disk (each written atomically the moment it was measured), so
+    nothing measured is lost; the tables may lag the last point (or be mid-rebuild), so they are
+    brought up to date first, within REBUILD_WITHIN_S: a rebuild that hangs (it once waited forever on
+    an import lock the interrupted code held) must not keep the user's Ctrl-C from ending the run.
+    Further Ctrl-Cs are ignored meanwhile: one message, one exit."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     kept = _points_in(out) if out else 0
     where = f"{kept} point{'s' if kept != 1 else ''} kept in {out}" if out else "nothing was being written"
@@ -245,7 +244,7 @@ def leave_interrupted(out) -> None:
         resume = "; rerun the same command to resume" if out else ""
         print(f"\nvggt_bench: interrupted; {where}{tables_note}{resume}", file=sys.stderr, flush=True)
         sys.stdout.flush()
-        os._exit(INTERRUPT_EXIT)
+        os._exit(EXIT_INTERRUPTED)
 
     if kept:
         from .results import ResultStore

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 EXIT_USER_ERROR = 2  # every bad setting, missing file or unusable input, whichever command
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as a shell reports it): one line saying what was kept
 
 
 class UserError(ValueError):
