@@ -149,12 +149,13 @@ def _on_copies(collective):
     where the code drops it."""
     from torch.utils._python_dispatch import _disable_current_modes
 
-    def call(out, inp, *args, **kwargs):
+    def call(out, inp, *args, **kwargs):  # out: one tensor (all_to_all_single) or a list (all_gather)
+        outs = out if isinstance(out, list) else [out]
         with _disable_current_modes():
-            staged_out = [torch.empty_like(t) for t in out] if isinstance(out, list) else torch.empty_like(out)
-            collective(staged_out, inp.clone(), *args, **kwargs)
-            for t, staged in zip(out, staged_out) if isinstance(out, list) else [(out, staged_out)]:
-                t.copy_(staged)
+            staged = [torch.empty_like(t) for t in outs]
+            collective(staged if isinstance(out, list) else staged[0], inp.clone(), *args, **kwargs)
+            for t, copy in zip(outs, staged):
+                t.copy_(copy)
 
     return call
 
