@@ -60,6 +60,7 @@ class Aggregator(nn.Module):
         self.attend = None  # set by configure(): frame layers and the patch embed
         self.attend_global = None  # set by configure(): global layers
         self.context = None  # set by configure() for context_parallel > 1 (model.context_parallel)
+        self.approx_kernel = None  # set by configure() when kv_keep is on: how it runs (approximate.KernelChoice)
         self._rope_cache = {}
         self.grid = (0, 0)  # the patch grid of the current forward (rows, cols): approximations read it
 
@@ -349,5 +350,6 @@ class Aggregator(nn.Module):
         if self.execution.approximated(i, self.cfg.depth):
             layout = approximate.Layout(S, P, self.patch_start_idx, *self.grid)
             return approximate.global_layer(self.global_blocks[i], x, self.attend_global, rope, self.ranges,
-                                            self.execution, layout, inplace=mode != "return", rows=rows)
+                                            self.execution, layout, inplace=mode != "return", rows=rows,
+                                            kernel=self.approx_kernel)
         return self.global_blocks[i](x, self.attend_global, rope, self.ranges, mode=mode, rows=rows)

@@ -47,8 +47,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from . import partial_attention
 from .config import ExecutionConfig
-from .layers import attention_dtype, row_chunks
+from .layers import attention_dtype, linear_rows, row_chunks
 from .nvtx import OFF, Ranges
 
 BLOCK = 128           # flex attention's block: query and key blocks of the block masks
@@ -115,15 +116,20 @@ def _projections(block, x: torch.Tensor, rope, rows: int, keep_normed: bool):
 
 
 def global_layer(block, x: torch.Tensor, attend, rope, ranges: Ranges, execution: ExecutionConfig, layout: Layout,
-                 inplace: bool, rows: int = 0) -> torch.Tensor:
+                 inplace: bool, rows: int = 0, kernel: Optional["KernelChoice"] = None) -> torch.Tensor:
     """Global block ``block`` on ``x [B, N, C]`` with the attention approximation ``execution`` turns on.
 
     ``inplace``: the result is written into ``x`` (the lean and offload plans) and every per-token step
     (norm, QKV projection, output projection, MLP) runs over chunks of ``rows`` tokens, as the exact
     lean plan does: only Q, K, V (and for merging the normalised input) are ever whole. Otherwise a new
-    tensor is returned and ``x`` is left as it was.
+    tensor is returned and ``x`` is left as it was. ``kernel``: how K/V subsampling runs
+    (``model.approx_kernel``; None: flex attention).
     """
     technique = execution.approximations()[0]
+    if technique == "kv_keep" and kernel is not None:
+        dense = kernel.for_subsampling(block, x, rope, layout, execution.kv_keep, rows if inplace else 0)
+        if dense is not None:
+            return _subsampled_layer(block, x, rope, ranges, layout, execution.kv_keep, dense, inplace, rows)
     B, N, C = x.shape
     attn = block.attn
     step = rows if inplace else 0
@@ -313,6 +319,248 @@ def _subsampled(given: list, layout: Layout, keep: float) -> torch.Tensor:
     v_all = keys(v)
     del v
     return _flex(q.transpose(1, 2), k_all, v_all, plan.block_mask, plan.score_mod())
+
+
+# ---- kv_keep on dense kernels: the same function in three merged parts ------------------------------
+# A query of frame f attends to (1) its own frame whole, (2) the camera/register tokens and kept patches of
+# every other frame, (3) every other frame's mean token with log(count) on its score. The three key sets
+# are disjoint, so each runs as dense attention returning its log-sum-exp and the parts are merged
+# (``partial_attention``): (1) is frame attention; for (2) the kept tokens of all frames are laid out twice
+# in a row, so frames f+1 .. f+S-1 are one contiguous window of (S-1) x per keys starting at (f+1) x per;
+# (3) likewise over the mean tokens, its log-sum-exp shifted by log(count). No mask, no score_mod: every
+# key tile a kernel loads is attended whole.
+ATTN_ROWS = 1 << 16  # query tokens per call of the windowed parts (whole frames; more fills the GPU's waves)
+AUTO_FRAMES = 16     # frames approx_kernel=auto times both kernels on (the layer's own tokens)
+AUTO_REPEATS = 3     # timed calls per kernel after one untimed one (compilation, first-call set-up)
+
+
+class WindowPlan:
+    """Dense K/V subsampling's index work, which depends on the layout only.
+
+    ``keep_positions``: the ``per`` tokens of a frame its other frames see (camera/register tokens, then
+    the kept patches); ``kept_starts[f] = (f+1) x per`` and ``mean_starts[f] = f+1``: where frame f's
+    window begins in the doubled pools; ``log_count``: the mean token's weight (None: nothing dropped).
+    """
+
+    def __init__(self, layout: Layout, keep: float, device):
+        S, sp = layout.frames, layout.specials
+        kept = kept_patches(layout.patches, keep)
+        self.dropped = layout.patches - len(kept)
+        self.kept = kept.to(device)
+        self.keep_positions = torch.cat((torch.arange(sp), sp + kept)).to(device)
+        self.per = len(self.keep_positions)
+        self.kept_starts = ((torch.arange(S) + 1) * self.per).to(device=device, dtype=torch.int32)
+        self.mean_starts = (torch.arange(S) + 1).to(device=device, dtype=torch.int32)
+        self.log_count = math.log(self.dropped) if self.dropped else None
+
+
+class _Pools:
+    """Per batch item, every frame's kept keys and values twice in a row ``[B, 2 S per, H, D]`` and its
+    mean key and value twice ``[B, 2 S, H, D]`` (None when nothing is dropped)."""
+
+    def __init__(self, like: torch.Tensor, B: int, plan: WindowPlan, layout: Layout):
+        H, D = like.shape[-2:]
+        S = layout.frames
+        self.kept = [like.new_empty((B, 2, S, plan.per, H, D)) for _ in range(2)]
+        self.means = [like.new_empty((B, 2, S, H, D)) for _ in range(2)] if plan.dropped else None
+
+    def fill(self, k: torch.Tensor, v: torch.Tensor, frames: slice, plan: WindowPlan, specials: int):
+        """Add frames ``frames`` from their keys and values ``k, v [B, F, P, H, D]``."""
+        for i, t in enumerate((k, v)):
+            chosen = t[:, :, plan.keep_positions]
+            self.kept[i][:, 0, frames] = chosen
+            self.kept[i][:, 1, frames] = chosen
+            if self.means is not None:  # as the flex path computes them: fp32 sums, then the key's dtype
+                patches = t[:, :, specials:]
+                dropped = patches.sum(2, dtype=torch.float32) - patches[:, :, plan.kept].sum(2, dtype=torch.float32)
+                mean = (dropped / plan.dropped).to(t.dtype)
+                self.means[i][:, 0, frames] = mean
+                self.means[i][:, 1, frames] = mean
+            del chosen
+
+    def other_frames(self, q: torch.Tensor, b: int, frames: slice, plan: WindowPlan, kernel) -> list:
+        """The parts of ``q [F, P, H, D]`` (frames ``frames`` of batch item ``b``) over the other frames:
+        their kept tokens, and their mean tokens weighted by ``log(count)``."""
+        S = self.kept[0].shape[2]
+        if S == 1:
+            return []
+        H, D = q.shape[-2:]
+        pool_k, pool_v = (t[b].view(-1, H, D) for t in self.kept)
+        parts = [kernel.windows(q, pool_k, pool_v, plan.kept_starts[frames], (S - 1) * plan.per)]
+        if self.means is not None:
+            mean_k, mean_v = (t[b].view(-1, H, D) for t in self.means)
+            parts.append(partial_attention.shift(
+                kernel.windows(q, mean_k, mean_v, plan.mean_starts[frames], S - 1), plan.log_count))
+        return parts
+
+
+def _queries(block, x: torch.Tensor, rope) -> torch.Tensor:
+    """``q [B, n, H, D]`` of ``x [B, n, C]`` (qk-norm, RoPE, the attention kernel's dtype): the Q rows of
+    the block's QKV projection alone."""
+    attn = block.attn
+    B, n, C = x.shape
+    q = linear_rows(attn.qkv, block.norm1(x), slice(0, C)).view(B, n, attn.num_heads, attn.head_dim)
+    q = attn.q_norm(q)
+    if rope is not None:
+        q = rope.apply(q)
+    return q.to(attention_dtype(q))
+
+
+def subsampled_attention_dense(q, k, v, layout: Layout, keep: float, kernel=None) -> torch.Tensor:
+    """``q, k, v [B, N, H, D]`` (token-major) -> ``[B, H, N, D]``: K/V subsampling as three merged dense
+    parts (``kernel``: a ``partial_attention`` kernel, default the fastest here). The same function as
+    ``subsampled_attention``; the layer itself runs ``_subsampled_layer``, which never holds K, V whole."""
+    B, N, H, D = q.shape
+    S, P = layout.frames, layout.tokens
+    kernel = kernel or partial_attention.fastest(q.device, q.dtype, D)
+    plan = _plan(WindowPlan, layout, keep, q.device)
+    pools = _Pools(k, B, plan, layout)
+    pools.fill(k.view(B, S, P, H, D), v.view(B, S, P, H, D), slice(0, S), plan, layout.specials)
+    out = q.new_empty((B, N, H, D))
+    for b in range(B):
+        qf, kf, vf = (t[b].view(S, P, H, D) for t in (q, k, v))
+        parts = [kernel.attend(qf, kf, vf)] + pools.other_frames(qf, b, slice(0, S), plan, kernel)
+        partial_attention.merge(parts, out=out[b].view(S, P, H, D))
+    return out.transpose(1, 2)
+
+
+def _subsampled_layer(block, x: torch.Tensor, rope, ranges: Ranges, layout: Layout, keep: float, kernel,
+                      inplace: bool, rows: int) -> torch.Tensor:
+    """Global block ``block`` with K/V subsampling on dense kernels, in two passes over whole frames.
+
+    Pass 1, a chunk of ``rows`` tokens at a time: Q, K, V of the chunk; its own-frame attention (output and
+    log-sum-exp kept); its frames' kept and mean tokens into the pools. Pass 2, ``ATTN_ROWS`` query tokens
+    at a time: Q again, the windows over the other frames, merged into the own-frame output, then the
+    projection, residual and MLP. K and V are never whole: the layer holds the own-frame output and the
+    pools (about half of the exact lean model's whole K and V at keep 0.1).
+    """
+    attn = block.attn
+    B, N, C = x.shape
+    H, D = attn.num_heads, attn.head_dim
+    S, P = layout.frames, layout.tokens
+    plan = _plan(WindowPlan, layout, keep, x.device)
+    step = max(1, rows // P) if rows else S  # frames per chunk of the per-token work
+    own = own_lse = pools = None
+    with ranges("attention"):
+        for frames in row_chunks(S, step):
+            F = frames.stop - frames.start
+            q, k, v, _ = _projections(block, x[:, frames.start * P: frames.stop * P], rope, 0, keep_normed=False)
+            if own is None:
+                own = q.new_empty((B, N, H, D))
+                own_lse = torch.empty((B, S, H, P), device=x.device, dtype=torch.float32)
+                pools = _Pools(k, B, plan, layout)
+            q, k, v = (t.view(B, F, P, H, D) for t in (q, k, v))
+            for b in range(B):
+                o, lse = kernel.attend(q[b], k[b], v[b])
+                own[b, frames.start * P: frames.stop * P] = o.view(F * P, H, D)
+                own_lse[b, frames] = lse
+                del o, lse
+            pools.fill(k, v, frames, plan, layout.specials)
+            del q, k, v
+    out = x if inplace else torch.empty_like(x)
+    for chunk in row_chunks(S, max(step, ATTN_ROWS // P)):
+        with ranges("attention"):
+            tokens = slice(chunk.start * P, chunk.stop * P)
+            q = None
+            for frames in row_chunks(chunk.stop - chunk.start, step):  # per-token work in chunks of rows
+                part = slice(tokens.start + frames.start * P, tokens.start + frames.stop * P)
+                q_part = _queries(block, x[:, part], rope)
+                if q is None:
+                    q = q_part.new_empty((B, tokens.stop - tokens.start) + q_part.shape[2:])
+                q[:, part.start - tokens.start: part.stop - tokens.start] = q_part
+                del q_part
+            for b in range(B):
+                qf = q[b].view(chunk.stop - chunk.start, P, H, D)
+                others = pools.other_frames(qf, b, chunk, plan, kernel)
+                for frames in row_chunks(chunk.stop - chunk.start, step):  # merged a chunk at a time (fp32)
+                    mine = own[b, tokens].view(-1, P, H, D)[frames]
+                    parts = [(mine, own_lse[b, chunk][frames])] + [(o[frames], lse[frames]) for o, lse in others]
+                    partial_attention.merge(parts, out=mine)
+                del qf, others
+            del q
+        for frames in row_chunks(chunk.stop - chunk.start, step):
+            part = slice(tokens.start + frames.start * P, tokens.start + frames.stop * P)
+            n = part.stop - part.start
+            with ranges("attention"):
+                y = block.ls1(attn.proj(own[:, part].reshape(B, n, C)))
+                if inplace:
+                    out[:, part].add_(y)
+                else:
+                    torch.add(x[:, part], y, out=out[:, part])
+                del y
+            with ranges("mlp"):
+                xc = out[:, part]
+                xc.add_(block.ls2(block.mlp.forward_inplace_act(block.norm2(xc))))
+    return out
+
+
+class KernelChoice:
+    """How K/V subsampling runs (``model.approx_kernel``), one per configured model.
+
+    ``flex``: flex attention over every key with a block mask and score_mod (``subsampled_attention``).
+    ``dense``: three merged dense parts (``_subsampled_layer``) on the fastest ``partial_attention``
+    kernel here (FlashAttention-4 on Hopper/Blackwell, else PyTorch ops). ``auto``: at the first layer of
+    a layout and dtype, both are timed on the layer's own projections of its first ``AUTO_FRAMES``
+    frames (one untimed call, then ``AUTO_REPEATS`` timed ones: CUDA events on a GPU, a wall clock on the
+    CPU) and the faster is kept. ``label()`` says what ran; ``timings`` what auto measured.
+    """
+
+    def __init__(self, choice: str, device, dtype: torch.dtype, head_dim: int):
+        self.choice = choice
+        self.dense = partial_attention.fastest(device, dtype, head_dim)
+        self.chosen: dict = {}   # (layout, keep, dtype) -> "flex" or "dense"
+        self.timings: dict = {}  # (q shape, k shape, dtype) -> {kernel label: median ms}
+        self.used: set = set()
+
+    def _dense_label(self) -> str:
+        return f"dense({self.dense.name})"
+
+    def for_subsampling(self, block, x, rope, layout: Layout, keep: float, rows: int = 0):
+        """The ``partial_attention`` kernel to run this layer's K/V subsampling on, or None for flex;
+        ``rows``: the tokens per chunk of the layer's per-token work (auto projects in such chunks)."""
+        pick = self.choice
+        if pick == "auto":
+            key = (layout, keep, x.dtype)
+            if key not in self.chosen:
+                self.chosen[key] = self._measure(block, x, rope, layout, keep, rows)
+            pick = self.chosen[key]
+        self.used.add(pick)
+        return self.dense if pick == "dense" else None
+
+    def _measure(self, block, x, rope, layout: Layout, keep: float, rows: int) -> str:
+        import statistics
+        import time
+
+        frames = min(layout.frames, AUTO_FRAMES)
+        small = Layout(frames, layout.tokens, layout.specials, layout.rows, layout.cols)
+        q, k, v, _ = _projections(block, x[:1, : small.length], rope, rows, keep_normed=False)
+        runs = {"flex": lambda: subsampled_attention(q, k, v, small, keep),
+                "dense": lambda: subsampled_attention_dense(q, k, v, small, keep, self.dense)}
+        results = {}
+        for name, run in runs.items():
+            run()
+            times = []
+            for _ in range(AUTO_REPEATS):
+                if q.is_cuda:
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    run()
+                    end.record()
+                    end.synchronize()
+                    times.append(start.elapsed_time(end))
+                else:
+                    t0 = time.perf_counter()
+                    run()
+                    times.append((time.perf_counter() - t0) * 1e3)
+            results[name] = statistics.median(times)
+        self.timings[(tuple(q.shape), tuple(k.shape), str(q.dtype).replace("torch.", ""))] = {
+            ("flex" if n == "flex" else self._dense_label()): t for n, t in results.items()}
+        return min(results, key=results.get)
+
+    def label(self) -> str:
+        names = sorted(self._dense_label() if u == "dense" else u for u in self.used)
+        text = ",".join(names) if names else "not run yet"
+        return f"auto({text})" if self.choice == "auto" else (text if names else f"{self.choice}(not run yet)")
 
 
 # ---- global_sparsity: block-sparse attention -------------------------------------------------------

@@ -319,6 +319,8 @@ FRAME_EXEC = ("fused", "sequential", "chunked")
 PRUNE_WEIGHTS = ("global", "frame")
 PRECISIONS = ("fp32", "bf16_autocast", "bf16", "fp16")
 MEMORY_PLANS = ("upstream", "lean", "offload")
+APPROX_KERNELS = ("auto", "flex", "dense")
+LINEAR_PRECISIONS = ("bf16", "fp8")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 # fidelity of a knob: what changing it does to the function the model computes
@@ -438,6 +440,15 @@ class ExecutionConfig:
                                        "global attention, chosen by mean-pooled Q.K scores (own frame and "
                                        "camera/register blocks always kept; flex attention block mask), as Faster "
                                        "VGGT (arXiv 2509.07120); 0: exact")
+    approx_kernel: str = knob("auto", choices=APPROX_KERNELS, fidelity=APPROX,
+                              help="how kv_keep runs: flex (flex attention, block mask and score_mod over every key), "
+                                   "dense (own frame, the other frames' kept tokens and their mean tokens as three "
+                                   "dense attentions merged by log-sum-exp, on FlashAttention-4 where it runs), or "
+                                   "auto (both timed at the first layer, the faster kept); the same function")
+    linear_precision: str = knob("bf16", choices=LINEAR_PRECISIONS, fidelity=APPROX, exact="bf16",
+                                 help="the transformer blocks' linear layers: bf16, or fp8 (e4m3 with a scale per "
+                                      "token and per output channel, torch._scaled_mm; needs model.dtype=bf16 and a "
+                                      "GPU with FP8 tensor cores, compute capability 8.9+); an approximation")
     approx_layers: str = knob("all", fidelity=APPROX,
                               help="global layers kv_keep / merge_ratio / global_sparsity apply to: all, or a-b "
                                    "(0-based, inclusive); layers below prune_depth stay converted")

@@ -33,6 +33,16 @@ def attention_dtype(t: torch.Tensor) -> torch.dtype:
     return t.dtype
 
 
+def linear_rows(linear: nn.Linear, x: torch.Tensor, rows: slice) -> torch.Tensor:
+    """``linear(x)`` for the output features ``rows`` only (the Q, or the K and V, of a QKV projection),
+    without computing the others. A linear layer with its own ``forward_rows`` (FP8) computes it."""
+    own = getattr(linear, "forward_rows", None)
+    if own is not None:
+        return own(x, rows)
+    bias = linear.bias
+    return F.linear(x, linear.weight[rows], None if bias is None else bias[rows])
+
+
 class LayerScale(nn.Module):
     def __init__(self, dim: int, init_values: float):
         super().__init__()
@@ -189,12 +199,11 @@ class Block(nn.Module):
         attn = self.attn
         B, N, C = x.shape
         H, D = attn.num_heads, attn.head_dim
-        w, b = attn.qkv.weight, attn.qkv.bias
         k_all = v_all = None
         with ranges("attention"):
             for part in row_chunks(N, rows):
                 n = part.stop - part.start
-                kv = F.linear(self.norm1(x[:, part]), w[C:], None if b is None else b[C:]).view(B, n, 2, H, D)
+                kv = linear_rows(attn.qkv, self.norm1(x[:, part]), slice(C, None)).view(B, n, 2, H, D)
                 k, v = kv.unbind(2)
                 k = attn.k_norm(k)
                 if rope is not None:
@@ -210,7 +219,7 @@ class Block(nn.Module):
             n = part.stop - part.start
             xc = x[:, part]
             with ranges("attention"):
-                q = F.linear(self.norm1(xc), w[:C], None if b is None else b[:C]).view(B, n, H, D)
+                q = linear_rows(attn.qkv, self.norm1(xc), slice(0, C)).view(B, n, H, D)
                 q = attn.q_norm(q)
                 if rope is not None:
                     q = rope.apply(q)

@@ -8,7 +8,7 @@ from typing import Dict, Optional
 import torch
 import torch.nn as nn
 
-from . import attention
+from . import approximate, attention, fp8
 from .aggregator import Aggregator
 from .camera_head import CameraHead, pose_encoding_to_extri_intri
 from .config import ExecutionConfig, VGGTConfig
@@ -91,6 +91,11 @@ class VGGT(nn.Module):
         else:
             glob = self._site_backend(name, "global", [agg.head_dim])
         self.sites = {"frame": frame, "global": glob}
+        if execution.kv_keep != 1.0:  # how K/V subsampling runs, reported beside the backends
+            self.sites["approx"] = approximate.KernelChoice(execution.approx_kernel, self.device, self.compute_dtype,
+                                                            agg.head_dim)
+        self.aggregator.approx_kernel = self.sites.get("approx")
+        self._set_linear_precision(execution.linear_precision)
         self.execution = execution
         self.ranges = Ranges(execution.nvtx)
         self.aggregator.execution = execution
@@ -109,6 +114,17 @@ class VGGT(nn.Module):
             self.aggregator.attend_global = self.context.wrap(self.aggregator.attend_global)
         self.aggregator.context = self.context
         return self
+
+    def _set_linear_precision(self, precision: str) -> None:
+        """FP8 linear layers where they run (``model.fp8``); else refuse with the reason, as an unavailable
+        attention backend is refused."""
+        if precision == "fp8":
+            why = fp8.why_unavailable(self.device, self.compute_dtype)
+            if why is None and self.precision != "bf16":
+                why = f"model.linear_precision=fp8 runs on bf16 weights: use model.dtype=bf16 (not {self.precision})"
+            if why:
+                raise attention.BackendUnavailable(why)
+        fp8.set_linear_precision(self, precision)
 
     def attention_report(self) -> str:
         """What each site ran: ``frame=sdpa_cudnn global=flash_attn4`` (``auto(...)``: chosen by timing)."""

@@ -78,8 +78,14 @@ def small32():
     return net, images, _layers(net, images)
 
 
-@pytest.mark.parametrize("values", [dict(kv_keep=0.25), dict(merge_ratio=0.5), dict(global_sparsity=0.75)],
-                         ids=["kv_keep", "merge_ratio", "global_sparsity"])
+# K/V subsampling on each of its kernels (approx_kernel=auto picks one of them by timing, which may pick
+# differently from run to run: each is deterministic, the choice is not)
+MOVING = [dict(kv_keep=0.25, approx_kernel="flex"), dict(kv_keep=0.25, approx_kernel="dense"),
+          dict(merge_ratio=0.5), dict(global_sparsity=0.75)]
+MOVING_IDS = ["kv_keep-flex", "kv_keep-dense", "merge_ratio", "global_sparsity"]
+
+
+@pytest.mark.parametrize("values", MOVING, ids=MOVING_IDS)
 def test_every_approximation_moves_the_outputs_and_repeats_them_bitwise(small32, values):
     net, images, exact = small32
     first, again = _layers(net, images, **values), _layers(net, images, **values)
@@ -89,8 +95,7 @@ def test_every_approximation_moves_the_outputs_and_repeats_them_bitwise(small32,
     assert torch.isfinite(first[-1]).all()
 
 
-@pytest.mark.parametrize("values", [dict(kv_keep=0.25), dict(merge_ratio=0.5), dict(global_sparsity=0.75)],
-                         ids=["kv_keep", "merge_ratio", "global_sparsity"])
+@pytest.mark.parametrize("values", MOVING, ids=MOVING_IDS)
 def test_approximations_under_lean_chunk_every_projection_and_equal_upstreams_plan(values):
     """The 2026-12-06 H200 study: under the lean plan the approximated global layers projected Q, K, V
     of every token at once (1.43 GiB more than the exact lean model at 100 frames; at thousands of
@@ -336,8 +341,9 @@ def test_bad_values_are_one_line(values, message):
      "vggt_bench: error: model.merge_ratio=0.5 and model.global_sparsity=0.5 cannot run together: each replaces "
      "the global layers' attention; sweep them as separate points (each combines with model.prune_depth)"),
     (["approx=kv_keep_5"], "vggt_bench: error: unknown approx 'kv_keep_5'; did you mean kv_keep_50? (choose one of "
-                           "['exact', 'kv_keep_10', 'kv_keep_25', 'kv_keep_50', 'merge_30', 'merge_50', 'merge_65', "
-                           "'prune4', 'sparse_50', 'sparse_75', 'sparse_90'])"),
+                           "['exact', 'fp8', 'kv_keep_05', 'kv_keep_05_fp8', 'kv_keep_10', 'kv_keep_10_fp8', "
+                           "'kv_keep_25', 'kv_keep_50', 'merge_30', 'merge_50', 'merge_65', 'prune2_kv_keep_05_fp8', "
+                           "'prune2_kv_keep_10_fp8', 'prune4', 'sparse_50', 'sparse_75', 'sparse_90'])"),
 ])
 def test_bad_input_on_the_command_line_is_one_line_and_exit_2(args, message):
     done = cli("run", "experiment=smoke", *args)

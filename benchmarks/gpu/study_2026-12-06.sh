@@ -14,14 +14,7 @@ DEADLINE=${DEADLINE:-$(( $(date +%s) + 580 ))}
 UP="model.upstream_path=$R/.upstream"
 S="python3 -m vggt_bench sweep report=false experiment=adhoc"
 FAST="model.dtype=bf16 model.attention=sdpa_cudnn model.global_attention=flash_attn4 model.memory_plan=upstream"
-run() { local name=$1 limit=$2; shift 2
-  local left=$(( DEADLINE - $(date +%s) - 25 ))
-  [ "$left" -lt "$limit" ] && limit=$left
-  if [ "$limit" -lt 20 ]; then echo "=== $name: skipped, ${left}s left before the deadline"; return 0; fi
-  echo "=== $name $(date +%T) (limit ${limit}s): $*" | cut -c1-400; local t0=$SECONDS
-  timeout "$limit" "$@" >> "$W/logs/$name.log" 2>&1; local rc=$?
-  grep -E "^(ok|oom|error|unava|skip|failed) |NOISY|Error|error:|Traceback" "$W/logs/$name.log" | tail -n 8
-  echo "=== $name rc=$rc $((SECONDS-t0))s"; }
+. "$(dirname "$SELF")/lib.sh"  # run, pack
 for stage in "$@"; do
   case $stage in
     env)    # what this machine is
@@ -95,7 +88,7 @@ for stage in "$@"; do
             # (flex attention's settings: one warm-up forward, its compilation; the others: none). The exact
             # point runs first: every drift and speedup of the queue is against it. The queue runs from a copy
             # of this script (the next call's checkout copy may replace it); `wait` waits for it, `pack` packs.
-      cp "$SELF" "$W/queue.sh"
+      cp "$SELF" "$W/queue.sh"; cp "$(dirname "$SELF")/lib.sh" "$W/lib.sh"
             # QUEUE (optional): other points, each frames:approx:warmup:repeats, the exact points first; e.g.
             # after cf369e0 (kv_keep's score_mod no longer gathers) and 8532b65 (the approximations' memory),
             # both predicted in docs/BENCHMARKS.md, about 14 minutes of device time (the fourth lease ran it, then
@@ -118,10 +111,7 @@ for stage in "$@"; do
       [ -f "$W/queue.done" ] && echo "queue done at $(cat "$W/queue.done")" ;;
     approx-one) # issue 13, one sweep of the approximations named in $APPROX (a short call: pack after each)
       run approx 300 python3 -m vggt_bench sweep report=false experiment=approximations out=$W/approx model.dtype=bf16 $APPROX ;;
-    pack)   # the tables, figures and trimmed traces (no full traces, no drift reference outputs) into $OUT
-      tar czf "${OUT:-/tmp}/study-$(date +%H%M%S).tgz" --exclude='*.pickle' --exclude='*.nsys-rep' --exclude='*.qdstrm' \
-        --exclude='*.sqlite' --exclude='drift_reference' --exclude='hydra' --exclude='trace.json' -C "$W" . 2>&1 | tail -n 3
-      ls -la "${OUT:-/tmp}" ;;
+    pack)   pack ;;
     *) echo "unknown stage $stage" ;;
   esac
 done

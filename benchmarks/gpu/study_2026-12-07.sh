@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The 2026-12-07 GPU study (issue 26): K/V subsampling on dense FlashAttention-4 parts, FP8 linear layers
+# and their combinations against the fastest exact setting of the same run, at 100, 800 and 1,000 frames.
+# From the checkout's root on the GPU machine, after FlashAttention-4 is installed (scripts/fa4_pack.sh):
+#   source scripts/gpu_env.sh; DEADLINE=$(( $(date +%s) + 560 )) bash benchmarks/gpu/study_2026-12-07.sh <stage> ...
+# Stages write into $VGGT_WORK/study/<name>. `queue` starts the long points as one background queue (setsid:
+# it outlives the device call; later calls run `wait` and `pack`).
+set -u
+SELF=$(readlink -f "$0"); R=${VGGT_REPO:-$PWD}; W=${VGGT_WORK:-/tmp/vggt-work}/study; mkdir -p "$W/logs"; cd "$W"
+DEADLINE=${DEADLINE:-$(( $(date +%s) + 580 ))}
+. "$(dirname "$SELF")/lib.sh"  # run, pack
+# The fastest exact setting at these frame counts (docs/BENCHMARKS.md, 2026-12-07): bf16 weights, cuDNN frame
+# attention, FlashAttention-4 global attention, the lean plan (upstream's holds ~72 GiB of activations at
+# 1,000 frames) with 65,536-token chunks (8,192-token chunks leave FlashAttention-4's last wave of 132 SMs
+# mostly empty: 672 tiles of 192 queries x 16 heads per call), eager. The approximations run on the same.
+FAST="model.dtype=bf16 model.attention=sdpa_cudnn model.global_attention=flash_attn4 model.memory_plan=lean model.token_chunk=65536"
+A="python3 -m vggt_bench sweep report=false experiment=approximations out=$W/approx $FAST model.approx_kernel=dense"
+for stage in "$@"; do
+  case $stage in
+    env)     # what this machine is
+      nvidia-smi --query-gpu=name,uuid,driver_version,memory.total,power.limit --format=csv,noheader
+      python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
+      python3 -c "import flash_attn.cute, importlib.metadata as m; print('flash-attn-4', m.version('flash-attn-4'))" 2>&1 | tail -n 1 ;;
+    kernels) # one global layer's kv_keep attention: flex against the dense parts, and FP8 linears
+      run kernels 200 python3 "$R/benchmarks/gpu/approx_kernels.py" --frames 64 --keep 0.1 --flex-frames 64
+      run kernels 150 python3 "$R/benchmarks/gpu/approx_kernels.py" --frames 800,1000 --keep 0.05,0.1 --flex-frames 0 \
+        --check-frames 0 --linear-rows 65536
+      grep -vE "^\s*$" "$W/logs/kernels.log" | grep -vE "Warning|warn" | tail -n 30 ;;
+    dev100)  # through the harness at 100 frames: every kernel and setting with drift and memory, and the
+             # exact model's token chunk (8,192 against 65,536) that the fastest setting above assumes
+      run dev100 300 $A frames=100 measure.warmup=1 measure.repeats=3 \
+        approx=exact,prune4,kv_keep_10,kv_keep_05,fp8,kv_keep_10_fp8,prune2_kv_keep_05_fp8
+      run dev100 120 $A frames=100 measure.warmup=1 measure.repeats=3 approx=kv_keep_10 model.approx_kernel=flex
+      run dev100 60 $A frames=100 measure.warmup=1 measure.repeats=3 approx=exact model.token_chunk=8192 ;;
+    queue)   # the long points, one process each, the exact point of a frame count first (every drift and
+             # speedup of that frame count is against it); QUEUE overrides: frames:approx:warmup:repeats
+      cp "$SELF" "$W/queue.sh"; cp "$(dirname "$SELF")/lib.sh" "$W/lib.sh"
+      setsid nohup env DEADLINE=$(( $(date +%s) + 4000 )) VGGT_REPO="$R" QUEUE="${QUEUE:-}" bash "$W/queue.sh" run-queue \
+        > "$W/logs/queue.out" 2>&1 < /dev/null &
+      echo "queue started: pid $!" ;;
+    run-queue)
+      for spec in ${QUEUE:-8:exact:0:1 1000:exact:0:3 1000:kv_keep_05:1:3 1000:prune4:0:1 1000:prune2_kv_keep_05_fp8:1:3 \
+                  800:exact:0:3 800:kv_keep_05:1:3 800:prune4:0:1 800:kv_keep_10:1:3 1000:kv_keep_10:1:3 800:kv_keep_05_fp8:1:3}; do
+        IFS=: read -r f name warm reps <<< "$spec"
+        run queue 900 $A frames=$f measure.warmup=$warm measure.repeats=$reps approx=$name
+      done
+      date +%T > "$W/queue.done" ;;
+    wait)    # until the queue is done or DEADLINE is near
+      while [ ! -f "$W/queue.done" ] && [ $(( DEADLINE - $(date +%s) )) -gt 40 ]; do sleep 5; done
+      grep -E "^=== |^ok|^oom|^error|^unava" "$W/logs/queue.out" | tail -n 30
+      [ -f "$W/queue.done" ] && echo "queue done at $(cat "$W/queue.done")" ;;
+    pack)    pack ;;
+    *) echo "unknown stage $stage" ;;
+  esac
+done
