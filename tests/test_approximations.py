@@ -16,7 +16,7 @@ from conftest import run_cli as cli
 from vggt_model import approximate as A
 from vggt_model.config import ConfigError, ExecutionConfig, VGGTConfig
 from vggt_bench.analysis import tables
-from vggt_bench.results import load_results
+from vggt_bench.core.results import load_results
 from vggt_bench.verify import verify_case
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "reference")
@@ -24,7 +24,7 @@ CASES = ["tiny_vggt", "tiny_dinov2_aggregator"]
 
 
 def settings(**kw):
-    from vggt_bench.config import ModelSettings
+    from vggt_bench.core.config import ModelSettings
 
     return ModelSettings(**{"dtype": "fp32", "attention": "sdpa_math", **kw})
 

@@ -18,8 +18,8 @@ import vggt_model
 from conftest import ROOT, run_cli as cli
 from vggt_bench import distributed
 from vggt_bench.analysis.tables import context_parallel_speedup
-from vggt_bench.errors import UserError
-from vggt_bench.results import load_results
+from vggt_bench.core.errors import UserError
+from vggt_bench.core.results import load_results
 from vggt_bench.verify import HALF_REL_L2, case_outputs, check_outputs, read_case
 from vggt_model.context_parallel import ShardPlan
 
@@ -49,7 +49,7 @@ def _one_process(case: str, kw: tuple):
 
 
 def settings(**kw):
-    from vggt_bench.config import ModelSettings
+    from vggt_bench.core.config import ModelSettings
 
     return ModelSettings(**{"dtype": "fp32", "attention": "sdpa_math", **kw})
 

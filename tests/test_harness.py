@@ -8,8 +8,8 @@ import torch
 
 from conftest import run_cli as cli
 from vggt_bench import runner
-from vggt_bench.results import ResultStore, load_results
-from vggt_bench.schema import EXECUTION, KNOBS, RESULT_COLUMNS
+from vggt_bench.core.results import ResultStore, load_results
+from vggt_bench.core.schema import EXECUTION, KNOBS, RESULT_COLUMNS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
@@ -240,10 +240,10 @@ def test_default_preset_shows_the_effects_it_promises():
     # the default CPU grid must contain what its claims need: frames growing, fused and sequential
     from hydra import compose, initialize_config_dir
 
-    from vggt_bench.config import register
+    from vggt_bench.core.config import register
 
     register()
-    from vggt_bench.resources import experiments_dir
+    from vggt_bench.core.resources import experiments_dir
 
     with initialize_config_dir(config_dir=experiments_dir(), version_base=None):
         cfg = compose("bench", return_hydra_config=True)

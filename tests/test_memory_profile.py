@@ -17,7 +17,7 @@ from vggt_bench import profile_memory
 from vggt_bench.profiling import memory as mem
 from vggt_bench.report import memory_figures
 from vggt_bench.runner import UserError
-from vggt_bench.schema import (
+from vggt_bench.core.schema import (
     MEMORY_AT_PEAK_COLUMNS,
     MEMORY_BY_CATEGORY_COLUMNS,
     MEMORY_STAGE_COLUMNS,

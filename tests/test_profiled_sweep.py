@@ -22,11 +22,11 @@ import vggt_model
 from conftest import run_cli as cli
 from vggt_bench import capture, profile_store, sweep
 from vggt_bench.analysis import tables
-from vggt_bench.config import BenchConfig
+from vggt_bench.core.config import BenchConfig
 from vggt_bench.report import plots
-from vggt_bench.results import load_results
+from vggt_bench.core.results import load_results
 from vggt_bench.runner import Point
-from vggt_bench.schema import KNOBS, PROFILE_GRID_COLUMNS, RESULT_COLUMNS
+from vggt_bench.core.schema import KNOBS, PROFILE_GRID_COLUMNS, RESULT_COLUMNS
 from vggt_model import ExecutionConfig
 
 from test_nsys_parse import STATS  # what `nsys stats` printed for the fixtures
@@ -273,8 +273,8 @@ def test_external_sweep_brackets_each_point_for_an_outside_nsys(tmp_path, record
 def _compose(config_name: str, overrides):
     from hydra import compose, initialize_config_dir
 
-    from vggt_bench import config
-    from vggt_bench.resources import experiments_dir
+    from vggt_bench.core import config
+    from vggt_bench.core.resources import experiments_dir
 
     config.register()
     with initialize_config_dir(version_base=None, config_dir=experiments_dir()):

@@ -17,7 +17,7 @@ from vggt_bench.report import main as report_main
 from vggt_bench.analysis import findings, tables
 from vggt_bench.report import notebook, plots, render
 from vggt_bench.report.plots import render_figures
-from vggt_bench.schema import KNOBS, RESULT_COLUMNS
+from vggt_bench.core.schema import KNOBS, RESULT_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
 H100_GIB = 79.1
@@ -197,7 +197,7 @@ def cpu_sweep(tmp_path_factory):
         row = json.loads(path.read_text())
         row.update(noisy=False, noise_reason="")
         path.write_text(json.dumps(row))
-    from vggt_bench.results import ResultStore
+    from vggt_bench.core.results import ResultStore
 
     ResultStore(str(out)).rebuild()
     logged = []
@@ -219,7 +219,7 @@ def test_cpu_sweep_renders_every_figure_with_data_and_an_executed_notebook(cpu_s
 
 def test_cpu_notebook_states_the_numbers_computed_from_the_table(cpu_sweep):
     out, _, _ = cpu_sweep
-    from vggt_bench.results import load_results
+    from vggt_bench.core.results import load_results
 
     (found,) = findings.findings(load_results(str(out)))
     text = notebook_text(out / "report.ipynb")
@@ -238,7 +238,7 @@ def test_cpu_notebook_states_the_numbers_computed_from_the_table(cpu_sweep):
 
 
 def test_cpu_figures_never_show_the_gpu_reference(cpu_sweep):
-    from vggt_bench.results import load_results
+    from vggt_bench.core.results import load_results
 
     table = load_results(str(cpu_sweep[0]))
     for fn in (plots.scaling_wall, plots.memory):

@@ -14,8 +14,8 @@ import pytest
 
 from conftest import run_cli as cli
 from vggt_bench import noise, runner, sweep, telemetry, timing
-from vggt_bench.results import load_results
-from vggt_bench.schema import MEASUREMENTS
+from vggt_bench.core.results import load_results
+from vggt_bench.core.schema import MEASUREMENTS
 
 
 # ---- classify ------------------------------------------------------------------------------------

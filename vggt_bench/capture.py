@@ -33,12 +33,12 @@ import torch
 from vggt_model.nvtx import Ranges
 
 from .env import environment
-from .errors import UserError
+from .core.errors import UserError, one_line
 from .nsys import export_sqlite, find_nsys, stats_text
-from .overrides import schema_keys
+from .core.overrides import schema_keys
 from .profile_store import profile_dir, read_any, rebuild_combined, rebuild_grid, write_profile, write_status
 from .runner import forward_fn, free_memory, get_model, make_inputs
-from .schema import POINT_RANGE_PREFIX
+from .core.schema import POINT_RANGE_PREFIX
 
 SWEEP_PROFILERS = ("none", "torch", "nsys", "external")
 # Settings a child `profile` run does not take from its parent: where it writes, how it is
@@ -166,7 +166,7 @@ def child_overrides(cfg) -> List[str]:
     run/sweep schema (so presets and swept values travel resolved), less _NOT_FOR_CHILD."""
     from omegaconf import OmegaConf
 
-    from .config import BenchConfig
+    from .core.config import BenchConfig
 
     out = []
     for key, _ in schema_keys(BenchConfig):
@@ -232,11 +232,6 @@ def profile_nsys(cfg, directory: str, dry_run: bool = False, log_file: Optional[
 
 
 # ---- a sweep point ---------------------------------------------------------------------------------
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
-
-
 def profile_point(cfg, point, row: dict) -> dict:
     """Profile one sweep point with ``cfg.profiler``, after its timing row ``row`` was measured
     and stored; record the outcome in ``profiles/<point_id>/profile_status.json`` and return it.
@@ -286,7 +281,7 @@ def profile_point(cfg, point, row: dict) -> dict:
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # a failed capture is a recorded status; the sweep goes on
-            status = write_status(out, pid, profiler, "error", _one_line(exc), "", iterations)
+            status = write_status(out, pid, profiler, "error", one_line(exc), "", iterations)
         finally:
             free_memory()
     rebuild_combined(out)

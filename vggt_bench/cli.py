@@ -6,7 +6,7 @@ import os
 import signal
 import sys
 
-from .errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, say_error
+from .core.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, say_error
 
 COMMANDS = {
     "sweep": ("bench", "sweep a grid (a Hydra multirun); default: the `default` preset for this machine; "
@@ -145,8 +145,8 @@ def _hydra_app(command: str, args: list):
     Hydra's flags) and our configuration schemas registered."""
     import hydra
 
-    from . import config
-    from .resources import experiments_dir
+    from .core import config
+    from .core.resources import experiments_dir
 
     config.register()
     sys.argv = [f"vggt_bench-{command}"] + args
@@ -165,7 +165,7 @@ def main(argv=None) -> int:
     if command == "backends":
         return list_backends()
 
-    from . import config, overrides
+    from .core import config, overrides
 
     config_name = COMMANDS[command][0]
     given, flags, problem = split_flags(rest, command)
@@ -204,7 +204,7 @@ def main(argv=None) -> int:
     out = next((_value(a) for a in reversed(rest) if a.startswith("out=")), None)
     if out is not None:
         # Hydra writes its own logs under out/ before our code runs: check it first, in one line.
-        from .results import unwritable
+        from .core.results import unwritable
 
         problem = unwritable(out)
         if problem:
@@ -247,7 +247,7 @@ def leave_interrupted(out) -> None:
         os._exit(EXIT_INTERRUPTED)
 
     if kept:
-        from .results import ResultStore
+        from .core.results import ResultStore
 
         signal.signal(signal.SIGALRM, lambda *_: leave(f" (tables not updated within {REBUILD_WITHIN_S} s: "
                                                        "the next run rebuilds them)"))

@@ -28,7 +28,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
-from .errors import UserError
+from .core.errors import UserError, one_line
 
 TIMEOUT = datetime.timedelta(minutes=30)  # a collective waits this long for a rank (slow forwards at scale)
 
@@ -307,7 +307,7 @@ def measure_point(point, how) -> dict:
         return _measure_rank(point, how)
     except RankFailed as exc:  # possibly mid-forward: the other ranks may wait for this one in a collective
         if rank() != 0:
-            from .errors import say_error
+            from .core.errors import say_error
 
             say_error(f"rank {rank()}: {exc.columns['status']}: {exc.columns['message']}")
             os._exit(1)
@@ -332,7 +332,7 @@ def _measure_rank(point, how) -> dict:
     try:
         columns = runner.measure(point, how)  # ok, or unavailable on every rank alike
     except Exception as exc:  # noqa: BLE001 - a rank's failure is the row
-        raise RankFailed({"status": "oom" if runner.is_oom(exc) else "error", "message": runner._one_line(exc)})
+        raise RankFailed({"status": "oom" if runner.is_oom(exc) else "error", "message": one_line(exc)})
     model = runner._CACHE.get("model")
     if model is not None:
         columns["params"] = sum(p.numel() for p in model.parameters())

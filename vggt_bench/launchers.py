@@ -128,7 +128,7 @@ def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
         if pending:
             time.sleep(POLL_S)
     if user_errors:
-        from .errors import fail
+        from .core.errors import fail
         from .sweep import end_progress
 
         end_progress()
@@ -142,7 +142,7 @@ def _job_died(launcher, job, overrides: List[str], idx: int, exc: Optional[Excep
     from omegaconf import open_dict
     from tqdm import tqdm
 
-    from .results import ResultStore
+    from .core.results import ResultStore
 
     cfg = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
     with open_dict(cfg.hydra.job):
@@ -179,7 +179,7 @@ def _job_died(launcher, job, overrides: List[str], idx: int, exc: Optional[Excep
 
 def _describe(c: dict) -> str:
     """As the sweep's own lines say which point ran."""
-    from .config import approx_label
+    from .core.config import approx_label
 
     return (f"{c.get('arch')} S={c.get('frames')} {c.get('frame_exec')} k={c.get('prune_depth')}{approx_label(c)} "
             f"{c.get('attention')} {c.get('dtype')} {c.get('part')}")
@@ -187,7 +187,7 @@ def _describe(c: dict) -> str:
 
 def _resolve_here(cfg) -> Optional[dict]:
     """The job's point as this process resolves it (``auto`` choices are this machine's)."""
-    from .errors import UserError
+    from .core.errors import UserError
     from .runner import resolve
 
     try:

@@ -41,8 +41,8 @@ from .profiling.memory import (
     summary_lines,
     write_memory_tables,
 )
-from .errors import UserError, fail
-from .schema import MEMORY_STAGE_CALL_COLUMNS
+from .core.errors import UserError, fail, one_line
+from .core.schema import MEMORY_STAGE_CALL_COLUMNS
 
 SNAPSHOT_FILE = "memory_snapshot.pickle"
 MAX_ENTRIES = 1_000_000  # allocator trace ring buffer; a VGGT-1B forward needs a few 10^4
@@ -64,11 +64,6 @@ def check_point(point) -> None:
     ex = point.execution
     if ex.cuda_graph or ex.compile in ("reduce-overhead", "max-autotune"):
         raise UserError(GRAPH_MESSAGE)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 # ---- CUDA only ---------------------------------------------------------------------------------
@@ -115,7 +110,7 @@ def capture(cfg, point):
                     out = fn()
                     torch.cuda.synchronize(device)
                 except torch.cuda.OutOfMemoryError as exc:
-                    oom = _first_line(exc)
+                    oom = one_line(exc, limit=None)
                 recorder.stop()
                 step = "the snapshot"
                 snapshot = torch.cuda.memory._snapshot()
@@ -123,7 +118,7 @@ def capture(cfg, point):
     except UserError:
         raise
     except Exception as exc:  # one line on the terminal, never a traceback
-        raise CaptureError(f"profiler=memory: {step} failed: {_first_line(exc)}") from exc
+        raise CaptureError(f"profiler=memory: {step} failed: {one_line(exc, limit=None)}") from exc
     if len(device_trace(snapshot, index)) >= MAX_ENTRIES:
         notes.append(f"the allocator trace filled its {MAX_ENTRIES} entries: the earliest events were dropped")
     notes += recorder.notes
@@ -154,7 +149,7 @@ def profile_memory(cfg, point, directory: str) -> int:
     except UserError:
         raise
     except Exception as exc:  # one line, never a traceback
-        fail(f"profiler=memory: writing the snapshot and tables into {directory} failed: {_first_line(exc)}", 1)
+        fail(f"profiler=memory: writing the snapshot and tables into {directory} failed: {one_line(exc, limit=None)}", 1)
     if oom:
         fail(f"the recorded forward ran out of GPU memory ({oom}); the snapshot up to the failure and its tables "
              f"are in {directory}", 1)
@@ -171,7 +166,7 @@ def analyze_memory(cfg) -> int:
         with open(source, "rb") as f:
             snapshot = pickle.load(f)
     except Exception as exc:
-        raise UserError(f"analyze={source}: not a readable memory snapshot pickle ({_first_line(exc)})")
+        raise UserError(f"analyze={source}: not a readable memory snapshot pickle ({one_line(exc, limit=None)})")
     if not isinstance(snapshot, dict) or "device_traces" not in snapshot:
         raise UserError(f"analyze={source}: not a torch.cuda.memory._snapshot() dict (no device_traces)")
     here = os.path.dirname(os.path.abspath(source))
@@ -192,7 +187,7 @@ def analyze_memory(cfg) -> int:
         raise
     except Exception as exc:  # one line, never a traceback
     
-        fail(f"analyze={source}: writing the tables into {directory} failed: {_first_line(exc)}", 1)
+        fail(f"analyze={source}: writing the tables into {directory} failed: {one_line(exc, limit=None)}", 1)
     return 0
 
 
@@ -203,7 +198,7 @@ def _finish(snapshot, calls, forward_start: int, index: Optional[int], directory
     try:
         tables = memory_tables(snapshot, calls, forward_start, index)
     except (ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"cannot read the memory snapshot: {_first_line(exc)}")
+        raise UserError(f"cannot read the memory snapshot: {one_line(exc, limit=None)}")
     summary = tables["memory_summary"]
     summary.attrs["notes"] = list(dict.fromkeys(notes + summary.attrs.get("notes", [])))
     os.makedirs(directory, exist_ok=True)
@@ -213,7 +208,7 @@ def _finish(snapshot, calls, forward_start: int, index: Optional[int], directory
     try:
         written, figure_notes = render_memory_figures(read_memory_tables(directory), directory, meta)
     except Exception as exc:  # the tables are written: a figure failure is a note
-        written, figure_notes = [], [f"figures failed: {_first_line(exc)}"]
+        written, figure_notes = [], [f"figures failed: {one_line(exc, limit=None)}"]
     print(f"memory profile {meta.get('tag', '')}: one forward, "
           f"{int(summary.iloc[0]['events'])} allocator events")
     for line in summary_lines(tables):

@@ -27,12 +27,12 @@ from typing import Callable, Dict, List, Optional, Tuple
 import pandas as pd
 
 from .analysis.tables import PROFILE_GRID, forwards_in, profile_grid, summary_row
-from .errors import UserError
+from .core.errors import UserError
 from .nsys import export_sqlite, find_nsys
 from .profiling import NoProfileData, read_report, read_trace
 from .profiling.nsys_sqlite import read_report_windows
-from .results import atomic_write, load_results, locked
-from .schema import KNOBS, POINT_RANGE_PREFIX, PROFILE_STATUSES
+from .core.results import atomic_write, load_results, locked
+from .core.schema import KNOBS, POINT_RANGE_PREFIX, PROFILE_STATUSES
 
 PROFILES = "profiles"
 TABLE_NAMES = ("nvtx_ranges", "kernels", "cuda_api", "gpu_activity")

@@ -22,7 +22,7 @@ import socket
 import threading
 from typing import Optional
 
-from .results import _atomic_write
+from .core.results import atomic_write
 
 POINT_FILE = "vggt_point.json"
 DONE_FILE = "vggt_done"
@@ -51,7 +51,7 @@ def job_started(point, experiment: str) -> None:
     directory = _job_dir()
     if directory is not None:
         payload = json.dumps(point_columns(point, experiment, socket.gethostname()), default=str).encode()
-        _atomic_write(os.path.join(directory, POINT_FILE), lambda f: f.write(payload))
+        atomic_write(os.path.join(directory, POINT_FILE), lambda f: f.write(payload))
 
 
 def read_point(job_dir: str) -> Optional[dict]:

@@ -26,10 +26,10 @@ from vggt_model.config import ConfigError, ExecutionConfig, VGGTConfig, knob_fie
 from vggt_model.inputs import IMAGE_EXTENSIONS, image_folder, synthetic_images
 
 from . import distributed, env, flops, gpus, noise, telemetry, timing, upstream
-from .config import execution_config
-from .errors import UserError
-from .results import point_id
-from .schema import WORKLOAD
+from .core.config import execution_config
+from .core.errors import UserError, one_line
+from .core.results import point_id
+from .core.schema import WORKLOAD
 
 PARTS = ("aggregator", "full")
 IMAGE_MODES = ("crop", "pad")
@@ -440,7 +440,7 @@ def exact_outputs(net: vggt_model.VGGT, point: Point, images, reference_dir: Opt
             finally:
                 net.configure(ex)
             if path:
-                from .results import atomic_write
+                from .core.results import atomic_write
 
                 os.makedirs(reference_dir, exist_ok=True)
                 atomic_write(path, lambda f: torch.save(_REFERENCE[key], f))
@@ -640,9 +640,9 @@ def run_point(point: Point, how: Measurement, experiment: str = "") -> dict:
         raise UserError(str(exc))
     except Exception as exc:  # a point's failure is a result; Ctrl-C and SystemExit (a launcher's requeue) pass
         if is_oom(exc):
-            row.update(status="oom", message=_one_line(exc))
+            row.update(status="oom", message=one_line(exc))
         else:
-            row.update(status="error", message=_one_line(exc))
+            row.update(status="error", message=one_line(exc))
             traceback.print_exc(file=sys.stderr)
     finally:
         free_memory()
@@ -666,11 +666,6 @@ def _image_size(folder: str, mode: str):
     try:
         h, w = load_images(files, mode).shape[-2:]
     except Exception as exc:  # a file that is not an image, or one PIL cannot decode
-        raise UserError(f"inputs.image_dir: cannot read the images in {folder} ({_one_line(exc)}); "
+        raise UserError(f"inputs.image_dir: cannot read the images in {folder} ({one_line(exc)}); "
                         f"give a folder of {', '.join(IMAGE_EXTENSIONS)} images")
     return int(h), int(w)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]

@@ -26,12 +26,12 @@ from omegaconf import DictConfig, OmegaConf
 from . import distributed, launchers, progress
 from .analysis.tables import missing
 from .capture import check_profiler, profile_point
-from .errors import UserError, fail
+from .core.errors import UserError, fail
 from .profile_store import profile_done
-from .results import ResultStore
+from .core.results import ResultStore
 from .runner import Measurement, resolve, resolve_device, run_point
 from .timing import SettingsError
-from .config import approx_label
+from .core.config import approx_label
 
 SUMMARY_COLUMNS = [
     "frames", "frame_exec", "prune_depth", "attention", "dtype", "status",
@@ -282,6 +282,6 @@ class SweepCallback(Callback):
 def stamped_out() -> List[str]:
     """``out=reports/runs/<timestamp>`` for a run that names none; ``reports/runs/latest`` is made
     to point at it (the default the schema and ``--help`` name)."""
-    from .results import new_run_dir
+    from .core.results import new_run_dir
 
     return [f"out={new_run_dir('reports/runs')}"]

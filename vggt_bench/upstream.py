@@ -35,7 +35,7 @@ from vggt_model import attention
 from vggt_model.config import ExecutionConfig, VGGTConfig
 from vggt_model.nvtx import OFF, Ranges
 
-from .errors import UserError
+from .core.errors import UserError
 
 IMPLS = ("ours", "upstream")
 HINT = ("get upstream's code with `pip install git+https://github.com/facebookresearch/vggt` (it needs einops and "

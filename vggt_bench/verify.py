@@ -19,8 +19,8 @@ import vggt_model
 from vggt_model.config import ConfigError, VGGTConfig
 
 from . import distributed
-from .config import execution_config
-from .errors import EXIT_USER_ERROR, UserError, say_error
+from .core.config import execution_config
+from .core.errors import EXIT_USER_ERROR, UserError, say_error
 from .runner import resolve_device
 
 # Relative L2 error allowed when the model runs in half precision against fp32 references.

@@ -24,7 +24,7 @@ import pandas as pd
 
 from vggt_model.config import APPROX, APPROXIMATE_ATTENTION, ExecutionConfig, knob_fields
 
-from ..schema import (
+from ..core.schema import (
     EXECUTION, GPU_ACTIVITY_COLUMNS, KNOBS, MEASUREMENTS, NVTX_RANGE_COLUMNS, PROFILE_GRID_COLUMNS, RESULT_COLUMNS,
 )
 
@@ -179,7 +179,7 @@ def load_tables(out_dir: str) -> Tables:
     Profile tables are looked for in ``<out>/`` and then ``<out>/profiles/``.
     Raises FileNotFoundError when there is no results table.
     """
-    from ..results import load_results
+    from ..core.results import load_results
 
     results = tidy_results(load_results(out_dir))
     profiles = {}
@@ -893,7 +893,7 @@ def context_parallel_memory_fit(results: pd.DataFrame) -> pd.DataFrame:
 
 
 # ---- approximations: speed against drift ------------------------------------------------------------
-# Drift columns, most telling first, with what they compare (vggt_bench.schema MEASUREMENTS).
+# Drift columns, most telling first, with what they compare (vggt_bench.core.schema MEASUREMENTS).
 DRIFT_OUTPUTS = [("drift_pose_rel", "camera pose"), ("drift_depth_rel", "depth"),
                  ("drift_points_rel", "world points"), ("drift_tokens_rel", "last layer's tokens")]
 TECHNIQUE_ORDER = ["prune_depth", "kv_keep", "merge_ratio", "global_sparsity"]

@@ -1,5 +1,5 @@
 """Profiler traces (Nsight Systems SQLite exports, PyTorch profiler Chrome traces) as tidy
-DataFrames whose columns ``vggt_bench.schema`` fixes. Reports and plots read only these.
+DataFrames whose columns ``vggt_bench.core.schema`` fixes. Reports and plots read only these.
 
 ``nsys_sqlite.read_report(path)`` and ``torch_trace.read_trace(path)`` both return
 ``{"nvtx_ranges", "kernels", "cuda_api", "gpu_activity"}`` -> DataFrame.

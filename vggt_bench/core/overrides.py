@@ -2,7 +2,7 @@
 
 Hydra answers a misspelled key with a multi-line hint, and following that hint
 (``+model.atention=eager``) silently adds a key nothing reads, so the default runs. Here every
-key must exist in the schema (vggt_bench.config), and every value must fit its field's type;
+key must exist in the schema (vggt_bench.core.config), and every value must fit its field's type;
 otherwise one line names the key (with the closest existing one) and the command exits with
 EXIT_USER_ERROR like every other user error. Keys under ``hydra`` and config-group choices
 (``experiment=``, ``hydra/launcher=``) are left to Hydra.

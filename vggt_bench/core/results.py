@@ -32,12 +32,6 @@ def point_id(knobs: dict) -> str:
     return hashlib.sha1(canonical.encode()).hexdigest()[:16]
 
 
-def atomic_write(path: str, write) -> None:
-    """Write ``path`` through ``write(binary file)`` into a temporary file, then rename it over:
-    readers see the old file or the new one, never half of one."""
-    _atomic_write(path, write)
-
-
 _HELD_HERE: set = set()  # results directories whose lock this process holds right now
 
 
@@ -58,7 +52,9 @@ def locked(out: str, wait: bool = True):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _atomic_write(path: str, write) -> None:
+def atomic_write(path: str, write) -> None:
+    """Write ``path`` through ``write(binary file)`` into a temporary file, then rename it over:
+    readers see the old file or the new one, never half of one."""
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".tmp-{os.getpid()}-", suffix=os.path.basename(path))
     try:
@@ -145,7 +141,7 @@ class ResultStore:
         """Persist one point (replacing an earlier row of the same point) and rebuild the tables."""
         clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
         payload = json.dumps(clean, indent=1, default=str).encode()
-        _atomic_write(os.path.join(self.points_dir, f"{row['point_id']}.json"), lambda f: f.write(payload))
+        atomic_write(os.path.join(self.points_dir, f"{row['point_id']}.json"), lambda f: f.write(payload))
         self.rebuild()
 
     def rows(self) -> Iterable[dict]:
@@ -191,8 +187,8 @@ class ResultStore:
             pass  # another writer holds the tables and rebuilds them after its point
 
     def _write_tables(self, frame: pd.DataFrame) -> None:
-        _atomic_write(os.path.join(self.out, "results.parquet"), lambda f: frame.to_parquet(f, index=False))
-        _atomic_write(os.path.join(self.out, "results.csv"), lambda f: f.write(frame.to_csv(index=False).encode()))
+        atomic_write(os.path.join(self.out, "results.parquet"), lambda f: frame.to_parquet(f, index=False))
+        atomic_write(os.path.join(self.out, "results.csv"), lambda f: f.write(frame.to_csv(index=False).encode()))
 
 
 def _warm_tables() -> None:
