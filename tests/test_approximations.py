@@ -292,7 +292,7 @@ def test_merged_attention_averages_into_destinations_and_copies_back():
 
 
 def test_flops_count_what_each_approximation_computes():
-    from vggt_bench import flops
+    from vggt_bench.measure import flops
 
     cfg = VGGTConfig()
     exact = flops.forward_flops(cfg, "aggregator", 336, 518, 800)
@@ -346,7 +346,7 @@ def test_bad_input_on_the_command_line_is_one_line_and_exit_2(args, message):
 
 
 def test_upstreams_code_refuses_approximations():
-    from vggt_bench import upstream
+    from vggt_bench.measure import upstream
 
     assert "no attention approximations (kv_keep" in upstream.why_unavailable(ExecutionConfig(memory_plan="upstream",
                                                                                               kv_keep=0.5))
@@ -620,7 +620,7 @@ def test_the_pareto_figure_labels_each_drift_axis_in_one_notation():
 def test_keep_last_holds_only_the_last_calls_output():
     import weakref
 
-    from vggt_bench.runner import KeepLast
+    from vggt_bench.measure.timing import KeepLast
 
     class Out:
         pass
@@ -644,36 +644,37 @@ def test_drift_reads_the_last_timed_forward_instead_of_running_the_aggregator_ag
     more per point for its outputs (a third of the 2026-12-06 approximations study's device time). Drift
     now reads the last timed forward's output and runs only the heads on it: the aggregator runs
     warmup + repeats times per point, and the drift columns equal those of a fresh forward."""
-    from vggt_bench import runner
+    from vggt_bench.measure import build, drift, run
+    from vggt_bench.measure.point import Point
 
     calls = []
     real = vggt_model.VGGT.aggregate
     monkeypatch.setattr(vggt_model.VGGT, "aggregate", lambda self, images: calls.append(1) or real(self, images))
-    runner._REFERENCE.clear()
+    drift._REFERENCE.clear()
 
     def point(**execution):
-        return runner.Point(arch="small", device="cpu", frames=2, batch=1, height=56, width=84, part="aggregator",
+        return Point(arch="small", device="cpu", frames=2, batch=1, height=56, width=84, part="aggregator",
                             query_points=0, inputs="synthetic", execution=ExecutionConfig(**execution))
 
-    how = runner.Measurement(warmup=1, repeats=2, drift=True, eager_reference=False, reference_dir=str(tmp_path))
-    exact = runner.measure(point(), how)
+    how = run.Method(warmup=1, repeats=2, drift=True, eager_reference=False, reference_dir=str(tmp_path))
+    exact = run.measure(point(), how)
     assert exact["status"] == "ok" and len(calls) == 3, calls  # the exact outputs: from the last timed forward
     calls.clear()
-    row = runner.measure(point(kv_keep=0.5), how)
+    row = run.measure(point(kv_keep=0.5), how)
     assert row["status"] == "ok" and len(calls) == 3, calls
     assert all(row[c] > 0 for c in DRIFT), row
     # the same columns from a fresh forward of each, with the exact outputs computed afresh too
-    runner._REFERENCE.clear()
+    drift._REFERENCE.clear()
     with torch.inference_mode():
-        reference = runner.exact_outputs(runner.get_model(point(), heads=True), point(), runner.make_inputs(point())[0])
+        reference = drift.exact_outputs(build.MODELS.get(point(), heads=True), point(), build.make_inputs(point())[0])
         saved = torch.load(next(tmp_path.glob("*.pt")), weights_only=True)
         assert saved.keys() == reference.keys() and all(torch.equal(saved[k], reference[k]) for k in saved)
-        net = runner.get_model(point(kv_keep=0.5), heads=True)
+        net = build.MODELS.get(point(kv_keep=0.5), heads=True)
         net.configure(ExecutionConfig(kv_keep=0.5))
-        fresh = runner.measure_drift(net, point(kv_keep=0.5), runner.make_inputs(point())[0])
+        fresh = drift.measure_drift(net, point(kv_keep=0.5), build.make_inputs(point())[0])
     assert {c: row[c] for c in DRIFT} == pytest.approx({c: fresh[c] for c in DRIFT}, rel=1e-9)
     with pytest.raises(ValueError, match="exact point only"):
-        runner.exact_outputs(net, point(kv_keep=0.5), None, aggregated=([], 0))
+        drift.exact_outputs(net, point(kv_keep=0.5), None, aggregated=([], 0))
 
 
 def test_drift_floor_benchmark_shows_bf16_depth_drift_is_rounding(tmp_path):

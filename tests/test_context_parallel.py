@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 import vggt_model
 from conftest import ROOT, run_cli as cli
-from vggt_bench import distributed
+from vggt_bench.measure import ranks as distributed
 from vggt_bench.analysis.tables import context_parallel_speedup
 from vggt_bench.core.errors import UserError
 from vggt_bench.core.results import load_results
@@ -335,7 +335,7 @@ def test_no_distributed_backend_is_one_line(monkeypatch):
 
 
 def test_what_context_parallelism_does_not_combine_with_is_an_unavailable_reason():
-    from vggt_bench.runner import Point
+    from vggt_bench.measure.point import Point
 
     point = Point("small", "cpu", 4, 1, 56, 84, "aggregator", 0, "synthetic",
                   vggt_model.ExecutionConfig(context_parallel=2, cuda_graph=True))
@@ -353,7 +353,7 @@ def test_profiling_is_refused_in_one_line_and_a_profiled_sweep_skips_such_points
     from omegaconf import OmegaConf
 
     from vggt_bench.capture import profile_point
-    from vggt_bench.runner import Point
+    from vggt_bench.measure.point import Point
 
     done = cli("profile", "frames=3", "model.arch=small", "model.context_parallel=2", f"out={tmp_path}")
     assert done.returncode == 2

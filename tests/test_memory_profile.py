@@ -16,7 +16,7 @@ from vggt_model.config import ExecutionConfig
 from vggt_bench import profile_memory
 from vggt_bench.profiling import memory as mem
 from vggt_bench.report import memory_figures
-from vggt_bench.runner import UserError
+from vggt_bench.core.errors import UserError
 from vggt_bench.core.schema import (
     MEMORY_AT_PEAK_COLUMNS,
     MEMORY_BY_CATEGORY_COLUMNS,
@@ -481,8 +481,7 @@ class StandInCuda:
     the allocator counters the stage tracker reads."""
 
     def __init__(self, monkeypatch, snapshot, net, fail_forward=False):
-        import vggt_bench.env as env
-        import vggt_bench.runner as runner
+        from vggt_bench.measure import build, env
 
         self.history, self.allocator = [], FakeAllocator(21 * MiB)
         marker = {"segments": [], "device_traces": [snapshot["device_traces"][0][:1]]}
@@ -505,9 +504,9 @@ class StandInCuda:
             "allocated_bytes": {"all": {"current": a.current, "peak": a.peak}},
             "allocation": {"all": {"allocated": a.allocs, "freed": a.frees}}})
         m.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: a.reset_peak())
-        m.setattr(runner, "get_model", lambda point: net)
-        m.setattr(runner, "make_inputs", lambda point: (None, None))
-        m.setattr(runner, "forward_fn", lambda net_, point, images, queries: forward)
+        m.setattr(build.MODELS, "get", lambda point: net)
+        m.setattr(build, "make_inputs", lambda point: (None, None))
+        m.setattr(build, "forward_fn", lambda net_, point, images, queries: forward)
         m.setattr(env, "environment", lambda device: {"gpu_name": "stand-in GPU"})
 
 

@@ -25,7 +25,7 @@ from vggt_bench.analysis import tables
 from vggt_bench.core.config import BenchConfig
 from vggt_bench.report import plots
 from vggt_bench.core.results import load_results
-from vggt_bench.runner import Point
+from vggt_bench.measure.point import Point
 from vggt_bench.core.schema import KNOBS, PROFILE_GRID_COLUMNS, RESULT_COLUMNS
 from vggt_model import ExecutionConfig
 
@@ -165,9 +165,10 @@ def test_a_failed_capture_is_a_status_and_the_sweep_goes_on(tmp_path, monkeypatc
 
 
 def test_a_point_that_did_not_run_is_not_profiled(tmp_path, monkeypatch):
-    from vggt_bench import runner
+    from vggt_bench.measure import run
+    from vggt_bench.measure.record import Measurement
 
-    monkeypatch.setattr(runner, "measure", lambda *a, **k: {"status": "oom", "message": "out of memory"})
+    monkeypatch.setattr(run, "measure", lambda point, how: Measurement(point, status="oom", message="out of memory"))
     sweep.run_job(_cfg(tmp_path, frames=1, profiler="torch", iterations=1))
     status = json.loads(next((tmp_path / "profiles").glob("*/profile_status.json")).read_text())
     assert status["profile_status"] == "skipped" and "timing status is oom" in status["profile_message"]
@@ -282,7 +283,7 @@ def _compose(config_name: str, overrides):
 
 
 def test_child_overrides_resolve_to_the_same_point():
-    from vggt_bench.runner import resolve
+    from vggt_bench.measure.point import resolve
 
     parent = _compose("bench", ["experiment=smoke", "frames=2", "model.frame_exec=sequential", "model.prune_depth=1",
                                 "inputs.image_dir=null", "model.checkpoint=null", "out='/tmp/a dir, with commas'"])

@@ -32,12 +32,11 @@ import torch
 
 from vggt_model.nvtx import Ranges
 
-from .env import environment
 from .core.errors import UserError, one_line
 from .nsys import export_sqlite, find_nsys, stats_text
 from .core.overrides import schema_keys
 from .profile_store import profile_dir, read_any, rebuild_combined, rebuild_grid, write_profile, write_status
-from .runner import forward_fn, free_memory, get_model, make_inputs
+from .measure import build, env
 from .core.schema import POINT_RANGE_PREFIX
 
 SWEEP_PROFILERS = ("none", "torch", "nsys", "external")
@@ -112,10 +111,10 @@ def capture(cfg, point, mode: str, point_id: str, trace_path: Optional[str] = No
     ``point`` itself is not changed (the ranges are switched on in a copy).
     """
     profiled = dataclasses.replace(point, execution=point.execution.replace(nvtx=True))
-    net = get_model(profiled)
+    net = build.MODELS.get(profiled)
     net.configure(profiled.execution)
-    images, queries = make_inputs(profiled)
-    fn = forward_fn(net, profiled, images, queries)
+    images, queries = build.make_inputs(profiled)
+    fn = build.forward_fn(net, profiled, images, queries)
     cuda = uses_cuda(point.device)
 
     def sync():
@@ -275,7 +274,7 @@ def profile_point(cfg, point, row: dict) -> dict:
                 profiled = point.execution.replace(nvtx=True)
                 meta = {**dataclasses.replace(point, execution=profiled).knobs(), "point_id": pid, "tag": pid,
                         "profiler": profiler, "iterations": iterations, "source": source,
-                        **environment(torch.device(point.device))}
+                        **env.environment(torch.device(point.device))}
                 write_profile(directory, tables, meta)
                 status = write_status(out, pid, profiler, "ok", "", source, iterations)
         except KeyboardInterrupt:
@@ -283,7 +282,7 @@ def profile_point(cfg, point, row: dict) -> dict:
         except Exception as exc:  # a failed capture is a recorded status; the sweep goes on
             status = write_status(out, pid, profiler, "error", one_line(exc), "", iterations)
         finally:
-            free_memory()
+            build.free_memory()
     rebuild_combined(out)
     rebuild_grid(out)
     return status

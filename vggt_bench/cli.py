@@ -185,7 +185,7 @@ def main(argv=None) -> int:
         _hydra_app(command, rest)()
         return 0
 
-    from .distributed import launched
+    from .measure.ranks import launched
 
     ext = launched()
     if ext is not None and ext.rank != 0:

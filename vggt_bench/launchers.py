@@ -42,6 +42,7 @@ from typing import Dict, List, Optional, Sequence
 from submitit.slurm.slurm import SlurmInfoWatcher
 
 from . import progress
+from .measure.record import point_columns
 
 PLUGIN = "hydra_plugins.hydra_submitit_launcher.submitit_launcher"
 POLL_S = 1.0          # how often the sweep looks at its jobs' result files (as submitit's own wait)
@@ -188,13 +189,13 @@ def _describe(c: dict) -> str:
 def _resolve_here(cfg) -> Optional[dict]:
     """The job's point as this process resolves it (``auto`` choices are this machine's)."""
     from .core.errors import UserError
-    from .runner import resolve
+    from .measure.point import resolve
 
     try:
         point = resolve(cfg)
     except UserError:
         return None
-    return progress.point_columns(point, str(cfg.experiment))
+    return {**point_columns(point, str(cfg.experiment)), "host": ""}  # it ran on no host
 
 
 def _log(job) -> str:

@@ -33,12 +33,12 @@ import torch
 
 from . import profile_memory
 from .capture import capture, profile_nsys, profile_torch
-from .env import environment
+from .measure.env import environment
 from .core.errors import UserError, fail
 from .nsys import NSYS_HINT, find_nsys  # noqa: F401  (re-exported: the one-line install hint)
 from .profile_store import analyze_points, profile_dir, read_any, rebuild_combined, write_profile
 from .profiling import NoProfileData
-from .runner import resolve
+from .measure.point import resolve
 
 PROFILERS = ("torch", "nsys", "none", "memory")
 

@@ -43,6 +43,7 @@ from .profiling.memory import (
 )
 from .core.errors import UserError, fail, one_line
 from .core.schema import MEMORY_STAGE_CALL_COLUMNS
+from .measure import build, env
 
 SNAPSHOT_FILE = "memory_snapshot.pickle"
 MAX_ENTRIES = 1_000_000  # allocator trace ring buffer; a VGGT-1B forward needs a few 10^4
@@ -81,17 +82,15 @@ def capture(cfg, point):
     index, out-of-memory message or "", notes). CUDA only; raises CaptureError."""
     import torch
 
-    from .runner import forward_fn, get_model, make_inputs
-
     step = "building the model"
     notes: List[str] = []
     try:
         device = torch.device(point.device)
         index = device.index if device.index is not None else torch.cuda.current_device()
-        net = get_model(point)
+        net = build.MODELS.get(point)
         net.configure(point.execution)
-        images, queries = make_inputs(point)
-        fn = forward_fn(net, point, images, queries)
+        images, queries = build.make_inputs(point)
+        fn = build.forward_fn(net, point, images, queries)
         recorder = MemoryRanges(CudaCounters(index))
         ranges = (getattr(net, "ranges", None), getattr(getattr(net, "aggregator", None), "ranges", None))
         oom = ""
@@ -127,8 +126,6 @@ def capture(cfg, point):
 
 def profile_memory(cfg, point, directory: str) -> int:
     """``profile profiler=memory`` for one resolved point; tables in ``directory``."""
-    from .env import environment
-
     check_point(point)
     point.execution.nvtx = True  # the tracker hooks the named ranges
     try:
@@ -144,7 +141,7 @@ def profile_memory(cfg, point, directory: str) -> int:
             pickle.dump(snapshot, f)
         meta = {**point.knobs(), "tag": os.path.basename(directory),
                 "profiler": "memory", "iterations": 1, "source": path, "forward_start_event": forward_start,
-                "device_index": index, **environment(torch.device(point.device))}
+                "device_index": index, **env.environment(torch.device(point.device))}
         _finish(snapshot, calls, forward_start, index, directory, meta, notes)
     except UserError:
         raise

@@ -23,17 +23,10 @@ import threading
 from typing import Optional
 
 from .core.results import atomic_write
+from .measure.record import point_columns
 
 POINT_FILE = "vggt_point.json"
 DONE_FILE = "vggt_done"
-
-
-def point_columns(point, experiment: str, host: str = "") -> dict:
-    """The columns of a result row that say which point it is (everything but the measurement)."""
-    return {
-        "point_id": point.point_id, "experiment": experiment, **point.knobs(),
-        "random_weights": point.checkpoint is None, "checkpoint": point.checkpoint or "", "host": host,
-    }
 
 
 def _job_dir() -> Optional[str]:
@@ -50,7 +43,7 @@ def job_started(point, experiment: str) -> None:
     """In the job: say which point it measures."""
     directory = _job_dir()
     if directory is not None:
-        payload = json.dumps(point_columns(point, experiment, socket.gethostname()), default=str).encode()
+        payload = json.dumps({**point_columns(point, experiment), "host": socket.gethostname()}, default=str).encode()
         atomic_write(os.path.join(directory, POINT_FILE), lambda f: f.write(payload))
 
 

@@ -23,14 +23,16 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from . import distributed, launchers, progress
+from . import launchers, progress
 from .analysis.tables import missing
 from .capture import check_profiler, profile_point
 from .core.errors import UserError, fail
 from .profile_store import profile_done
 from .core.results import ResultStore
-from .runner import Measurement, resolve, resolve_device, run_point
-from .timing import SettingsError
+from .measure import ranks
+from .measure.point import resolve, resolve_device
+from .measure.run import Method, run_point, stop_if_stuck
+from .measure.timing import SettingsError
 from .core.config import approx_label
 
 SUMMARY_COLUMNS = [
@@ -51,7 +53,7 @@ def open_store(out: str) -> ResultStore:
     return store
 
 
-def _measured_otherwise(row: dict, how: Measurement) -> str:
+def _measured_otherwise(row: dict, how: Method) -> str:
     """What a skip line adds when the kept row was timed with other warm-up or repeat counts than this
     sweep asks for (a point's id is its configuration, not how it was timed): the counts, and how to
     measure it again. Empty when they agree, for adaptive timing (its repeats are a minimum) and for
@@ -73,11 +75,11 @@ def run_job(cfg: DictConfig) -> dict:
     profiler, then profile it in a separate capture (or skip that when already profiled)."""
     try:
         point = resolve(cfg)
-        how = Measurement.from_config(cfg.measure, str(cfg.out))
+        how = Method.from_config(cfg.measure, str(cfg.out))
         profiler = check_profiler(cfg, point.device)
     except (UserError, SettingsError) as exc:
         fail(str(exc))
-    if not distributed.writes_rows():  # another rank of torchrun/srun: measures with rank 0, writes nothing
+    if not ranks.writes_rows():  # another rank of torchrun/srun: measures with rank 0, writes nothing
         return _as_other_rank(cfg, point, how)
     store = open_store(cfg.out)
     progress.job_started(point, cfg.experiment)
@@ -100,7 +102,7 @@ def run_job(cfg: DictConfig) -> dict:
         row["profiled"] = False  # headline timings never come from a profiled run
         store.add(row)
         _say(f"{row['status']:<5} {_describe(point)}: {_result(row)}")
-        distributed.stop_if_stuck()
+        stop_if_stuck()
     if profiler != "none":
         status = profile_point(cfg, point, row)
         message = f": {status['profile_message']}" if status["profile_status"] in ("error", "skipped") else ""
@@ -240,7 +242,7 @@ class SweepCallback(Callback):
         global _BAR, _PROGRESS
         from tqdm import tqdm
 
-        if not distributed.writes_rows():  # torchrun/srun: rank 0 shows the progress and the summary
+        if not ranks.writes_rows():  # torchrun/srun: rank 0 shows the progress and the summary
             return
         preflight(config)
         os.makedirs(config.out, exist_ok=True)
@@ -257,12 +259,12 @@ class SweepCallback(Callback):
         launchers.in_job()
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        if distributed.writes_rows():
+        if ranks.writes_rows():
             progress.job_ended(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         end_progress()
-        if not distributed.writes_rows():
+        if not ranks.writes_rows():
             return
         store = ResultStore(config.out)
         if not os.path.isdir(store.points_dir):

@@ -18,10 +18,10 @@ import torch
 import vggt_model
 from vggt_model.config import ConfigError, VGGTConfig
 
-from . import distributed
 from .core.config import execution_config
 from .core.errors import EXIT_USER_ERROR, UserError, say_error
-from .runner import resolve_device
+from .measure import ranks
+from .measure.point import resolve_device
 
 # Relative L2 error allowed when the model runs in half precision against fp32 references.
 HALF_REL_L2 = {"bf16_autocast": 2e-2, "bf16": 2e-2, "fp16": 1e-2}
@@ -205,19 +205,19 @@ def verify_cases(jobs, device: str) -> List[List[Check]]:
     return [verify_case(directory, device, settings, scale) for directory, settings, scale in jobs]
 
 
-def verify_on_ranks(jobs, device: str, ranks: int) -> List[List[Check]]:
-    """``verify_cases`` in ``ranks`` processes started here (``model.context_parallel``): rank 0's checks."""
-    return distributed.first_result(distributed.launch(ranks, verify_cases, (jobs, device), device))
+def verify_on_ranks(jobs, device: str, world: int) -> List[List[Check]]:
+    """``verify_cases`` in ``world`` processes started here (``model.context_parallel``): rank 0's checks."""
+    return ranks.first_result(ranks.launch(world, verify_cases, (jobs, device), device))
 
 
-def check_context_parallel(directory: str, ranks: int, device: str) -> None:
-    """One line (UserError) when the case cannot be split over ``ranks``: frames, heads, backend."""
+def check_context_parallel(directory: str, world: int, device: str) -> None:
+    """One line (UserError) when the case cannot be split over ``world`` ranks: frames, heads, backend."""
     case, _, io = read_case(directory)
     try:
         heads = VGGTConfig.from_modules(case["modules"]).aggregator.num_heads
     except (ConfigError, TypeError, KeyError) as exc:
         raise CaseError(f"case.json modules: {exc}")
-    distributed.check(ranks, io["input.images"].shape[1], heads, device)
+    ranks.check(world, io["input.images"].shape[1], heads, device)
 
 
 def format_checks(checks: List[Check]) -> str:
@@ -261,16 +261,16 @@ def main(cfg) -> int:
             if cfg.case is None:
                 return code
         device = resolve_device(cfg.device)
-        ranks = int(cfg.model.context_parallel)
-        if ranks > 1:  # the case's frames over ranks: started here, or this process is one (torchrun, srun)
-            check_context_parallel(cfg.case, ranks, device)
-            if distributed.launched() is None:
+        world = int(cfg.model.context_parallel)
+        if world > 1:  # the case's frames over ranks: started here, or this process is one (torchrun, srun)
+            check_context_parallel(cfg.case, world, device)
+            if ranks.launched() is None:
                 from omegaconf import OmegaConf
 
                 settings = OmegaConf.to_object(cfg.model) if OmegaConf.is_config(cfg.model) else cfg.model
-                checks = verify_on_ranks([(cfg.case, settings, float(cfg.tolerance_scale))], device, ranks)[0]
+                checks = verify_on_ranks([(cfg.case, settings, float(cfg.tolerance_scale))], device, world)[0]
             else:
-                distributed.join(device, ranks)
+                ranks.join(device, world)
                 checks = verify_case(cfg.case, device, cfg.model, float(cfg.tolerance_scale))
         else:
             checks = verify_case(cfg.case, device, cfg.model, float(cfg.tolerance_scale))
@@ -278,7 +278,7 @@ def main(cfg) -> int:
             vggt_model.attention.BackendUnavailable) as exc:
         say_error(str(exc))
         return EXIT_USER_ERROR
-    if not distributed.writes_rows():  # another rank of an external launch: rank 0 reports
+    if not ranks.writes_rows():  # another rank of an external launch: rank 0 reports
         return 0
     m = cfg.model
     execution = execution_config(m)

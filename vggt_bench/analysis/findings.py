@@ -15,7 +15,7 @@ import pandas as pd
 
 from vggt_model.config import ExecutionConfig
 
-from ..noise import CPU_NOTE
+from ..measure.noise import CPU_NOTE
 from ..core.schema import EXECUTION
 from . import tables as t
 from .tables import APPROXIMATIONS, WORKLOAD_CONTEXT as WORKLOAD

@@ -125,11 +125,11 @@ def tidy_results(frame: pd.DataFrame) -> pd.DataFrame:
     if absent:  # added at once: one column at a time fragments the frame
         frame = pd.concat([frame, pd.DataFrame({c: [None] * len(frame) for c in absent}, index=frame.index)], axis=1)
     if missing_noise and len(frame):
-        from ..noise import flag_noisy
+        from ..measure.noise import flag_noisy
 
         frame = flag_noisy(frame)
     elif missing_claim and len(frame):
-        from ..noise import claim
+        from ..measure.noise import claim
 
         said = [claim(r, r.get("noisy") is True or r.get("noisy") == 1) for r in frame.to_dict("records")]
         frame["backs_claim"], frame["claim_note"] = [b for b, _ in said], [n for _, n in said]

@@ -67,7 +67,7 @@ MEASUREMENTS = [
     "drift_pose_rel",    # the camera head's pose encoding [B, S, 9] (translation, quaternion, field of view)
     "drift_depth_rel",   # the depth map [B, S, H, W, 1]
     "drift_points_rel",  # the world points [B, S, H, W, 3]
-    # model.context_parallel (vggt_bench/distributed.py): one row per point, written by rank 0
+    # model.context_parallel (vggt_bench/measure/ranks.py): one row per point, written by rank 0
     "world_size",        # ranks that ran the forward together (1 without context parallelism)
     "comm_ms",           # time in collectives per timed forward (all-to-all, all-gather), the most of any rank
     "comm_mib",          # MiB a rank hands to other ranks per forward (payload), the most of any rank
@@ -76,7 +76,7 @@ MEASUREMENTS = [
     "wall_s",            # seconds the whole point took (build, warm-up, timing)
     "profiled",          # bool: whether the row's timings come from a profiled run: always False for a
                          # sweep's row (profiles are separate captures: profile_grid, profiles/<point_id>/)
-    # How far to trust the row (vggt_bench/noise.py, telemetry.py, timing.py document each):
+    # How far to trust the row (vggt_bench/measure/noise.py, telemetry.py, timing.py document each):
     "noisy",             # bool: the latency is not to be trusted as is; noise_reason says why
     "noise_reason",      # "; "-joined reasons, e.g. "spread p90/p10 1.34 > 1.10; GPU throttled: sw_power_cap"
     "backs_claim",       # bool: the latency may back a speed claim: a GPU row that is not noisy (never a CPU row)

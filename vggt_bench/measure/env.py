@@ -11,7 +11,7 @@ import subprocess
 
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout (vggt_bench/measure/../..)
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,8 +1,8 @@
-"""Upstream's own VGGT (facebookresearch/vggt), measured by the same runner as ours.
+"""Upstream's own VGGT (facebookresearch/vggt), measured by the same code as ours (measure.run).
 
 ``model.impl=upstream`` builds upstream's modules from the same configuration (our config
 dataclasses mirror upstream's constructor arguments), loads the same weights strictly (our seeded
-random init, or the user's checkpoint) and exposes the interface the runner calls on our model
+random init, or the user's checkpoint) and exposes the interface measure.run calls on our model
 (``configure``, ``aggregate``, ``__call__``, ``compute_dtype``, ``attention_report``). Upstream's
 code is found by ``import vggt`` or at ``model.upstream_path=DIR`` and is never copied into this
 project. NVTX / profiler ranges are added with forward hooks, under our stage names, so nsys and
@@ -35,7 +35,7 @@ from vggt_model import attention
 from vggt_model.config import ExecutionConfig, VGGTConfig
 from vggt_model.nvtx import OFF, Ranges
 
-from .core.errors import UserError
+from ..core.errors import UserError
 
 IMPLS = ("ours", "upstream")
 HINT = ("get upstream's code with `pip install git+https://github.com/facebookresearch/vggt` (it needs einops and "
@@ -200,7 +200,7 @@ def build_module(cfg: VGGTConfig, part: str) -> nn.Module:
 
 
 class UpstreamVGGT:
-    """Upstream's model behind the interface the runner uses on ours.
+    """Upstream's model behind the interface measure.run uses on ours.
 
     ``state`` is a state dict with our (= the checkpoint's) names; for ``part=aggregator`` only the
     ``aggregator.`` entries are used. Precision: ``bf16_autocast`` runs the forward under autocast
@@ -231,7 +231,7 @@ class UpstreamVGGT:
         self._hooks = []
         self.ranges: Ranges = OFF
 
-    # ---- what the runner calls -------------------------------------------------------------------
+    # ---- what measure.run calls -------------------------------------------------------------------
     @property
     def compute_dtype(self) -> torch.dtype:
         return {"fp32": torch.float32, "bf16_autocast": torch.bfloat16, "bf16": torch.bfloat16,

@@ -1,8 +1,11 @@
-"""Timing beyond a fixed loop: adaptive repeats until the median is known well enough, the 95%
-confidence interval of a median, and the cold costs of a point (first call, compilation).
+"""Timing a point's forward: the fixed loop, adaptive repeats until the median is known well
+enough, the 95% confidence interval of a median, and the cold costs of a point (first call,
+compilation).
 
 Entry points:
 
+* :func:`time_calls` -- the fixed loop: ``measure.repeats`` single calls (``KeepLast`` keeps the
+  last call's output for drift).
 * :func:`time_adaptive` -- single calls until the median's 95% CI is within ``+-target_ci`` of
   it, or ``max_repeats`` calls, or ``budget_s`` seconds of timed calls.
 * :func:`median_ci95` -- distribution-free 95% CI of a median from per-call latencies.
@@ -18,8 +21,8 @@ means hide exactly the outliers the noise check looks for. ``Timer.adaptive_auto
 a spread criterion (IQR / median below a threshold), not on the precision of the median, and
 ``Measurement.significant_figures`` is, in its own words, "by no means statistically rigorous"
 (a normal approximation over the interquartile points). So this module times single calls
-itself -- CUDA events around each call on a GPU, ``time.perf_counter`` on the CPU, the same
-as ``runner.time_forward`` -- and bounds the median with order statistics, which need no
+itself -- CUDA events around each call on a GPU, ``time.perf_counter`` on the CPU
+(:func:`call_timer`, for the fixed loop and the adaptive one alike) -- and bounds the median with order statistics, which need no
 assumption about the latency distribution (latencies are skewed and often multi-modal).
 
 Units are in the names: ``_ms`` milliseconds, ``_s`` seconds, ``rel_`` a fraction of the median.
@@ -131,7 +134,8 @@ def ci_columns(times_ms, stopped_by: str = "repeats") -> dict:
 
 
 # ---- timing single calls ------------------------------------------------------------------------
-def _sync(device: str) -> None:
+def synchronize(device: str) -> None:
+    """Wait for the GPU's queued work (nothing to wait for on the CPU)."""
     if str(device).startswith("cuda"):
         import torch
 
@@ -141,7 +145,7 @@ def _sync(device: str) -> None:
 def call_timer(device: str, clock: Callable[[], float] = time.perf_counter) -> Callable[[Callable], float]:
     """A function that runs ``fn()`` once and returns its latency in ms.
 
-    GPU: CUDA events recorded around the call, waited for (the GPU's time, as runner.time_forward);
+    GPU: CUDA events recorded around the call, waited for (the GPU's time);
     CPU: ``clock`` (seconds) around the call -- CPU work is synchronous.
     """
     if str(device).startswith("cuda"):
@@ -160,6 +164,42 @@ def call_timer(device: str, clock: Callable[[], float] = time.perf_counter) -> C
             fn()
             return (clock() - t0) * 1e3
     return timed
+
+
+def time_calls(fn: Callable[[], object], device: str, repeats: int) -> List[float]:
+    """Latencies (ms) of ``repeats`` single calls of ``fn`` (:func:`call_timer`): the fixed loop.
+    The caller warms up first (:func:`warm_up`)."""
+    timed = call_timer(device)
+    synchronize(device)
+    return [timed(fn) for _ in range(repeats)]
+
+
+class KeepLast:
+    """``fn`` timed ``calls`` times, keeping the output of the last call only (``output``): a drift
+    measurement reads the aggregator's output of the last timed forward instead of running the
+    aggregator once more (at 800 frames a forward is minutes). Earlier outputs are dropped as soon as
+    each call returns, so no call runs beside a previous call's output and the peak memory measured
+    is the same as without it."""
+
+    def __init__(self, fn: Callable[[], object], calls: int):
+        self.fn, self.calls, self.made, self.output = fn, calls, 0, None
+
+    def __call__(self):
+        out = self.fn()
+        self.made += 1
+        if self.made == self.calls:
+            self.output = out
+        return None
+
+
+def percentile(values, q: float) -> float:
+    """The ``q`` quantile (0..1) of ``values``, linear between the two nearest."""
+    values = sorted(values)
+    if len(values) == 1:
+        return values[0]
+    pos = (len(values) - 1) * q
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return values[lo] + (values[hi] - values[lo]) * (pos - lo)
 
 
 @dataclass
@@ -194,7 +234,7 @@ def time_adaptive(fn: Callable[[], object], device: str, settings: AdaptiveSetti
     (the caller warms up first). ``clock`` is injectable for tests: it also times CPU calls.
     """
     timed = call_timer(device, clock)
-    _sync(device)
+    synchronize(device)
     times: List[float] = []
     t0 = clock()
     low = high = rel = NAN
@@ -231,7 +271,7 @@ def warm_up(fn: Callable[[], object], device: str, warmup: int, sync: Optional[C
     time covers its host work -- lazy initialisation, compilation, autotuning, CUDA-graph
     recording -- and its GPU work. The first call is the point's cold call.
     """
-    sync = sync or (lambda: _sync(device))
+    sync = sync or (lambda: synchronize(device))
     out = WarmUp()
     for _ in range(warmup):
         t0 = clock()

@@ -27,4 +27,4 @@ def peak_tflops(gpu_name: str, dtype: str, tf32: bool) -> Tuple[float, str]:
     for fragment, peaks, source in PEAKS:
         if fragment in name:
             return peaks[kind], f"{source}, {kind}"
-    return math.nan, f"{gpu_name} not in vggt_bench/gpus.py"
+    return math.nan, f"{gpu_name} not in vggt_bench/measure/gpus.py"

@@ -3,7 +3,7 @@ CPU threads, load and how much of the CPU other processes took.
 
 A number measured on a throttled GPU or on a CPU that other processes were using is not the
 number the configuration would give on a quiet machine. Each row records that state, so
-:mod:`vggt_bench.noise` can say how far to trust the row.
+:mod:`vggt_bench.measure.noise` can say how far to trust the row.
 
 Entry points:
 

@@ -1,6 +1,7 @@
 """The ranks of a context-parallel point (``model.context_parallel=N``): started here, or by torchrun / srun.
 
-Two ways in, one code path (``runner.measure`` runs in every rank, in lockstep):
+Two ways in, one code path (``run.measure`` runs in every rank, in lockstep; ``run.measure_point``
+dispatches a point to them):
 
 * ``python -m vggt_bench run|sweep|verify ... model.context_parallel=N`` starts N ranks itself with
   PyTorch's own launcher (``torch.multiprocessing.start_processes``, spawn): one process per rank,
@@ -28,17 +29,17 @@ import subprocess
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
-from .core.errors import UserError, one_line
+from ..core.errors import UserError
 
 TIMEOUT = datetime.timedelta(minutes=30)  # a collective waits this long for a rank (slow forwards at scale)
 
 
 class RankFailed(Exception):
-    """Raised in a rank whose measurement did not give an ``ok`` row: ``columns`` is that row's status and message."""
+    """Raised in a rank whose measurement did not give an ``ok`` row: that row's status and message."""
 
-    def __init__(self, columns: dict):
-        super().__init__(columns.get("message", ""))
-        self.columns = columns
+    def __init__(self, status: str, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
 
 
 # ---- where this process stands ---------------------------------------------------------------------
@@ -226,7 +227,7 @@ def _worker(index: int, world: int, port: int, device: str, fn: Callable, args: 
         join(device, world)
         results.put((index, "ok", pickle.dumps(fn(*args))))
     except RankFailed as exc:
-        results.put((index, "failed", pickle.dumps(exc.columns)))
+        results.put((index, "failed", pickle.dumps((exc.status, exc.message))))
         os._exit(1)  # the launcher stops the ranks that wait for this one in a collective
     finally:
         leave()
@@ -235,8 +236,8 @@ def _worker(index: int, world: int, port: int, device: str, fn: Callable, args: 
 def launch(ranks: int, fn: Callable, args: tuple = (), device: str = "cpu") -> Dict[int, Tuple[str, object]]:
     """Run ``fn(*args)`` in ``ranks`` fresh processes that form one group, with PyTorch's own launcher.
 
-    Returns ``{rank: (state, value)}``: ``("ok", fn's return value)``, ``("failed", columns)`` for a
-    rank that raised RankFailed, ``("raised", the exception's last line)`` for any other failure.
+    Returns ``{rank: (state, value)}``: ``("ok", fn's return value)``, ``("failed", (status, message))``
+    for a rank that raised RankFailed, ``("raised", the exception's last line)`` for any other failure.
     When a rank fails the others are stopped (they may be waiting for it in a collective)."""
     import torch.multiprocessing as mp
 
@@ -273,7 +274,8 @@ def first_result(got: Dict[int, Tuple[str, object]]):
     """Rank 0's value when every rank that answered succeeded; else raise what failed first."""
     for index, (state, value) in sorted(got.items()):
         if state == "failed":
-            raise RankFailed({**value, "message": f"rank {index}: {value.get('message', '')}"} if index else value)
+            status, message = value
+            raise RankFailed(status, f"rank {index}: {message}" if index else message)
         if state == "raised":
             raise RuntimeError(f"rank {index}: {value}")
     if 0 not in got:
@@ -281,83 +283,27 @@ def first_result(got: Dict[int, Tuple[str, object]]):
     return got[0][1]
 
 
-# ---- measuring on the ranks ------------------------------------------------------------------------------
-def measure_point(point, how) -> dict:
-    """``runner.measure(point, how)`` of a context-parallel point, by N ranks together: rank 0's columns, with every
-    rank's in ``world_size``, ``rank_peak_gib_*`` and ``comm_*``.
-
-    Ranks are started here, unless this process already is one (torchrun, srun): then it joins the
-    group and measures as that rank. A point context parallelism does not combine with is its
-    ``unavailable`` row, without starting ranks. A failed rank's status (oom, error) and message are
-    the row's; under an external launcher the failed rank ends its process (after rank 0 wrote the
-    row), so that the launcher stops the ranks waiting for it in a collective."""
-    from . import runner
-
-    if unavailable(point):
-        return runner.measure(point, how)
-    ext = launched()
-    if ext is None and not in_group():
-        got = launch(point.execution.context_parallel, _measure_rank, (point, how), point.device)
-        try:
-            return first_result(got)
-        except RankFailed as exc:
-            return exc.columns
-    join(point.device, point.execution.context_parallel)
-    try:
-        return _measure_rank(point, how)
-    except RankFailed as exc:  # possibly mid-forward: the other ranks may wait for this one in a collective
-        if rank() != 0:
-            from .core.errors import say_error
-
-            say_error(f"rank {rank()}: {exc.columns['status']}: {exc.columns['message']}")
-            os._exit(1)
-        global _STOP_AFTER_ROW
-        _STOP_AFTER_ROW = True
-        return exc.columns
-
-
-_STOP_AFTER_ROW = False  # rank 0 of an external launch failed mid-forward: the others may wait for it
-
-
-def stop_if_stuck() -> None:
-    """After rank 0 wrote a failed row under torchrun/srun: end the process (exit 1), so that the
-    launcher stops the ranks that may still wait for it inside a collective."""
-    if _STOP_AFTER_ROW:
-        raise SystemExit(1)
-
-
-def _measure_rank(point, how) -> dict:
-    from . import runner
-
-    try:
-        columns = runner.measure(point, how)  # ok, or unavailable on every rank alike
-    except Exception as exc:  # noqa: BLE001 - a rank's failure is the row
-        raise RankFailed({"status": "oom" if runner.is_oom(exc) else "error", "message": one_line(exc)})
-    model = runner._CACHE.get("model")
-    if model is not None:
-        columns["params"] = sum(p.numel() for p in model.parameters())
-    return columns
-
-
+# ---- what the ranks measured together -------------------------------------------------------------------
 def start_window(net) -> None:
     """Start counting the collectives of the timed forwards (after the warm-up's)."""
     if getattr(net, "context", None) is not None:
         net.context.comm.reset()
 
 
-def rank_columns(net, row: dict, forwards: int) -> dict:
+def rank_columns(net, memory, machine: dict, forwards: int) -> dict:
     """``world_size``, ``comm_ms``/``comm_mib`` (per forward; the most of any rank) and each rank's peak
-    memory (GPU: max allocated; CPU: peak RSS). One rank: no collectives, its own peak. Under context
+    memory (GPU: max allocated; CPU: peak RSS), from this rank's ``memory`` (a ``record.Memory``) and
+    telemetry columns (``machine``). One rank: no collectives, its own peak. Under context
     parallelism every rank calls this (an all-gather); on the CPU the sibling ranks' CPU time is
     moved from ``cpu_other_share`` to ``cpu_self_share`` (they are this measurement, not noise)."""
-    on_gpu = not _nan(row.get("peak_alloc_gib"))  # NaN on the CPU
-    peak = row.get("peak_alloc_gib") if on_gpu else row.get("peak_rss_gib")
+    on_gpu = not _nan(memory.peak_alloc_gib)  # NaN on the CPU
+    peak = memory.peak_alloc_gib if on_gpu else memory.peak_rss_gib
     cp = getattr(net, "context", None)
     if cp is None:
         return {"world_size": 1, "comm_ms": 0.0, "comm_mib": 0.0, "rank_peak_gib_max": peak, "rank_peak_gib_mean": peak}
     forwards = max(1, forwards)
     mine = {"comm_ms": cp.comm.ms / forwards, "comm_mib": cp.comm.bytes_sent / forwards / 2**20, "peak": peak,
-            "self": row.get("cpu_self_share")}
+            "self": machine.get("cpu_self_share")}
     everyone = [None] * cp.ranks
     cp.dist.all_gather_object(everyone, mine, group=cp.group)
     peaks = [r["peak"] for r in everyone]
@@ -365,9 +311,9 @@ def rank_columns(net, row: dict, forwards: int) -> dict:
            "comm_mib": max(r["comm_mib"] for r in everyone),
            "rank_peak_gib_max": max(peaks), "rank_peak_gib_mean": sum(peaks) / len(peaks)}
     shares = [r["self"] for r in everyone]
-    if not on_gpu and not any(_nan(s) for s in shares) and not _nan(row.get("cpu_other_share")):
+    if not on_gpu and not any(_nan(s) for s in shares) and not _nan(machine.get("cpu_other_share")):
         siblings = sum(shares) - shares[cp.rank]
-        out["cpu_other_share"] = max(0.0, row["cpu_other_share"] - siblings)
+        out["cpu_other_share"] = max(0.0, machine["cpu_other_share"] - siblings)
         out["cpu_self_share"] = min(1.0, sum(shares))
     return out
 
