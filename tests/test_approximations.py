@@ -15,7 +15,8 @@ import vggt_model
 from conftest import run_cli as cli
 from vggt_model import approximate as A
 from vggt_model.config import ConfigError, ExecutionConfig, VGGTConfig
-from vggt_bench.analysis import tables
+from vggt_bench.analysis.approximations import approximation_table, best_within_yardstick, drift_is_rounding, pareto_front
+from vggt_bench.analysis.tidy import exact_rows, tidy_results
 from vggt_bench.core.results import load_results
 from vggt_bench.verify import verify_case
 
@@ -417,10 +418,10 @@ def test_the_pareto_figure_renders_from_a_cpu_sweep(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     figure = tmp_path / "figures" / "approximations.png"
     assert figure.stat().st_size > 10_000 and (tmp_path / "figures" / "approximations.svg").exists()
-    table = tables.approximation_table(load_results(str(tmp_path)))
+    table = approximation_table(load_results(str(tmp_path)))
     assert set(table["technique"]) == {"prune_depth", "kv_keep", "merge_ratio", "global_sparsity"}
     assert table["speedup"].notna().all() and table[DRIFT].notna().all().all()
-    front = tables.pareto_front(table, "drift_depth_rel")
+    front = pareto_front(table, "drift_depth_rel")
     assert front["on_front"].any()
     assert error_outputs(tmp_path / "report.ipynb") == []
     text = notebook_text(tmp_path / "report.ipynb")
@@ -448,23 +449,23 @@ def test_pareto_front_and_the_yardstick_from_a_table():
         _row(frames=400, latency_ms_median=25_000.0),
         _row(frames=400, kv_keep=0.1, latency_ms_median=6_000.0, drift_pose_rel=0.01, drift_depth_rel=0.01),
     ]
-    table = tables.approximation_table(pd.DataFrame(rows))
+    table = approximation_table(pd.DataFrame(rows))
     at = table[table["frames"] == 800].set_index("setting")
     assert at.loc["kv_keep=0.1", "speedup"] == pytest.approx(100 / 15)
     assert at.loc["k=4", "technique"] == "prune_depth" and at.loc["merge_ratio=0.5", "technique"] == "merge_ratio"
-    front = tables.pareto_front(table, "drift_depth_rel")
+    front = pareto_front(table, "drift_depth_rel")
     on = set(front[(front["frames"] == 800) & front["on_front"]]["setting"])
     assert on == {"kv_keep=0.1", "global_sparsity=0.9"}  # kv_keep=0.25 is slower with more depth drift
-    best = tables.best_within_yardstick(table)
+    best = best_within_yardstick(table)
     assert best["frames"] == 800 and best["setting"] == "kv_keep=0.1" and best["speedup"] == pytest.approx(100 / 15)
-    assert tables.best_within_yardstick(table, frames=400) is None  # no prune_depth=4 at 400
+    assert best_within_yardstick(table, frames=400) is None  # no prune_depth=4 at 400
     assert not best["noisy"] and not table["noisy"].any()
     # one timed forward of the exact model (two minutes at 800 frames, as the H100 study ran it): every
     # speedup against it is an estimate, and the table and the ranking say so
     noisy_rows = [_row(latency_ms_median=100_000.0, repeats=1, latency_ms_p10=100_000.0, latency_ms_p90=100_000.0)]
-    table = tables.approximation_table(pd.DataFrame(noisy_rows + rows[1:]))
+    table = approximation_table(pd.DataFrame(noisy_rows + rows[1:]))
     assert table[table["frames"] == 800]["noisy"].all() and not table[table["frames"] == 400]["noisy"].any()
-    assert tables.best_within_yardstick(table)["noisy"]
+    assert best_within_yardstick(table)["noisy"]
     from vggt_bench.report import plots
 
     figure = plots.approximations(pd.DataFrame(noisy_rows + rows[1:])).figure
@@ -473,10 +474,10 @@ def test_pareto_front_and_the_yardstick_from_a_table():
     clean = plots.approximations(pd.DataFrame(rows)).figure
     assert "noisy timing (speedup an estimate)" not in [h.get_label() for h in clean.axes[-1].get_legend().legend_handles]
     # the exact model's rows (every other figure) leave the approximations out
-    exact, _ = tables.exact_rows(tables.tidy_results(pd.DataFrame(rows)))
+    exact, _ = exact_rows(tidy_results(pd.DataFrame(rows)))
     assert list(exact["latency_ms_median"]) == [100_000.0, 25_000.0]
     # older tables (no attention approximation columns) read as exact, drift_rel as the tokens' drift
-    old = tables.tidy_results(pd.DataFrame([_row(prune_depth=2, drift_rel=0.01)]))
+    old = tidy_results(pd.DataFrame([_row(prune_depth=2, drift_rel=0.01)]))
     assert old["kv_keep"].iloc[0] == 1.0 and old["drift_tokens_rel"].iloc[0] == 0.01
 
 
@@ -720,14 +721,14 @@ def test_depth_drift_of_random_weights_in_half_precision_is_called_rounding_and_
             r(global_sparsity=0.9, latency_ms_median=20_600.0, drift_pose_rel=0.0070, drift_depth_rel=0.000703),
         ])
 
-    half = tables.approximation_table(rows("bf16"))
-    assert tables.drift_is_rounding(half)
-    assert tables.best_within_yardstick(half)["setting"] == "kv_keep=0.1"
+    half = approximation_table(rows("bf16"))
+    assert drift_is_rounding(half)
+    assert best_within_yardstick(half)["setting"] == "kv_keep=0.1"
     text = " ".join(line for f in findings.findings(rows("bf16")) for line in f.lines)
     assert "depth and world-point drift are rounding" in text
     assert "On camera-pose drift alone the fastest below prune_depth=4's at S=800 is global_sparsity=0.9" in text
     for other in (rows("bf16_autocast"), rows("fp32"), rows("bf16", weights=False)):
-        assert not tables.drift_is_rounding(tables.approximation_table(other))
+        assert not drift_is_rounding(approximation_table(other))
         text = " ".join(line for f in findings.findings(other) for line in f.lines)
         assert "rounding" not in text and "is kv_keep=0.1" in text
 
@@ -746,8 +747,8 @@ def test_the_committed_800_frame_study_renders_its_verdict_and_the_rounding_note
     study = Path(__file__).resolve().parents[1] / "reports" / "h100-2026-12-06b" / "approx"
     out = tmp_path / "approx"
     shutil.copytree(study, out, ignore=shutil.ignore_patterns("figures", "report.*"))
-    table = tables.approximation_table(load_results(str(out)))
-    best = tables.best_within_yardstick(table)
+    table = approximation_table(load_results(str(out)))
+    best = best_within_yardstick(table)
     assert best["setting"] == "kv_keep=0.1" and best["speedup"] == pytest.approx(4.8626, abs=1e-3) and best["noisy"]
     render(str(out), log=lambda *_: None)
     assert error_outputs(out / "report.ipynb") == []
@@ -756,8 +757,8 @@ def test_the_committed_800_frame_study_renders_its_verdict_and_the_rounding_note
     assert "on it alone the fastest below prune_depth=4's at S=800 is **global_sparsity=0.9**, 6.33×" in text
     # the fourth lease (reports/h100-2026-12-06c/approx), after kv_keep's score_mod fix: the same verdict's
     # setting, now estimated over the target (single forwards: noisy), under the yardstick on camera drift too
-    after = tables.approximation_table(load_results(str(study.parents[1] / "h100-2026-12-06c" / "approx")))
-    best = tables.best_within_yardstick(after)
+    after = approximation_table(load_results(str(study.parents[1] / "h100-2026-12-06c" / "approx")))
+    best = best_within_yardstick(after)
     assert best["setting"] == "kv_keep=0.1" and best["speedup"] == pytest.approx(6.3501, abs=1e-3) and best["noisy"]
     assert best["speedup"] >= 5.0 and best["drift_pose_rel"] < best["yardstick_drift_pose_rel"]
 
@@ -774,9 +775,9 @@ def test_the_committed_fifth_lease_backs_issue_13s_target():
     rows = load_results(str(study))
     assert set(rows["repeats"]) == {3} and rows["backs_claim"].all() and not rows["noisy"].any()
     assert rows["gpu_uuid"].nunique() == 1  # one card: every speedup against its own exact model
-    table = tables.approximation_table(rows)
+    table = approximation_table(rows)
     assert not table["noisy"].any()
-    best = tables.best_within_yardstick(table)
+    best = best_within_yardstick(table)
     assert best["frames"] == 800 and best["setting"] == "kv_keep=0.1" and not best["noisy"]
     assert best["speedup"] == pytest.approx(130_748.836 / 20_684.754, rel=1e-6)  # 6.32x: issue 13's target is 5x
     assert best["speedup"] >= 5.0

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import vggt_model
 from conftest import ROOT, run_cli as cli
 from vggt_bench.measure import ranks as distributed
-from vggt_bench.analysis.tables import context_parallel_speedup
+from vggt_bench.analysis.scaling import context_parallel_speedup
 from vggt_bench.core.errors import UserError
 from vggt_bench.core.results import load_results
 from vggt_bench.verify import HALF_REL_L2, case_outputs, check_outputs, read_case

@@ -13,7 +13,7 @@ Layout of a results directory ``<out>``:
 * ``profile_ranges.csv`` / ``profile_summary.csv``: every profile's ranges / one summary row
   each (the ``profile`` command's combined tables).
 * ``profile_grid.parquet`` / ``.csv``: ONE tidy table across a profiled sweep
-  (``analysis.tables.profile_grid``; columns schema.PROFILE_GRID_COLUMNS).
+  (``analysis.profiles.profile_grid``; columns schema.PROFILE_GRID_COLUMNS).
 """
 
 from __future__ import annotations
@@ -26,13 +26,15 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import pandas as pd
 
-from .analysis.tables import PROFILE_GRID, forwards_in, profile_grid, summary_row
+from .analysis.profiles import forwards_in, profile_grid
 from .core.errors import UserError
 from .nsys import export_sqlite, find_nsys
 from .profiling import NoProfileData, read_report, read_trace
 from .profiling.nsys_sqlite import read_report_windows
 from .core.results import atomic_write, load_results, locked
-from .core.schema import KNOBS, POINT_RANGE_PREFIX, PROFILE_STATUSES
+from .core.schema import (
+    HEADS, KNOBS, POINT_RANGE_PREFIX, PROFILE_GRID, PROFILE_RANGES, PROFILE_STATUSES, PROFILE_SUMMARY, RANGE_STAGES,
+)
 
 PROFILES = "profiles"
 TABLE_NAMES = ("nvtx_ranges", "kernels", "cuda_api", "gpu_activity")
@@ -134,6 +136,24 @@ def _current(directory: str) -> bool:
 
 
 # ---- tables across profiles --------------------------------------------------------------------
+def per_iteration(ranges: pd.DataFrame, name: str, column: str, iterations: int) -> float:
+    rows = ranges[ranges["range"] == name]
+    return float(rows[column].sum()) / iterations if len(rows) else float("nan")
+
+
+def summary_row(ranges: pd.DataFrame, activity: pd.DataFrame, iterations: int) -> dict:
+    """One profile's row of ``profile_summary.csv``: its GPU activity, kernels per frame layer and
+    each stage's time per forward."""
+    row = activity.iloc[0].to_dict() if len(activity) else {}
+    frame = ranges[ranges["range"] == "frame_block"]
+    row["kernels_per_frame_layer"] = float(frame["kernels"].sum() / frame["calls"].sum()) if len(frame) and frame["calls"].sum() else float("nan")
+    for stage in RANGE_STAGES + HEADS:
+        for column in ("gpu_ms", "gpu_busy_ms", "cpu_ms"):
+            if column in ranges:
+                row[f"{stage}_{column}"] = per_iteration(ranges, stage, column, iterations)
+    return row
+
+
 def rebuild_combined(out: str) -> None:
     """``profile_ranges.csv`` and ``profile_summary.csv`` from every ``<out>/profiles/*/``."""
     ranges, summaries = [], []
@@ -153,13 +173,13 @@ def rebuild_combined(out: str) -> None:
     if ranges:
         with locked(out):
             table = pd.concat(ranges, ignore_index=True).to_csv(index=False).encode()
-            atomic_write(os.path.join(out, "profile_ranges.csv"), lambda f: f.write(table))
+            atomic_write(os.path.join(out, PROFILE_RANGES), lambda f: f.write(table))
             summary = pd.DataFrame(summaries).to_csv(index=False).encode()
-            atomic_write(os.path.join(out, "profile_summary.csv"), lambda f: f.write(summary))
+            atomic_write(os.path.join(out, PROFILE_SUMMARY), lambda f: f.write(summary))
 
 
 def grid_inputs(out: str) -> Tuple[pd.DataFrame, pd.DataFrame]:
-    """(points, ranges) for ``analysis.tables.profile_grid``: every point with a sweep status
+    """(points, ranges) for ``analysis.profiles.profile_grid``: every point with a sweep status
     file, its point.json and GPU activity where its profile is ok, and its range table."""
     points, ranges = [], []
     for status_path in sorted(glob.glob(os.path.join(out, PROFILES, "*", STATUS_FILE))):

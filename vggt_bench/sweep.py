@@ -24,7 +24,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from . import launchers, progress
-from .analysis.tables import missing
+from .analysis.tidy import missing
 from .capture import check_profiler, profile_point
 from .core.errors import UserError, fail
 from .profile_store import profile_done
@@ -222,7 +222,7 @@ def preflight(config: DictConfig) -> None:
 
 def profile_summary(out: str) -> str:
     """One line per profile status of a profiled sweep, and each failure's reason."""
-    from .analysis.tables import read_grid
+    from .analysis.tidy import read_grid
 
     grid = read_grid(out)
     if grid.empty:

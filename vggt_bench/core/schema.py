@@ -127,6 +127,9 @@ CUDA_API_COLUMNS = ["api", "calls", "total_ms", "mean_ms", "pct"]
 # NVTX range (domain vggt) around each profiled point's captured forwards, inside its
 # cudaProfilerStart/Stop: "point:<point_id>". `profile analyze=` splits a report by these ranges.
 POINT_RANGE_PREFIX = "point:"
+# The model's named stages, as NVTX / record_function ranges: the aggregator's, and the heads'.
+RANGE_STAGES = ["patch_embed", "frame_block", "global_block", "converted_block"]
+HEADS = ["camera_head", "depth_head", "point_head", "track_head"]
 
 GPU_ACTIVITY_COLUMNS = [
     "window_ms",            # captured window: first GPU op start to last GPU op end
@@ -144,9 +147,13 @@ PROFILE_STATUSES = (
     "skipped",   # not profiled because the point did not run (its status is oom/unavailable/error)
     "captured",  # profiler=external: captured under your nsys; `profile analyze=DIR` makes its tables
 )
+# Every profile's ranges / one summary row each, across <out>/profiles/ (the profile command's tables).
+PROFILE_RANGES = "profile_ranges.csv"
+PROFILE_SUMMARY = "profile_summary.csv"
 # ONE tidy table across a profiled sweep: <out>/profile_grid.parquet and .csv, one row per (point,
 # stage) for points with tables, one row with stage "" for the others. Times are per forward
-# (the capture's totals divided by ``iterations``). Built by analysis.tables.profile_grid.
+# (the capture's totals divided by ``iterations``). Built by analysis.profiles.profile_grid.
+PROFILE_GRID = "profile_grid"
 PROFILE_GRID_COLUMNS = [
     "point_id",
     "profiled",         # True: these numbers come from a profiled run (NVTX ranges on, under a profiler)

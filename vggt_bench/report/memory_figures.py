@@ -28,7 +28,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from ..profiling.memory import ACTIVATIONS, CATEGORIES, KEPT, SLACK, UNATTRIBUTED, WEIGHTS, WORKSPACE
-from ..analysis import tables as analysis
+from ..analysis.labels import context_line, shorten
+from ..analysis.tidy import tidy_results
 from . import plots
 from .plots import Plot
 
@@ -50,7 +51,7 @@ def _table(tables: Dict[str, pd.DataFrame], name: str) -> pd.DataFrame:
 def _subtitle(meta: Optional[dict]) -> str:
     if not meta or "arch" not in meta:
         return "CUDA caching allocator, one forward"
-    line = analysis.context_line(analysis.tidy_results(pd.DataFrame([meta])))
+    line = context_line(tidy_results(pd.DataFrame([meta])))
     extra = [f"S={meta['frames']}" if "frames" in meta else "", str(meta.get("frame_exec", "")),
              str(meta.get("attention", ""))]
     return " · ".join([line] + [e for e in extra if e])
@@ -120,7 +121,7 @@ def memory_timeline_figure(tables: Dict[str, pd.DataFrame], meta: Optional[dict]
         px, py = float(peak_event) - start, float(s["peak_allocated_gib"])
         ax.plot([px], [py], marker="v", color="#d62728", ms=8, ls="none")
         where = str(s.get("peak_stage", "") or "")
-        label = f"peak {py:.2f} GiB" + (f"\nin {analysis.shorten(where, 60)}" if where else "")
+        label = f"peak {py:.2f} GiB" + (f"\nin {shorten(where, 60)}" if where else "")
         ax.annotate(label, (px, py), xytext=(-8 if px > end / 2 else 8, 6), textcoords="offset points",
                     ha="right" if px > end / 2 else "left", va="bottom", fontsize=8, color="#d62728")
         handles.append(Line2D([], [], color="#d62728", marker="v", ms=8, ls="none", label="peak allocated"))
@@ -178,7 +179,7 @@ def memory_at_peak_figure(tables: Dict[str, pd.DataFrame], meta: Optional[dict] 
                    .sort_values("size_gib", ascending=False).head(top).iloc[::-1])
         y = np.arange(len(grouped))
         sites.barh(y, grouped["size_gib"], color=[CATEGORY_COLORS.get(c, "#7f7f7f") for c in grouped["category"]])
-        sites.set_yticks(y, [f"{analysis.shorten(site, 55)}  ×{n}" for site, n in zip(grouped["site"], grouped["blocks"])],
+        sites.set_yticks(y, [f"{shorten(site, 55)}  ×{n}" for site, n in zip(grouped["site"], grouped["blocks"])],
                          fontsize=8)
         for yi, v in zip(y, grouped["size_gib"]):
             sites.text(v, yi, f" {v:.3g}", va="center", fontsize=7.5)

@@ -9,7 +9,7 @@ a results directory as PNG and SVG into ``<out>/figures/``.
 Tables mixing settings are split, never averaged:
 
 * A *context* is what makes two measurements incomparable (the workload, and every knob that
-  is neither drawn as a series nor an approximation: ``analysis.tables.CONTEXT``). ``render_figures`` draws each figure once per context;
+  is neither drawn as a series nor an approximation: ``analysis.tidy.CONTEXT``). ``render_figures`` draws each figure once per context;
   the file names then carry what varies (``scaling_wall__bf16_autocast.png``). A figure function
   handed several contexts draws the one with the most ``ok`` rows and says so in its note.
 * Within a context each figure fixes what it does not plot: the exact model (``prune_depth``
@@ -62,15 +62,22 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from ..analysis.tables import (
-    CONTEXT, DRIFT_OUTPUTS, FRAME_EXEC_ORDER, STAGES, TECHNIQUE_ORDER, YARDSTICK_DEPTH, Tables, approximation_table,
-    baseline_depth, context_line, contexts, context_slug, pareto_front, setting,
-    conversion_table, device_label, device_memory_gib, exact_rows, failure_notes, fmt_percent, launch_table, load_tables, missing, ok_rows, one_context, one_sided_notes, order_exec, part_name, shorten,
-    speedup_pairs, stage_times, tidy_profile, tidy_results, unavailable_notes, with_gpu_name,
-    GRID_STAGES, grid_activity, grid_stage_times,
+from ..analysis.approximations import (
+    DRIFT_OUTPUTS, TECHNIQUE_ORDER, YARDSTICK_DEPTH, approximation_table, conversion_table, pareto_front,
 )
-from ..analysis.tables import WALL_CARDS, impl_ratios, memory_fit, memory_residuals
-from ..analysis.tables import context_parallel_memory_fit, per_gpu_peak
+from ..analysis.labels import (
+    FRAME_EXEC_ORDER, context_line, context_slug, device_label, failure_notes, fmt_percent, one_context, order_exec,
+    part_name, setting, shorten, unavailable_notes,
+)
+from ..analysis.memory import (
+    WALL_CARDS, context_parallel_memory_fit, device_memory_gib, memory_fit, memory_residuals, per_gpu_peak,
+)
+from ..analysis.profiles import GRID_STAGES, STAGES, grid_activity, grid_stage_times, launch_table, stage_times, with_gpu_name
+from ..analysis.scaling import one_sided_notes, speedup_pairs
+from ..analysis.tidy import (
+    CONTEXT, Tables, baseline_depth, contexts, exact_rows, load_tables, missing, ok_rows, tidy_profile, tidy_results,
+)
+from ..analysis.upstream import impl_ratios
 from . import reference as references
 
 FIGURES_DIR = "figures"
@@ -1074,7 +1081,7 @@ def memory_wall(results: pd.DataFrame) -> Plot:
     _side_legend(lax, handles, title="series: slope; predicted wall (frames)")
     _suptitle(fig, "The memory wall: GiB per frame, fitted, and where it meets the card", frame)
     _footnote(fig, ["wall = (memory - intercept) / slope: linear growth, a prediction past the largest frame count measured",
-                    "141 GB / 192 GB: the memory an H200 / a B200 gives PyTorch (tables.WALL_CARDS)"])
+                    "141 GB / 192 GB: the memory an H200 / a B200 gives PyTorch (analysis.memory.WALL_CARDS)"])
     return Plot(fig, note)
 
 
