@@ -15,7 +15,7 @@ from conftest import run_cli as cli
 from vggt_model.config import ExecutionConfig
 from vggt_bench import profile_memory
 from vggt_bench.profiling import memory as mem
-from vggt_bench.report import memory_figures
+from vggt_bench.report import memory_profile
 from vggt_bench.core.errors import UserError
 from vggt_bench.core.schema import (
     MEMORY_AT_PEAK_COLUMNS,
@@ -392,16 +392,16 @@ def test_tables_round_trip_and_figures_render(aggregator_py, tmp_path):
     assert back["memory_timeline"]["stage"].iloc[0] == ""
     pd.testing.assert_frame_equal(back["memory_by_category"], tables["memory_by_category"], check_dtype=False)
     for source in (tables, back):
-        for make in (memory_figures.memory_timeline_figure, memory_figures.memory_at_peak_figure):
+        for make in (memory_profile.memory_timeline_figure, memory_profile.memory_at_peak_figure):
             plot = make(source, {"arch": "vggt1b", "device": "cuda", "gpu_name": "NVIDIA H100", "dtype": "bf16_autocast",
                                  "height": 336, "width": 518, "frames": 8, "frame_exec": "fused", "attention": "sdpa"})
             assert isinstance(plot.figure, Figure), plot.note
             path = tmp_path / f"{make.__name__}.png"
             plot.figure.savefig(path)
             assert path.stat().st_size > 10_000
-    texts = [t.get_text() for t in memory_figures.memory_timeline_figure(tables).figure.axes[0].texts]
+    texts = [t.get_text() for t in memory_profile.memory_timeline_figure(tables).figure.axes[0].texts]
     assert any("peak 0.05 GiB" in t and "vggt/camera_head" in t for t in texts)
-    paths, notes = memory_figures.render_memory_figures(back, str(tmp_path / "figs"))
+    paths, notes = memory_profile.render_memory_figures(back, str(tmp_path / "figs"))
     assert sorted(os.path.basename(p) for p in paths) == [
         "memory_at_peak.png", "memory_at_peak.svg", "memory_timeline.png", "memory_timeline.svg"]
     assert notes == []
@@ -409,7 +409,7 @@ def test_tables_round_trip_and_figures_render(aggregator_py, tmp_path):
 
 def test_figures_skip_without_data():
     empty = {name: pd.DataFrame(columns=cols) for name, cols in mem.COLUMNS.items()}
-    for make in (memory_figures.memory_timeline_figure, memory_figures.memory_at_peak_figure):
+    for make in (memory_profile.memory_timeline_figure, memory_profile.memory_at_peak_figure):
         plot = make(empty)
         assert plot.figure is None and "profiler=memory" in plot.note
 

@@ -21,7 +21,7 @@ from vggt_bench.analysis.memory import memory_fit
 from vggt_bench.analysis.profiles import stage_times
 from vggt_bench.analysis.tidy import load_tables, tidy_results
 from vggt_bench.analysis.upstream import impl_ratios
-from vggt_bench.report import notebook, plots, render
+from vggt_bench.report import common, notebook, plots, render
 from vggt_bench.report.plots import render_figures
 from vggt_bench.core.schema import KNOBS, RESULT_COLUMNS
 
@@ -252,7 +252,7 @@ def test_cpu_figures_never_show_the_gpu_reference(cpu_sweep):
         drawn = " ".join(texts(fig))
         assert "reference" not in drawn and "upstream" not in drawn
         assert "CPU" in fig._suptitle.get_text()
-        assert plots.CPU_TIMINGS in fig._suptitle.get_text()  # the guide: CPU timings back no claim, say so
+        assert common.CPU_TIMINGS in fig._suptitle.get_text()  # the guide: CPU timings back no claim, say so
     fig, _ = plots.memory(table)
     assert any("peak resident set" in t for t in texts(fig))  # CPU memory is the process RSS
 

@@ -190,7 +190,7 @@ def analyze_memory(cfg) -> int:
 
 def _finish(snapshot, calls, forward_start: int, index: Optional[int], directory: str, meta: dict,
             notes: List[str]) -> None:
-    from .report.memory_figures import render_memory_figures
+    from .report.memory_profile import render_memory_figures
 
     try:
         tables = memory_tables(snapshot, calls, forward_start, index)

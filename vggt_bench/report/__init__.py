@@ -1,4 +1,8 @@
-"""Reports of a results directory: figures (``plots``) and an executed notebook (``notebook``).
+"""Reports of a results directory: figures and an executed notebook (``notebook``).
+
+Figures are drawn by family (``scaling``, ``memory``, ``approximations``, ``upstream``,
+``profiles``; ``memory_profile`` for ``profile profiler=memory``) with what ``common`` shares;
+``plots`` registers them and writes them (``render_figures``).
 
 ``render(out)`` writes ``<out>/figures/*.png|svg``, ``<out>/report.ipynb`` and
 ``<out>/report.html``; ``python -m vggt_bench report results=DIR`` runs it from the CLI.

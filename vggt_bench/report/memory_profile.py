@@ -10,9 +10,9 @@ memory_at_peak      memory_by_category: category, size_gib; memory_at_peak: fram
 
 Each function takes the dict of tables (``vggt_bench.profiling.memory.memory_tables`` or
 ``read_memory_tables``) and an optional ``meta`` dict (the profile's ``point.json``: knobs and
-GPU name, for the subtitle) and returns a ``plots.Plot``: a matplotlib ``Figure``, or ``None``
+GPU name, for the subtitle) and returns a ``common.Plot``: a matplotlib ``Figure``, or ``None``
 and why it was skipped. ``render_memory_figures`` writes both as PNG and SVG into a directory.
-Nothing here is registered in ``plots.figures``; the report wires these in where it wants them.
+Nothing here is registered in ``plots.figures``: the ``profile profiler=memory`` command draws these.
 """
 
 from __future__ import annotations
@@ -30,8 +30,7 @@ from matplotlib.patches import Patch
 from ..profiling.memory import ACTIVATIONS, CATEGORIES, KEPT, SLACK, UNATTRIBUTED, WEIGHTS, WORKSPACE
 from ..analysis.labels import context_line, shorten
 from ..analysis.tidy import tidy_results
-from . import plots
-from .plots import Plot
+from .common import STAGE_COLORS, Plot, new_figure, save, side_legend
 
 CATEGORY_COLORS = {
     WEIGHTS: "#8c6d31", KEPT: "#9467bd", ACTIVATIONS: "#1f77b4", WORKSPACE: "#ff7f0e",
@@ -78,7 +77,7 @@ def memory_timeline_figure(tables: Dict[str, pd.DataFrame], meta: Optional[dict]
     s = summary.iloc[0] if len(summary) else pd.Series(dtype=object)
     notes: List[str] = []
 
-    fig, (ax,), lax = plots._new_figure(11.0, 4.8, legend=0.3)
+    fig, (ax,), lax = new_figure(11.0, 4.8, legend=0.3)
     handles = []
     stages = _table(tables, "memory_stages")
     placed = stages.dropna(subset=["first_event", "last_event"]) if len(stages) else stages
@@ -99,7 +98,7 @@ def memory_timeline_figure(tables: Dict[str, pd.DataFrame], meta: Optional[dict]
         shown = set()
         for _, row in placed[placed["range"].isin(list(BAND_STAGES))].iterrows():
             group = BAND_STAGES[row["range"]]
-            color = plots.STAGE_COLORS[group]
+            color = STAGE_COLORS[group]
             x0, x1 = row["first_event"] - start, row["last_event"] - start
             ax.axvspan(x0, x1, color=color, alpha=0.15, lw=0)
             ax.text((x0 + x1) / 2, 0.98, row["range"].replace("_head", "").replace("_", " "), transform=ax.get_xaxis_transform(),
@@ -130,7 +129,7 @@ def memory_timeline_figure(tables: Dict[str, pd.DataFrame], meta: Optional[dict]
     ax.set_ylim(0, top * 1.12 if top > 0 else 1.0)
     ax.set_xlabel("allocator events since the forward began (allocations and frees, in order)")
     ax.set_ylabel(GIB_LABEL)
-    plots._side_legend(lax, handles)
+    side_legend(lax, handles)
     _title(fig, "GPU memory over one forward", meta)
     return Plot(fig, "; ".join(notes))
 
@@ -191,7 +190,7 @@ def memory_at_peak_figure(tables: Dict[str, pd.DataFrame], meta: Optional[dict] 
         sites.axis("off")
     handles = [Patch(color=CATEGORY_COLORS[c], hatch="//" if c == SLACK else None, label=c)
                for c in CATEGORIES if float(sizes.get(c, 0.0)) > 0]
-    plots._side_legend(lax, handles, title="category")
+    side_legend(lax, handles, title="category")
     summary = _table(tables, "memory_summary")
     peak = f"{float(summary.iloc[0]['peak_allocated_gib']):.2f} GiB allocated" if len(summary) else ""
     _title(fig, f"What is live at the peak ({peak})" if peak else "What is live at the peak", meta)
@@ -209,7 +208,7 @@ def render_memory_figures(tables: Dict[str, pd.DataFrame], directory: str,
         if plot.figure is None:
             notes.append(f"{name}: skipped: {plot.note}")
             continue
-        written += plots.save(plot.figure, os.path.join(directory, name))
+        written += save(plot.figure, os.path.join(directory, name))
         if plot.note:
             notes.append(f"{name}: {plot.note}")
     return written, notes
