@@ -18,7 +18,7 @@ from vggt_model.config import ConfigError, ExecutionConfig, VGGTConfig
 from vggt_bench.analysis.approximations import approximation_table, best_within_yardstick, drift_is_rounding, pareto_front
 from vggt_bench.analysis.tidy import exact_rows, tidy_results
 from vggt_bench.core.results import load_results
-from vggt_bench.verify import verify_case
+from vggt_bench.commands.verify import verify_case
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "reference")
 CASES = ["tiny_vggt", "tiny_dinov2_aggregator"]

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import vggt_model
 from conftest import run_cli as cli
 from vggt_bench.core.results import load_results
-from vggt_bench.verify import verify_case
+from vggt_bench.commands.verify import verify_case
 from vggt_model import attention
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "reference")

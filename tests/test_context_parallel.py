@@ -20,7 +20,7 @@ from vggt_bench.measure import ranks as distributed
 from vggt_bench.analysis.scaling import context_parallel_speedup
 from vggt_bench.core.errors import UserError
 from vggt_bench.core.results import load_results
-from vggt_bench.verify import HALF_REL_L2, case_outputs, check_outputs, read_case
+from vggt_bench.commands.verify import HALF_REL_L2, case_outputs, check_outputs, read_case
 from vggt_model.context_parallel import ShardPlan
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "reference")
@@ -242,7 +242,7 @@ def test_context_parallel_speedup_matches_each_point_with_its_one_rank_point():
 
 
 def test_the_sweep_summary_shows_the_ranks_when_some_point_had_several():
-    from vggt_bench.sweep import summary
+    from vggt_bench.commands.sweep import summary
 
     rows = pd.DataFrame([dict(frames=4, frame_exec="fused", status="ok", latency_ms_median=9.0, context_parallel=n)
                          for n in (1, 2)])
@@ -352,7 +352,7 @@ def test_what_context_parallelism_does_not_combine_with_is_an_unavailable_reason
 def test_profiling_is_refused_in_one_line_and_a_profiled_sweep_skips_such_points(tmp_path):
     from omegaconf import OmegaConf
 
-    from vggt_bench.capture import profile_point
+    from vggt_bench.commands.profile import profile_point
     from vggt_bench.measure.point import Point
 
     done = cli("profile", "frames=3", "model.arch=small", "model.context_parallel=2", f"out={tmp_path}")

@@ -185,7 +185,7 @@ def test_unknown_command_and_help():
 def test_grid_size_counts_preset_and_command_line():
     from omegaconf import OmegaConf
 
-    from vggt_bench.sweep import grid_size
+    from vggt_bench.commands.sweep import grid_size
 
     def size(params, task):
         return grid_size(OmegaConf.create({"hydra": {"sweeper": {"params": params}, "overrides": {"task": task}}}))

@@ -13,7 +13,8 @@ from matplotlib.figure import Figure
 import vggt_model
 from conftest import run_cli as cli
 from vggt_model.config import ExecutionConfig
-from vggt_bench import profile_memory
+from vggt_bench.commands import profile_memory
+from vggt_bench.profiling import memory_capture
 from vggt_bench.profiling import memory as mem
 from vggt_bench.report import memory_profile
 from vggt_bench.core.errors import UserError
@@ -429,7 +430,7 @@ def test_memory_profiler_on_the_cpu_is_one_line_and_exit_2(tmp_path):
     done = cli("profile", "profiler=memory", "model.arch=small", "frames=1", f"out={tmp_path}")
     assert done.returncode == 2, done.stdout + done.stderr
     lines = [l for l in done.stderr.strip().splitlines() if l.strip()]
-    assert lines == [f"vggt_bench: error: {profile_memory.CPU_MESSAGE}"]
+    assert lines == [f"vggt_bench: error: {memory_capture.CPU_MESSAGE}"]
     assert not (tmp_path / "profiles").exists()  # refused before anything was built or written
 
 
@@ -438,10 +439,10 @@ def test_graph_replays_are_refused():
         return SimpleNamespace(device=device, execution=ExecutionConfig(**ex))
 
     with pytest.raises(UserError, match="cuda_graph=false"):
-        profile_memory.check_point(point("cuda", cuda_graph=True))
+        memory_capture.check_point(point("cuda", cuda_graph=True))
     with pytest.raises(UserError, match="needs device=cuda"):
-        profile_memory.check_point(point("cpu"))
-    profile_memory.check_point(point("cuda", compile="default"))
+        memory_capture.check_point(point("cpu"))
+    memory_capture.check_point(point("cuda", compile="default"))
 
 
 def test_analyze_a_kept_snapshot_on_the_cpu(aggregator_py, tmp_path):

@@ -8,7 +8,7 @@ import torch
 
 import vggt_model
 from vggt_model.config import VGGTConfig
-from vggt_bench.verify import verify_case
+from vggt_bench.commands.verify import verify_case
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "reference")
 CASES = ["tiny_vggt", "tiny_dinov2_aggregator"]

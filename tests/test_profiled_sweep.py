@@ -20,7 +20,8 @@ from omegaconf import OmegaConf
 import nsys_fakes
 import vggt_model
 from conftest import run_cli as cli
-from vggt_bench import capture, profile_store, sweep
+from vggt_bench.commands import profile, sweep
+from vggt_bench.profiling import capture, store
 from vggt_bench.analysis.profiles import grid_activity, grid_pivot, grid_stage_times, profile_grid
 from vggt_bench.analysis.tidy import load_tables, read_grid
 from vggt_bench.core.config import BenchConfig
@@ -258,7 +259,7 @@ def test_external_sweep_brackets_each_point_for_an_outside_nsys(tmp_path, record
         warmup = recorded[previous_stop + 1: start]
         assert warmup.count("push aggregator") == 1                  # measure.warmup, outside the capture
         previous_stop = stop
-        status = profile_store.read_status(str(tmp_path), pid)
+        status = store.read_status(str(tmp_path), pid)
         assert status["profile_status"] == "captured" and status["profiler"] == "external"
         assert f"point:{pid}" in status["profile_message"] and "profile analyze=" in status["profile_message"]
     # the timing itself pushed no range and made no profiler call
@@ -344,7 +345,7 @@ def test_nsys_point_runs_its_child_and_reads_the_report(tmp_path, fake_nsys, mon
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     monkeypatch.setenv("FAKE_NSYS_FIXTURE", "vggt1b_fused_S2_H100")
     monkeypatch.setenv("FAKE_NSYS_POINT", pid)
-    status = capture.profile_point(cfg, point, row)
+    status = profile.profile_point(cfg, point, row)
     assert status["profile_status"] == "ok", status
     directory = out / "profiles" / pid
     assert (directory / "report.sqlite").exists() and (directory / "nsys_stats.txt").read_text() == "fake nsys stats\n"
@@ -354,12 +355,12 @@ def test_nsys_point_runs_its_child_and_reads_the_report(tmp_path, fake_nsys, mon
     assert ranges.loc["frame_block", "gpu_ms"] > 0
     # a report without this point's range is another configuration: an error, with the reason
     monkeypatch.setenv("FAKE_NSYS_POINT", "0123456789abcdef")
-    status = capture.profile_point(cfg, point, row)
+    status = profile.profile_point(cfg, point, row)
     assert status["profile_status"] == "error"
     assert f"holds no point:{pid} range" in status["profile_message"] and "0123456789abcdef" in status["profile_message"]
     # nsys failing: the reason from its output, and where the whole log is
     monkeypatch.setenv("FAKE_NSYS_FAIL", "1")
-    status = capture.profile_point(cfg, point, row)
+    status = profile.profile_point(cfg, point, row)
     assert status["profile_status"] == "error"
     assert "nsys profile failed (exit 3)" in status["profile_message"]
     assert "CUPTI could not be initialised" in status["profile_message"] and "nsys.log" in status["profile_message"]

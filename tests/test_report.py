@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from vggt_bench.report import main as report_main
+from vggt_bench.commands.report import main as report_main
 from vggt_bench.analysis import findings
 from vggt_bench.analysis.approximations import conversion_table
 from vggt_bench.analysis.labels import device_label

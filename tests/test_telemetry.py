@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from conftest import run_cli as cli
-from vggt_bench import sweep
+from vggt_bench.commands import sweep
 from vggt_bench.measure import noise, run, telemetry, timing
 from vggt_bench.measure.point import Point
 from vggt_bench.core.results import load_results

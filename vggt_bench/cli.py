@@ -1,4 +1,6 @@
-"""``python -m vggt_bench <command> [Hydra overrides]``."""
+"""``python -m vggt_bench <command> [Hydra overrides]``: the commands (``vggt_bench.commands``) behind one
+command line, with Hydra's flags checked, the overrides checked against the command's schema, and
+Ctrl-C said in one line."""
 
 from __future__ import annotations
 
@@ -41,37 +43,23 @@ def usage() -> str:
 def _task(command: str):
     def task(cfg):
         if command in ("run", "sweep"):
-            from .sweep import run_job
+            from .commands.sweep import run_job
 
             run_job(cfg)
         elif command == "verify":
-            from .verify import main as verify_main
+            from .commands.verify import main as verify_main
 
             raise SystemExit(verify_main(cfg))
         elif command == "profile":
-            from .profile import main as profile_main
+            from .commands.profile import main as profile_main
 
             raise SystemExit(profile_main(cfg))
         elif command == "report":
-            from .report import main as report_main
+            from .commands.report import main as report_main
 
             raise SystemExit(report_main(cfg))
 
     return task
-
-
-def list_backends() -> int:
-    import torch
-
-    from vggt_model import attention
-
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    for device in devices:
-        for dtype in (torch.float32, torch.bfloat16):
-            print(f"{device} {str(dtype).replace('torch.', '')} head_dim 64:")
-            for name, reason in attention.available(device, dtype, 64).items():
-                print(f"  {name:<15} {'available' if reason is None else 'unavailable: ' + reason}")
-    return 0
 
 
 def _value(override: str) -> str:
@@ -163,7 +151,9 @@ def main(argv=None) -> int:
         say_error(f"unknown command {command!r}; choose one of {', '.join(COMMANDS)}")
         return EXIT_USER_ERROR
     if command == "backends":
-        return list_backends()
+        from .commands.backends import main as backends_main
+
+        return backends_main()
 
     from .core import config, overrides
 
@@ -197,7 +187,7 @@ def main(argv=None) -> int:
         rest = ([] if named else [f"out={scratch}/out"]) + rest + [
             f"hydra.run.dir={scratch}/hydra", f"hydra.sweep.dir={scratch}/hydra"]
     if command in ("run", "sweep", "profile") and not any(a.startswith("out=") for a in rest):
-        from .sweep import stamped_out
+        from .commands.sweep import stamped_out
 
         rest = stamped_out() + rest  # first: Hydra takes overrides before its own flags
         print(f"vggt_bench: results go to {rest[0].split('=', 1)[1]} (reports/runs/latest points at it)", flush=True)

@@ -14,7 +14,7 @@ the model's NVTX ranges on, inside one NVTX range ``point:<point_id>`` (domain `
 sits inside cudaProfilerStart/Stop (``captured_forwards``). Under
 ``nsys profile --capture-range=cudaProfilerApi --capture-range-end=repeat`` each point is then a
 report of its own; in one report holding several points, ``profile analyze=`` splits them by that
-range. ``profile_point`` is what a sweep does for one point after measuring its timing row.
+range. What a sweep does with them for one point is ``commands.profile.profile_point``.
 """
 
 from __future__ import annotations
@@ -32,12 +32,13 @@ import torch
 
 from vggt_model.nvtx import Ranges
 
-from .core.errors import UserError, one_line
-from .nsys import export_sqlite, find_nsys, stats_text
-from .core.overrides import schema_keys
-from .profile_store import profile_dir, read_any, rebuild_combined, rebuild_grid, write_profile, write_status
-from .measure import build, env
-from .core.schema import POINT_RANGE_PREFIX
+from ..core.config import BenchConfig
+from ..core.errors import UserError
+from ..core.overrides import schema_keys
+from ..core.schema import POINT_RANGE_PREFIX
+from ..measure import build
+from .nsys_cli import export_sqlite, find_nsys, stats_text
+from .store import read_any
 
 SWEEP_PROFILERS = ("none", "torch", "nsys", "external")
 # Settings a child `profile` run does not take from its parent: where it writes, how it is
@@ -165,8 +166,6 @@ def child_overrides(cfg) -> List[str]:
     run/sweep schema (so presets and swept values travel resolved), less _NOT_FOR_CHILD."""
     from omegaconf import OmegaConf
 
-    from .core.config import BenchConfig
-
     out = []
     for key, _ in schema_keys(BenchConfig):
         if key in _NOT_FOR_CHILD:
@@ -228,61 +227,3 @@ def profile_nsys(cfg, directory: str, dry_run: bool = False, log_file: Optional[
     with open(os.path.join(directory, "nsys_stats.txt"), "w") as f:
         f.write(stats_text(nsys, sqlite))
     return sqlite
-
-
-# ---- a sweep point ---------------------------------------------------------------------------------
-def profile_point(cfg, point, row: dict) -> dict:
-    """Profile one sweep point with ``cfg.profiler``, after its timing row ``row`` was measured
-    and stored; record the outcome in ``profiles/<point_id>/profile_status.json`` and return it.
-
-    A point that did not run (status oom/unavailable/error) is ``skipped``; a capture that fails
-    is ``error`` with the reason, and the sweep goes on (only Ctrl-C stops it). torch/nsys write
-    the point's tables (point.json says ``profiled: true``) and rebuild the combined tables and
-    ``profile_grid``; external leaves the point ``captured`` for ``profile analyze=``.
-    """
-    profiler = str(cfg.profiler)
-    pid = row.get("point_id") or point.point_id
-    out = str(cfg.out)
-    directory = profile_dir(out, pid)
-    iterations = int(cfg.iterations)
-    if row.get("status") != "ok":
-        status = write_status(out, pid, profiler, "skipped",
-                              f"not profiled: the point's timing status is {row.get('status')}")
-    elif point.execution.context_parallel > 1:
-        status = write_status(out, pid, profiler, "skipped", "not profiled: model.context_parallel > 1 runs in "
-                              "several processes (its row has comm_ms); profile its ranks under torchrun yourself")
-    else:
-        try:
-            if profiler == "external":
-                capture(cfg, point, "bare", pid)
-                status = write_status(
-                    out, pid, profiler, "captured",
-                    f"captured between cudaProfilerStart/Stop in NVTX range {point_range(pid)}; read the reports with "
-                    f"`python -m vggt_bench profile analyze=<nsys report folder> out={out}`", "", iterations)
-            else:
-                os.makedirs(directory, exist_ok=True)
-                if profiler == "torch":
-                    tables = profile_torch(cfg, point, pid, directory)
-                    source = os.path.join(directory, "trace.json")
-                else:
-                    source = profile_nsys(cfg, directory, log_file=os.path.join(directory, "nsys.log"))
-                    tables = read_any(source)
-                names = set(tables["nvtx_ranges"]["range"])
-                if point_range(pid) not in names:
-                    raise UserError(f"the capture holds no {point_range(pid)} range: it profiled another "
-                                    f"configuration (ranges found: {', '.join(sorted(n for n in names if n.startswith(POINT_RANGE_PREFIX))) or 'none'})")
-                profiled = point.execution.replace(nvtx=True)
-                meta = {**dataclasses.replace(point, execution=profiled).knobs(), "point_id": pid, "tag": pid,
-                        "profiler": profiler, "iterations": iterations, "source": source,
-                        **env.environment(torch.device(point.device))}
-                write_profile(directory, tables, meta)
-                status = write_status(out, pid, profiler, "ok", "", source, iterations)
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # a failed capture is a recorded status; the sweep goes on
-            status = write_status(out, pid, profiler, "error", one_line(exc), "", iterations)
-        finally:
-            build.free_memory()
-    rebuild_combined(out)
-    rebuild_grid(out)
-    return status

@@ -22,18 +22,17 @@ import datetime
 import glob
 import json
 import os
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import pandas as pd
 
-from .analysis.profiles import forwards_in, profile_grid
-from .core.errors import UserError
-from .nsys import export_sqlite, find_nsys
-from .profiling import NoProfileData, read_report, read_trace
-from .profiling.nsys_sqlite import read_report_windows
-from .core.results import atomic_write, load_results, locked
-from .core.schema import (
-    HEADS, KNOBS, POINT_RANGE_PREFIX, PROFILE_GRID, PROFILE_RANGES, PROFILE_STATUSES, PROFILE_SUMMARY, RANGE_STAGES,
+from ..core.errors import UserError
+from ..core.results import atomic_write, locked
+from .nsys_cli import export_sqlite, find_nsys
+from .nsys_sqlite import read_report
+from .torch_trace import read_trace
+from ..core.schema import (
+    HEADS, KNOBS, PROFILE_GRID, PROFILE_RANGES, PROFILE_STATUSES, PROFILE_SUMMARY, RANGE_STAGES,
 )
 
 PROFILES = "profiles"
@@ -202,31 +201,12 @@ def grid_inputs(out: str) -> Tuple[pd.DataFrame, pd.DataFrame]:
     return pd.DataFrame(points), (pd.concat(ranges, ignore_index=True) if ranges else pd.DataFrame())
 
 
-def _native(value):
-    """A numpy scalar as the Python value JSON writes as itself."""
-    return value.item() if hasattr(value, "item") and not isinstance(value, (str, bytes)) else value
-
-
-def _results(directory: str) -> pd.DataFrame:
-    try:
-        return load_results(directory)
-    except FileNotFoundError:
-        return pd.DataFrame()
-
-
-def rebuild_grid(out: str, results: Optional[str] = None) -> pd.DataFrame:
-    """Write ``<out>/profile_grid.parquet`` and ``.csv`` from every profiled point of ``out``,
-    joined to the timing table of ``results`` (default ``out``); return the table (empty, and
-    nothing written, when no point of ``out`` has a profile status)."""
-    points, ranges = grid_inputs(out)
-    if points.empty:
-        return pd.DataFrame()
-    grid = profile_grid(points, ranges, _results(results or out))
+def write_grid(out: str, grid: pd.DataFrame) -> None:
+    """``<out>/profile_grid.parquet`` and ``.csv`` (``analysis.profiles.profile_grid``'s table)."""
     with locked(out):
         atomic_write(os.path.join(out, PROFILE_GRID + ".parquet"), lambda f: grid.to_parquet(f, index=False))
         text = grid.to_csv(index=False).encode()
         atomic_write(os.path.join(out, PROFILE_GRID + ".csv"), lambda f: f.write(text))
-    return grid
 
 
 # ---- reports of a sweep run under someone else's nsys --------------------------------------------
@@ -245,79 +225,3 @@ def report_files(path: str) -> List[str]:
                     by_stem[stem] = name
                 break
     return [os.path.join(path, by_stem[s]) for s in sorted(by_stem)]
-
-
-def analyze_points(source: str, out: str, results: Optional[str] = None, nsys: Optional[str] = None,
-                   log: Callable[[str], None] = print) -> Optional[List[str]]:
-    """Tables of every point in nsys reports captured from ``sweep profiler=external``, joined to
-    the sweep's results by point id.
-
-    source: a folder of reports (``.nsys-rep`` / ``.sqlite`` / ``.sqlite.gz``; one per point, as
-        ``--capture-range-end=repeat`` writes them, or any mix) or one report holding several
-        points. Each point is the window of its NVTX range ``point:<point_id>``
-        (nsys_sqlite.read_report_windows).
-    results: the sweep's out directory (its results table); default ``out``.
-
-    Writes ``<out>/profiles/<point_id>/`` (tables, point.json with the point's knobs from the
-    results row, profile_status.json ``ok`` with profiler ``external``), the combined tables and
-    ``profile_grid``. A point whose window holds nothing gets status ``error`` with the reason.
-    Returns the point ids written, or None when ``source`` is one file without point ranges, or
-    with one point and no results table to join it to (a ``profile profiler=none`` capture): the
-    caller reads it as one profile. Raises UserError for a folder without reports or point
-    ranges, and when points need a results table that is not there.
-    """
-    files = report_files(source)
-    if os.path.isdir(source) and not files:
-        raise UserError(f"analyze={source}: no .nsys-rep, .sqlite or .sqlite.gz reports in this folder")
-    found: Dict[str, Tuple[str, object]] = {}
-    for path in files:
-        try:
-            windows = read_report_windows(sqlite_for(path, nsys), POINT_RANGE_PREFIX)
-        except (OSError, ValueError) as exc:  # a report that cannot be opened or read
-            if not os.path.isdir(source):
-                raise
-            log(f"note: {path}: cannot read it ({type(exc).__name__}: {exc}); left out")
-            continue
-        if not windows and os.path.isdir(source):
-            log(f"note: {os.path.basename(path)} holds no {POINT_RANGE_PREFIX}<point_id> range: left out "
-                f"(analyze={path} reads it as one profile)")
-        for pid, tables in windows:
-            if pid in found:
-                log(f"note: point {pid} is in {found[pid][0]} and {path}: kept the later capture")
-            found[pid] = (path, tables)
-    if not found:
-        if not os.path.isdir(source):
-            return None
-        raise UserError(f"analyze={source}: no report holds a {POINT_RANGE_PREFIX}<point_id> NVTX range; capture them "
-                        f"with `sweep profiler=external` under nsys --trace=cuda,nvtx, or analyze one report at a time")
-    where = results or out
-    timing = _results(where)
-    if timing.empty and not any(os.path.exists(os.path.join(where, n)) for n in ("results.parquet", "results.csv")):
-        if not os.path.isdir(source) and len(found) == 1 and not results:
-            return None  # one capture of one configuration (`profile profiler=none` under nsys): one profile
-        flag = f"results={results}" if results else f"out={out}"
-        raise UserError(f"{flag} has no results.parquet or results.csv to join the points to; give results=<the out "
-                        f"directory of the sweep that was captured>")
-    rows = {r["point_id"]: r for r in timing.to_dict("records")} if len(timing) else {}
-    written = []
-    for pid, (path, tables) in found.items():
-        row = rows.get(pid)
-        if row is None:
-            log(f"note: point {pid} ({os.path.basename(path)}) is not in the results of {where}: its tables carry no knobs")
-        if isinstance(tables, NoProfileData):
-            write_status(out, pid, "external", "error", str(tables), path)
-            continue
-        knobs = {k: _native(row.get(k)) for k in KNOBS} if row is not None else {}
-        if knobs:
-            knobs["nvtx"] = True  # the capture ran with the model's ranges on
-        iterations = forwards_in(tables["nvtx_ranges"])
-        window = tables["nvtx_ranges"].attrs.get("window", (None, None))
-        meta = {**knobs, "point_id": pid, "tag": pid, "profiler": "external", "iterations": iterations,
-                "source": path, "window_start_ns": window[0], "window_end_ns": window[1],
-                "gpu_name": (row or {}).get("gpu_name", "")}
-        write_profile(profile_dir(out, pid), tables, meta)
-        write_status(out, pid, "external", "ok", "", path, iterations)
-        written.append(pid)
-    rebuild_combined(out)
-    rebuild_grid(out, results)
-    return written

@@ -18,10 +18,10 @@ import torch
 import vggt_model
 from vggt_model.config import ConfigError, VGGTConfig
 
-from .core.config import execution_config
-from .core.errors import EXIT_USER_ERROR, UserError, say_error
-from .measure import ranks
-from .measure.point import resolve_device
+from ..core.config import execution_config
+from ..core.errors import EXIT_USER_ERROR, UserError, say_error
+from ..measure import ranks
+from ..measure.point import resolve_device
 
 # Relative L2 error allowed when the model runs in half precision against fp32 references.
 HALF_REL_L2 = {"bf16_autocast": 2e-2, "bf16": 2e-2, "fp16": 1e-2}

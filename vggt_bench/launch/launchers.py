@@ -41,8 +41,12 @@ from typing import Dict, List, Optional, Sequence
 
 from submitit.slurm.slurm import SlurmInfoWatcher
 
+from ..core.config import approx_label
+from ..core.errors import UserError, fail
+from ..core.results import ResultStore
+from ..measure.point import resolve
+from ..measure.record import point_columns
 from . import progress
-from .measure.record import point_columns
 
 PLUGIN = "hydra_plugins.hydra_submitit_launcher.submitit_launcher"
 POLL_S = 1.0          # how often the sweep looks at its jobs' result files (as submitit's own wait)
@@ -129,10 +133,7 @@ def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
         if pending:
             time.sleep(POLL_S)
     if user_errors:
-        from .core.errors import fail
-        from .sweep import end_progress
-
-        end_progress()
+        progress.end_progress()
         fail(user_errors[0])
     return returns
 
@@ -142,8 +143,6 @@ def _job_died(launcher, job, overrides: List[str], idx: int, exc: Optional[Excep
     from hydra.core.utils import JobReturn, JobStatus, filter_overrides
     from omegaconf import open_dict
     from tqdm import tqdm
-
-    from .core.results import ResultStore
 
     cfg = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
     with open_dict(cfg.hydra.job):
@@ -180,17 +179,12 @@ def _job_died(launcher, job, overrides: List[str], idx: int, exc: Optional[Excep
 
 def _describe(c: dict) -> str:
     """As the sweep's own lines say which point ran."""
-    from .core.config import approx_label
-
     return (f"{c.get('arch')} S={c.get('frames')} {c.get('frame_exec')} k={c.get('prune_depth')}{approx_label(c)} "
             f"{c.get('attention')} {c.get('dtype')} {c.get('part')}")
 
 
 def _resolve_here(cfg) -> Optional[dict]:
     """The job's point as this process resolves it (``auto`` choices are this machine's)."""
-    from .core.errors import UserError
-    from .measure.point import resolve
-
     try:
         point = resolve(cfg)
     except UserError:

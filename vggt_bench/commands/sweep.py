@@ -6,7 +6,7 @@ any point runs, shows a progress bar with an ETA (fed by ``progress``, whichever
 the sweep ends and renders the report.
 
 With ``profiler=torch|nsys|external`` every point is first measured as without it (its timing
-row, ``profiled`` false) and then captured separately (``capture.profile_point``): per-point
+row, ``profiled`` false) and then captured separately (``profile.profile_point``): per-point
 tables in ``<out>/profiles/<point_id>/`` and one table across the grid, ``profile_grid``. A
 resumed sweep skips a point only when it is measured and, with a profiler, profiled too.
 ``launchers`` adds what the submitit launchers (local, Slurm) need.
@@ -16,24 +16,25 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from typing import Any, List
 
 import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from . import launchers, progress
-from .analysis.tidy import missing
-from .capture import check_profiler, profile_point
-from .core.errors import UserError, fail
-from .profile_store import profile_done
-from .core.results import ResultStore
-from .measure import ranks
-from .measure.point import resolve, resolve_device
-from .measure.run import Method, run_point, stop_if_stuck
-from .measure.timing import SettingsError
-from .core.config import approx_label
+from ..analysis.tidy import missing, read_grid
+from ..core.config import approx_label
+from ..core.errors import UserError, fail
+from ..core.results import ResultStore, new_run_dir
+from ..launch import launchers, progress
+from ..launch.progress import say
+from ..measure import ranks
+from ..measure.point import resolve, resolve_device
+from ..measure.run import Method, run_point, stop_if_stuck
+from ..measure.timing import SettingsError
+from ..profiling.capture import check_profiler
+from ..profiling.store import profile_done
+from .profile import profile_point
 
 SUMMARY_COLUMNS = [
     "frames", "frame_exec", "prune_depth", "attention", "dtype", "status",
@@ -88,12 +89,12 @@ def run_job(cfg: DictConfig) -> dict:
     profiled = profiler == "none" or (bool(cfg.resume) and profile_done(cfg.out, pid, profiler))
     if measured and profiled:
         row = store.existing(pid)
-        _say(f"skip  {_describe(point)}: already measured ({row['status']})" + ("" if profiler == "none" else " and profiled")
+        say(f"skip  {_describe(point)}: already measured ({row['status']})" + ("" if profiler == "none" else " and profiled")
              + _measured_otherwise(row, how))
         return row
     if measured:
         row = store.existing(pid)
-        _say(f"skip  {_describe(point)}: already measured ({row['status']}){_measured_otherwise(row, how)}; profiling it")
+        say(f"skip  {_describe(point)}: already measured ({row['status']}){_measured_otherwise(row, how)}; profiling it")
     else:
         try:
             row = run_point(point, how, cfg.experiment)
@@ -101,14 +102,14 @@ def run_job(cfg: DictConfig) -> dict:
             fail(str(exc))
         row["profiled"] = False  # headline timings never come from a profiled run
         store.add(row)
-        _say(f"{row['status']:<5} {_describe(point)}: {_result(row)}")
+        say(f"{row['status']:<5} {_describe(point)}: {_result(row)}")
         stop_if_stuck()
     if profiler != "none":
         status = profile_point(cfg, point, row)
         message = f": {status['profile_message']}" if status["profile_status"] in ("error", "skipped") else ""
-        _say(f"{'profile':<5} {_describe(point)}: {profiler} {status['profile_status']}{message}")
+        say(f"{'profile':<5} {_describe(point)}: {profiler} {status['profile_status']}{message}")
     if _single_run():
-        _say(f"row: {os.path.join(store.points_dir, pid + '.json')}; table: {os.path.join(cfg.out, 'results.parquet')} "
+        say(f"row: {os.path.join(store.points_dir, pid + '.json')}; table: {os.path.join(cfg.out, 'results.parquet')} "
              f"(and results.csv)")
     return row
 
@@ -147,28 +148,6 @@ def _result(row: dict) -> str:
     if str(row.get("claim_note") or "").startswith("CPU timing"):
         noisy += " (CPU timing: backs no claim)"
     return f"{row['latency_ms_median']:.1f} ms (p10 {row['latency_ms_p10']:.1f}, p90 {row['latency_ms_p90']:.1f}), {mem:.2f} GiB peak{noisy}"
-
-
-_BAR: Any = None
-_PROGRESS: Any = None
-
-
-def _say(text: str) -> None:
-    if _BAR is not None:
-        _BAR.write(text)
-    else:
-        print(text, flush=True)
-
-
-def end_progress() -> None:
-    """Count the jobs that ended one last time and close the bar."""
-    global _BAR, _PROGRESS
-    if _PROGRESS is not None:
-        _PROGRESS.stop()
-        _PROGRESS = None
-    if _BAR is not None:
-        _BAR.close()
-        _BAR = None
 
 
 def summary(frame: pd.DataFrame) -> str:
@@ -222,8 +201,6 @@ def preflight(config: DictConfig) -> None:
 
 def profile_summary(out: str) -> str:
     """One line per profile status of a profiled sweep, and each failure's reason."""
-    from .analysis.tidy import read_grid
-
     grid = read_grid(out)
     if grid.empty:
         return ""
@@ -239,9 +216,6 @@ def profile_summary(out: str) -> str:
 
 class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        global _BAR, _PROGRESS
-        from tqdm import tqdm
-
         if not ranks.writes_rows():  # torchrun/srun: rank 0 shows the progress and the summary
             return
         preflight(config)
@@ -252,8 +226,7 @@ class SweepCallback(Callback):
             total = None
         print(f"vggt_bench sweep: {total or '?'} points -> {config.out}", flush=True)
         launchers.prepare(config)
-        _BAR = tqdm(total=total, unit="point", dynamic_ncols=True, file=sys.stderr)
-        _PROGRESS = progress.Progress(_BAR, str(config.hydra.sweep.dir)).start()
+        progress.start_bar(total, str(config.hydra.sweep.dir))
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         launchers.in_job()
@@ -263,7 +236,7 @@ class SweepCallback(Callback):
             progress.job_ended(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        end_progress()
+        progress.end_progress()
         if not ranks.writes_rows():
             return
         store = ResultStore(config.out)
@@ -275,7 +248,7 @@ class SweepCallback(Callback):
         if config.get("profiler", "none") != "none":
             print(profile_summary(config.out))
         if config.get("report", True):
-            from .report import render
+            from ..report import render
 
             written = render(config.out)
             print(f"report: {len(written)} files in {config.out} (figures, report.ipynb, report.html)")
@@ -284,6 +257,4 @@ class SweepCallback(Callback):
 def stamped_out() -> List[str]:
     """``out=reports/runs/<timestamp>`` for a run that names none; ``reports/runs/latest`` is made
     to point at it (the default the schema and ``--help`` name)."""
-    from .core.results import new_run_dir
-
     return [f"out={new_run_dir('reports/runs')}"]

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from typing import Dict, Optional, Union
 
-from .core.errors import UserError
+from ..core.errors import UserError
 
 NSYS_HINT = (
     "install Nsight Systems (https://developer.nvidia.com/nsight-systems) and put `nsys` on PATH, "

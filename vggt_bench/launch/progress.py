@@ -10,7 +10,9 @@ files in its Hydra output directory (``<out>/hydra/<job number>/``):
 * ``vggt_done`` when it ends: measured, skipped as already measured, or failed.
 
 ``Progress`` is a thread of the sweep's process that counts the ``vggt_done`` files of the
-sweep twice a second and moves the bar.
+sweep twice a second and moves the bar. The sweep's process holds one bar (``start_bar``); lines
+printed while it shows go through ``say``, and ``end_progress`` closes it (at the end of the
+multirun, or when a launcher stops the sweep early).
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ import glob
 import json
 import os
 import socket
+import sys
 import threading
-from typing import Optional
+from typing import Any, Optional
 
-from .core.results import atomic_write
-from .measure.record import point_columns
+from ..core.results import atomic_write
+from ..measure.record import point_columns
 
 POINT_FILE = "vggt_point.json"
 DONE_FILE = "vggt_done"
@@ -106,3 +109,36 @@ class Progress:
         self._stop.set()
         self._thread.join()
         self.update()
+
+
+# ---- the sweep's bar ----------------------------------------------------------------------------
+_BAR: Any = None
+_PROGRESS: Any = None
+
+
+def start_bar(total: Optional[int], sweep_dir: str) -> None:
+    """Show the sweep's progress bar (``total`` jobs, None: unknown), moved by a ``Progress``."""
+    global _BAR, _PROGRESS
+    from tqdm import tqdm
+
+    _BAR = tqdm(total=total, unit="point", dynamic_ncols=True, file=sys.stderr)
+    _PROGRESS = Progress(_BAR, sweep_dir).start()
+
+
+def say(text: str) -> None:
+    """Print a line of the sweep: above the bar while it shows."""
+    if _BAR is not None:
+        _BAR.write(text)
+    else:
+        print(text, flush=True)
+
+
+def end_progress() -> None:
+    """Count the jobs that ended one last time and close the bar."""
+    global _BAR, _PROGRESS
+    if _PROGRESS is not None:
+        _PROGRESS.stop()
+        _PROGRESS = None
+    if _BAR is not None:
+        _BAR.close()
+        _BAR = None
