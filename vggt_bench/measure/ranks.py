@@ -283,7 +283,7 @@ def first_result(got: Dict[int, Tuple[str, object]]):
     return got[0][1]
 
 
-# ---- what the ranks measured together -------------------------------------------------------------------
+# ---- what the ranks measured together ----------------------------------------------------------------
 def start_window(net) -> None:
     """Start counting the collectives of the timed forwards (after the warm-up's)."""
     if getattr(net, "context", None) is not None:
