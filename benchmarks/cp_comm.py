@@ -18,7 +18,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from vggt_bench import distributed
+from vggt_bench.measure import ranks as distributed
 from vggt_model.context_parallel import ContextParallel
 
 

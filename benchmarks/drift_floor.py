@@ -8,7 +8,7 @@ spread of ~0.2%, less than one bf16 step at 1.0 (2**-7 = 0.0078). In bf16 (model
 heads included) the exact map then takes a handful of values, and any change of the aggregator's
 tokens moves the same few pixels by one step: the drift measures rounding, whatever the setting.
 This script measures each approximation's drift against the exact model in fp32 and in bf16 on the
-same weights and inputs, with the drift columns' own formula (``vggt_bench.runner.relative_l2``),
+same weights and inputs, with the drift columns' own formula (``vggt_bench.measure.drift.relative_l2``),
 and the exact depth map's spread and distinct values. Numerics, not timing: a CPU answers it.
 """
 
@@ -23,7 +23,7 @@ import torch
 
 import vggt_model
 from vggt_model.inputs import synthetic_images
-from vggt_bench.runner import relative_l2
+from vggt_bench.measure.drift import relative_l2
 
 SETTINGS = {"prune_depth=4": {"prune_depth": 4}, "kv_keep=0.25": {"kv_keep": 0.25},
             "merge_ratio=0.5": {"merge_ratio": 0.5}}

@@ -15,16 +15,17 @@ import vggt_model
 from conftest import run_cli as cli
 from vggt_model import approximate as A
 from vggt_model.config import ConfigError, ExecutionConfig, VGGTConfig
-from vggt_bench.analysis import tables
-from vggt_bench.results import load_results
-from vggt_bench.verify import verify_case
+from vggt_bench.analysis.approximations import approximation_table, best_within_yardstick, drift_is_rounding, pareto_front
+from vggt_bench.analysis.tidy import exact_rows, tidy_results
+from vggt_bench.core.results import load_results
+from vggt_bench.commands.verify import verify_case
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "reference")
 CASES = ["tiny_vggt", "tiny_dinov2_aggregator"]
 
 
 def settings(**kw):
-    from vggt_bench.config import ModelSettings
+    from vggt_bench.core.config import ModelSettings
 
     return ModelSettings(**{"dtype": "fp32", "attention": "sdpa_math", **kw})
 
@@ -297,7 +298,7 @@ def test_merged_attention_averages_into_destinations_and_copies_back():
 
 
 def test_flops_count_what_each_approximation_computes():
-    from vggt_bench import flops
+    from vggt_bench.measure import flops
 
     cfg = VGGTConfig()
     exact = flops.forward_flops(cfg, "aggregator", 336, 518, 800)
@@ -352,7 +353,7 @@ def test_bad_input_on_the_command_line_is_one_line_and_exit_2(args, message):
 
 
 def test_upstreams_code_refuses_approximations():
-    from vggt_bench import upstream
+    from vggt_bench.measure import upstream
 
     assert "no attention approximations (kv_keep" in upstream.why_unavailable(ExecutionConfig(memory_plan="upstream",
                                                                                               kv_keep=0.5))
@@ -423,10 +424,10 @@ def test_the_pareto_figure_renders_from_a_cpu_sweep(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     figure = tmp_path / "figures" / "approximations.png"
     assert figure.stat().st_size > 10_000 and (tmp_path / "figures" / "approximations.svg").exists()
-    table = tables.approximation_table(load_results(str(tmp_path)))
+    table = approximation_table(load_results(str(tmp_path)))
     assert set(table["technique"]) == {"prune_depth", "kv_keep", "merge_ratio", "global_sparsity"}
     assert table["speedup"].notna().all() and table[DRIFT].notna().all().all()
-    front = tables.pareto_front(table, "drift_depth_rel")
+    front = pareto_front(table, "drift_depth_rel")
     assert front["on_front"].any()
     assert error_outputs(tmp_path / "report.ipynb") == []
     text = notebook_text(tmp_path / "report.ipynb")
@@ -454,23 +455,23 @@ def test_pareto_front_and_the_yardstick_from_a_table():
         _row(frames=400, latency_ms_median=25_000.0),
         _row(frames=400, kv_keep=0.1, latency_ms_median=6_000.0, drift_pose_rel=0.01, drift_depth_rel=0.01),
     ]
-    table = tables.approximation_table(pd.DataFrame(rows))
+    table = approximation_table(pd.DataFrame(rows))
     at = table[table["frames"] == 800].set_index("setting")
     assert at.loc["kv_keep=0.1", "speedup"] == pytest.approx(100 / 15)
     assert at.loc["k=4", "technique"] == "prune_depth" and at.loc["merge_ratio=0.5", "technique"] == "merge_ratio"
-    front = tables.pareto_front(table, "drift_depth_rel")
+    front = pareto_front(table, "drift_depth_rel")
     on = set(front[(front["frames"] == 800) & front["on_front"]]["setting"])
     assert on == {"kv_keep=0.1", "global_sparsity=0.9"}  # kv_keep=0.25 is slower with more depth drift
-    best = tables.best_within_yardstick(table)
+    best = best_within_yardstick(table)
     assert best["frames"] == 800 and best["setting"] == "kv_keep=0.1" and best["speedup"] == pytest.approx(100 / 15)
-    assert tables.best_within_yardstick(table, frames=400) is None  # no prune_depth=4 at 400
+    assert best_within_yardstick(table, frames=400) is None  # no prune_depth=4 at 400
     assert not best["noisy"] and not table["noisy"].any()
     # one timed forward of the exact model (two minutes at 800 frames, as the H100 study ran it): every
     # speedup against it is an estimate, and the table and the ranking say so
     noisy_rows = [_row(latency_ms_median=100_000.0, repeats=1, latency_ms_p10=100_000.0, latency_ms_p90=100_000.0)]
-    table = tables.approximation_table(pd.DataFrame(noisy_rows + rows[1:]))
+    table = approximation_table(pd.DataFrame(noisy_rows + rows[1:]))
     assert table[table["frames"] == 800]["noisy"].all() and not table[table["frames"] == 400]["noisy"].any()
-    assert tables.best_within_yardstick(table)["noisy"]
+    assert best_within_yardstick(table)["noisy"]
     from vggt_bench.report import plots
 
     figure = plots.approximations(pd.DataFrame(noisy_rows + rows[1:])).figure
@@ -479,10 +480,10 @@ def test_pareto_front_and_the_yardstick_from_a_table():
     clean = plots.approximations(pd.DataFrame(rows)).figure
     assert "noisy timing (speedup an estimate)" not in [h.get_label() for h in clean.axes[-1].get_legend().legend_handles]
     # the exact model's rows (every other figure) leave the approximations out
-    exact, _ = tables.exact_rows(tables.tidy_results(pd.DataFrame(rows)))
+    exact, _ = exact_rows(tidy_results(pd.DataFrame(rows)))
     assert list(exact["latency_ms_median"]) == [100_000.0, 25_000.0]
     # older tables (no attention approximation columns) read as exact, drift_rel as the tokens' drift
-    old = tables.tidy_results(pd.DataFrame([_row(prune_depth=2, drift_rel=0.01)]))
+    old = tidy_results(pd.DataFrame([_row(prune_depth=2, drift_rel=0.01)]))
     assert old["kv_keep"].iloc[0] == 1.0 and old["drift_tokens_rel"].iloc[0] == 0.01
 
 
@@ -626,7 +627,7 @@ def test_the_pareto_figure_labels_each_drift_axis_in_one_notation():
 def test_keep_last_holds_only_the_last_calls_output():
     import weakref
 
-    from vggt_bench.runner import KeepLast
+    from vggt_bench.measure.timing import KeepLast
 
     class Out:
         pass
@@ -650,36 +651,37 @@ def test_drift_reads_the_last_timed_forward_instead_of_running_the_aggregator_ag
     more per point for its outputs (a third of the 2026-12-06 approximations study's device time). Drift
     now reads the last timed forward's output and runs only the heads on it: the aggregator runs
     warmup + repeats times per point, and the drift columns equal those of a fresh forward."""
-    from vggt_bench import runner
+    from vggt_bench.measure import build, drift, run
+    from vggt_bench.measure.point import Point
 
     calls = []
     real = vggt_model.VGGT.aggregate
     monkeypatch.setattr(vggt_model.VGGT, "aggregate", lambda self, images: calls.append(1) or real(self, images))
-    runner._REFERENCE.clear()
+    drift._REFERENCE.clear()
 
     def point(**execution):
-        return runner.Point(arch="small", device="cpu", frames=2, batch=1, height=56, width=84, part="aggregator",
+        return Point(arch="small", device="cpu", frames=2, batch=1, height=56, width=84, part="aggregator",
                             query_points=0, inputs="synthetic", execution=ExecutionConfig(**execution))
 
-    how = runner.Measurement(warmup=1, repeats=2, drift=True, eager_reference=False, reference_dir=str(tmp_path))
-    exact = runner.measure(point(), how)
+    how = run.Method(warmup=1, repeats=2, drift=True, eager_reference=False, reference_dir=str(tmp_path))
+    exact = run.measure(point(), how)
     assert exact["status"] == "ok" and len(calls) == 3, calls  # the exact outputs: from the last timed forward
     calls.clear()
-    row = runner.measure(point(kv_keep=0.5), how)
+    row = run.measure(point(kv_keep=0.5), how)
     assert row["status"] == "ok" and len(calls) == 3, calls
     assert all(row[c] > 0 for c in DRIFT), row
     # the same columns from a fresh forward of each, with the exact outputs computed afresh too
-    runner._REFERENCE.clear()
+    drift._REFERENCE.clear()
     with torch.inference_mode():
-        reference = runner.exact_outputs(runner.get_model(point(), heads=True), point(), runner.make_inputs(point())[0])
+        reference = drift.exact_outputs(build.MODELS.get(point(), heads=True), point(), build.make_inputs(point())[0])
         saved = torch.load(next(tmp_path.glob("*.pt")), weights_only=True)
         assert saved.keys() == reference.keys() and all(torch.equal(saved[k], reference[k]) for k in saved)
-        net = runner.get_model(point(kv_keep=0.5), heads=True)
+        net = build.MODELS.get(point(kv_keep=0.5), heads=True)
         net.configure(ExecutionConfig(kv_keep=0.5))
-        fresh = runner.measure_drift(net, point(kv_keep=0.5), runner.make_inputs(point())[0])
+        fresh = drift.measure_drift(net, point(kv_keep=0.5), build.make_inputs(point())[0])
     assert {c: row[c] for c in DRIFT} == pytest.approx({c: fresh[c] for c in DRIFT}, rel=1e-9)
     with pytest.raises(ValueError, match="exact point only"):
-        runner.exact_outputs(net, point(kv_keep=0.5), None, aggregated=([], 0))
+        drift.exact_outputs(net, point(kv_keep=0.5), None, aggregated=([], 0))
 
 
 def test_drift_floor_benchmark_shows_bf16_depth_drift_is_rounding(tmp_path):
@@ -725,14 +727,14 @@ def test_depth_drift_of_random_weights_in_half_precision_is_called_rounding_and_
             r(global_sparsity=0.9, latency_ms_median=20_600.0, drift_pose_rel=0.0070, drift_depth_rel=0.000703),
         ])
 
-    half = tables.approximation_table(rows("bf16"))
-    assert tables.drift_is_rounding(half)
-    assert tables.best_within_yardstick(half)["setting"] == "kv_keep=0.1"
+    half = approximation_table(rows("bf16"))
+    assert drift_is_rounding(half)
+    assert best_within_yardstick(half)["setting"] == "kv_keep=0.1"
     text = " ".join(line for f in findings.findings(rows("bf16")) for line in f.lines)
     assert "depth and world-point drift are rounding" in text
     assert "On camera-pose drift alone the fastest below prune_depth=4's at S=800 is global_sparsity=0.9" in text
     for other in (rows("bf16_autocast"), rows("fp32"), rows("bf16", weights=False)):
-        assert not tables.drift_is_rounding(tables.approximation_table(other))
+        assert not drift_is_rounding(approximation_table(other))
         text = " ".join(line for f in findings.findings(other) for line in f.lines)
         assert "rounding" not in text and "is kv_keep=0.1" in text
 
@@ -751,8 +753,8 @@ def test_the_committed_800_frame_study_renders_its_verdict_and_the_rounding_note
     study = Path(__file__).resolve().parents[1] / "reports" / "h100-2026-12-06b" / "approx"
     out = tmp_path / "approx"
     shutil.copytree(study, out, ignore=shutil.ignore_patterns("figures", "report.*"))
-    table = tables.approximation_table(load_results(str(out)))
-    best = tables.best_within_yardstick(table)
+    table = approximation_table(load_results(str(out)))
+    best = best_within_yardstick(table)
     assert best["setting"] == "kv_keep=0.1" and best["speedup"] == pytest.approx(4.8626, abs=1e-3) and best["noisy"]
     render(str(out), log=lambda *_: None)
     assert error_outputs(out / "report.ipynb") == []
@@ -761,8 +763,8 @@ def test_the_committed_800_frame_study_renders_its_verdict_and_the_rounding_note
     assert "on it alone the fastest below prune_depth=4's at S=800 is **global_sparsity=0.9**, 6.33×" in text
     # the fourth lease (reports/h100-2026-12-06c/approx), after kv_keep's score_mod fix: the same verdict's
     # setting, now estimated over the target (single forwards: noisy), under the yardstick on camera drift too
-    after = tables.approximation_table(load_results(str(study.parents[1] / "h100-2026-12-06c" / "approx")))
-    best = tables.best_within_yardstick(after)
+    after = approximation_table(load_results(str(study.parents[1] / "h100-2026-12-06c" / "approx")))
+    best = best_within_yardstick(after)
     assert best["setting"] == "kv_keep=0.1" and best["speedup"] == pytest.approx(6.3501, abs=1e-3) and best["noisy"]
     assert best["speedup"] >= 5.0 and best["drift_pose_rel"] < best["yardstick_drift_pose_rel"]
 
@@ -779,9 +781,9 @@ def test_the_committed_fifth_lease_backs_issue_13s_target():
     rows = load_results(str(study))
     assert set(rows["repeats"]) == {3} and rows["backs_claim"].all() and not rows["noisy"].any()
     assert rows["gpu_uuid"].nunique() == 1  # one card: every speedup against its own exact model
-    table = tables.approximation_table(rows)
+    table = approximation_table(rows)
     assert not table["noisy"].any()
-    best = tables.best_within_yardstick(table)
+    best = best_within_yardstick(table)
     assert best["frames"] == 800 and best["setting"] == "kv_keep=0.1" and not best["noisy"]
     assert best["speedup"] == pytest.approx(130_748.836 / 20_684.754, rel=1e-6)  # 6.32x: issue 13's target is 5x
     assert best["speedup"] >= 5.0

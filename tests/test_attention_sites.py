@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 import vggt_model
 from conftest import run_cli as cli
-from vggt_bench.results import load_results
-from vggt_bench.verify import verify_case
+from vggt_bench.core.results import load_results
+from vggt_bench.commands.verify import verify_case
 from vggt_model import attention
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "reference")
@@ -19,7 +19,7 @@ CASES = ["tiny_vggt", "tiny_dinov2_aggregator"]
 
 
 def settings(**kw):
-    from vggt_bench.config import ModelSettings
+    from vggt_bench.core.config import ModelSettings
 
     return ModelSettings(**{"dtype": "fp32", "attention": "sdpa_math", **kw})
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import ROOT, cli_process, run_cli as cli
-from vggt_bench.results import ResultStore, load_results, locked
+from vggt_bench.core.results import ResultStore, load_results, locked
 
 
 def one_line(done):
@@ -66,7 +66,7 @@ def test_ctrl_c_leaves_within_its_bound_when_the_tables_rebuild_hangs(tmp_path):
     # says the tables were not updated, and exit 130.
     (tmp_path / "points").mkdir()
     (tmp_path / "points" / "a.json").write_text('{"point_id": "a", "status": "ok", "timestamp": 1.0}')
-    code = ("import time; from vggt_bench import cli, results; "
+    code = ("import time; from vggt_bench import cli; from vggt_bench.core import results; "
             "results.ResultStore.rebuild_before_exit = lambda self: time.sleep(600); cli.REBUILD_WITHIN_S = 2; "
             f"cli.leave_interrupted({str(tmp_path)!r})")
     start = time.time()
@@ -81,7 +81,7 @@ def test_a_second_ctrl_c_while_leaving_is_ignored(tmp_path):
     # during the rebuild neither starts another rebuild nor prints a second line.
     (tmp_path / "points").mkdir()
     (tmp_path / "points" / "a.json").write_text('{"point_id": "a", "status": "ok", "timestamp": 1.0}')
-    code = ("import os, signal, time; from vggt_bench import cli, results; "
+    code = ("import os, signal, time; from vggt_bench import cli; from vggt_bench.core import results; "
             f"signal.signal(signal.SIGINT, lambda *_: cli.leave_interrupted({str(tmp_path)!r})); calls = []; "
             "results.ResultStore.rebuild_before_exit = lambda self: (calls.append(1), "
             "os.kill(os.getpid(), signal.SIGINT), time.sleep(0.5), print(len(calls), flush=True)); "
@@ -99,7 +99,7 @@ def test_the_parquet_writer_is_imported_before_any_point_is_measured(tmp_path):
     # on pyarrow's pandas shim's import lock, held by the interrupted first table build below it (importing
     # pyarrow.vendored.version). The whole table path now runs once when the store opens.
     lazy = ["pyarrow.parquet", "pyarrow.vendored.version", "pyarrow.pandas_compat"]
-    code = (f"import sys; from vggt_bench.results import ResultStore; lazy = {lazy!r}; "
+    code = (f"import sys; from vggt_bench.core.results import ResultStore; lazy = {lazy!r}; "
             "assert not [m for m in lazy if m in sys.modules], [m for m in lazy if m in sys.modules]; "
             f"ResultStore({str(tmp_path)!r}).ensure_writable(); "
             "assert all(m in sys.modules for m in lazy), [m for m in lazy if m not in sys.modules]; print('ok')")

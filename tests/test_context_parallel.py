@@ -16,11 +16,11 @@ import torch.nn.functional as F
 
 import vggt_model
 from conftest import ROOT, run_cli as cli
-from vggt_bench import distributed
-from vggt_bench.analysis.tables import context_parallel_speedup
-from vggt_bench.errors import UserError
-from vggt_bench.results import load_results
-from vggt_bench.verify import HALF_REL_L2, case_outputs, check_outputs, read_case
+from vggt_bench.measure import ranks as distributed
+from vggt_bench.analysis.scaling import context_parallel_speedup
+from vggt_bench.core.errors import UserError
+from vggt_bench.core.results import load_results
+from vggt_bench.commands.verify import HALF_REL_L2, case_outputs, check_outputs, read_case
 from vggt_model.context_parallel import ShardPlan
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "reference")
@@ -49,7 +49,7 @@ def _one_process(case: str, kw: tuple):
 
 
 def settings(**kw):
-    from vggt_bench.config import ModelSettings
+    from vggt_bench.core.config import ModelSettings
 
     return ModelSettings(**{"dtype": "fp32", "attention": "sdpa_math", **kw})
 
@@ -242,7 +242,7 @@ def test_context_parallel_speedup_matches_each_point_with_its_one_rank_point():
 
 
 def test_the_sweep_summary_shows_the_ranks_when_some_point_had_several():
-    from vggt_bench.sweep import summary
+    from vggt_bench.commands.sweep import summary
 
     rows = pd.DataFrame([dict(frames=4, frame_exec="fused", status="ok", latency_ms_median=9.0, context_parallel=n)
                          for n in (1, 2)])
@@ -335,7 +335,7 @@ def test_no_distributed_backend_is_one_line(monkeypatch):
 
 
 def test_what_context_parallelism_does_not_combine_with_is_an_unavailable_reason():
-    from vggt_bench.runner import Point
+    from vggt_bench.measure.point import Point
 
     point = Point("small", "cpu", 4, 1, 56, 84, "aggregator", 0, "synthetic",
                   vggt_model.ExecutionConfig(context_parallel=2, cuda_graph=True))
@@ -352,8 +352,8 @@ def test_what_context_parallelism_does_not_combine_with_is_an_unavailable_reason
 def test_profiling_is_refused_in_one_line_and_a_profiled_sweep_skips_such_points(tmp_path):
     from omegaconf import OmegaConf
 
-    from vggt_bench.capture import profile_point
-    from vggt_bench.runner import Point
+    from vggt_bench.commands.profile import profile_point
+    from vggt_bench.measure.point import Point
 
     done = cli("profile", "frames=3", "model.arch=small", "model.context_parallel=2", f"out={tmp_path}")
     assert done.returncode == 2

@@ -11,7 +11,10 @@ import pandas as pd
 import pytest
 
 from test_report import H100_GIB, REPO, _row, error_outputs, notebook_text, pngs, texts, write_results
-from vggt_bench.analysis import tables
+from vggt_bench.analysis.labels import fmt_percent
+from vggt_bench.analysis.memory import context_parallel_memory_fit, memory_fit
+from vggt_bench.analysis.scaling import context_parallel_speedup
+from vggt_bench.analysis.tidy import load_tables
 from vggt_bench.report import plots, render
 from vggt_bench.report.plots import render_figures
 
@@ -45,7 +48,7 @@ def synthetic_cp_results() -> pd.DataFrame:
 
 
 def test_the_fit_per_world_size_has_the_slope_and_wall_the_data_implies():
-    fits = tables.context_parallel_memory_fit(synthetic_cp_results()).set_index("context_parallel")
+    fits = context_parallel_memory_fit(synthetic_cp_results()).set_index("context_parallel")
     assert sorted(fits.index) == list(WORLDS)
     for n in WORLDS:
         f = fits.loc[n]
@@ -59,17 +62,17 @@ def test_the_fit_per_world_size_has_the_slope_and_wall_the_data_implies():
         # the same weights on every rank: the wall grows as N exactly
         assert f["wall_vs_one_rank"] == pytest.approx(n)
     # memory_fit itself is unchanged: rank 0's peak on 2 ranks is 0.05 GiB lower throughout
-    plain = tables.memory_fit(synthetic_cp_results()).set_index("context_parallel")
+    plain = memory_fit(synthetic_cp_results()).set_index("context_parallel")
     assert plain.loc[2, "intercept_gib"] == pytest.approx(STATIC_GIB - 0.05)
 
 
 def test_cpu_rows_are_fitted_on_each_ranks_rss_without_a_wall():
     cpu = synthetic_cp_results().assign(device="cpu", gpu_name="", peak_alloc_gib=math.nan, device_mem_gib=62.0)
     cpu["rank_peak_gib_max"] = cpu["rank_peak_gib_max"].fillna(STATIC_GIB + ACT_GIB * cpu["frames"])  # RSS, 1 rank
-    fits = tables.context_parallel_memory_fit(cpu).set_index("context_parallel")
+    fits = context_parallel_memory_fit(cpu).set_index("context_parallel")
     assert fits.loc[2, "slope_gib_per_frame"] == pytest.approx(ACT_GIB / 2)
     assert fits[["device_mem_gib", "wall_frames_device", "wall_frames_192", "wall_vs_one_rank"]].isna().all().all()
-    assert tables.memory_fit(cpu).empty  # no GPU peak: no memory wall, as before
+    assert memory_fit(cpu).empty  # no GPU peak: no memory wall, as before
     fig, _ = plots.context_parallel(cpu)
     drawn = texts(fig)
     assert "CPU memory: busiest rank's peak resident set (GiB)" in drawn and "N = 2 ranks" in drawn
@@ -79,7 +82,7 @@ def test_cpu_rows_are_fitted_on_each_ranks_rss_without_a_wall():
 
 def test_a_bad_column_for_the_fit_is_one_line():
     with pytest.raises(ValueError, match=r"^memory_fit: column='peak_gib' is not in the results table$"):
-        tables.memory_fit(synthetic_cp_results(), column="peak_gib")
+        memory_fit(synthetic_cp_results(), column="peak_gib")
 
 
 def test_the_figure_draws_every_world_size_with_its_wall_and_comm_share():
@@ -94,7 +97,7 @@ def test_the_figure_draws_every_world_size_with_its_wall_and_comm_share():
     # comm share at 64 frames: 0.2*64*(n-1)/n over 640/n + that
     for n in (2, 4):
         comm = 0.2 * 64 * (n - 1) / n
-        assert f"{tables.fmt_percent(comm / (640 / n + comm))} comm" in drawn
+        assert f"{fmt_percent(comm / (640 / n + comm))} comm" in drawn
     assert any("NVIDIA H100 80GB HBM3 memory: 79.1 GiB" in t for t in drawn) and "out of memory" in drawn
     assert "GPU memory, busiest rank's peak allocated (GiB)" in drawn
     # the right panel runs out to the largest wall
@@ -126,7 +129,7 @@ def test_the_notebook_shows_the_speedup_and_the_walls(tmp_path):
     assert error_outputs(out / "report.ipynb") == []
     text = notebook_text(out / "report.ipynb")
     assert "No point ran on several ranks" not in text
-    speedup = tables.context_parallel_speedup(synthetic_cp_results())
+    speedup = context_parallel_speedup(synthetic_cp_results())
     at64 = speedup[(speedup["frames"] == 64) & (speedup["context_parallel"] == 4)].iloc[0]
     assert at64["speedup"] == pytest.approx(640 / (160 + 9.6))
     # the one-rank rows have no rank_peak_gib_max (older tables): their peak_alloc_gib is the one-rank peak
@@ -138,7 +141,7 @@ def test_the_notebook_shows_the_speedup_and_the_walls(tmp_path):
     import nbformat
 
     cell = next(c for c in nbformat.read(str(out / "report.ipynb"), as_version=4).cells
-                if "analysis.memory_fit(results)" in c.get("source", ""))
+                if "memory.memory_fit(results)" in c.get("source", ""))
     assert "context_parallel" in "".join(o.get("data", {}).get("text/plain", "") for o in cell["outputs"])
 
 
@@ -155,5 +158,5 @@ def test_a_cpu_sweep_on_1_and_2_ranks_renders_the_section(tmp_path):
     assert error_outputs(tmp_path / "report.ipynb") == []
     text = notebook_text(tmp_path / "report.ipynb")
     assert "No point ran on several ranks" not in text and "comm_share" in text and "wall_vs_one_rank" in text
-    fits = tables.context_parallel_memory_fit(tables.load_tables(str(tmp_path)).results)
+    fits = context_parallel_memory_fit(load_tables(str(tmp_path)).results)
     assert sorted(fits["context_parallel"]) == [1, 2] and fits["wall_frames_device"].isna().all()  # CPU: no wall

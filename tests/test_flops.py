@@ -8,7 +8,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import vggt_model
-from vggt_bench import flops
+from vggt_bench.measure import flops
 
 FACTS = json.load(open(os.path.join(os.path.dirname(__file__), "fixtures", "reference", "vggt1b_facts.json")))
 

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from conftest import run_cli as cli
-from vggt_bench import runner
-from vggt_bench.results import ResultStore, load_results
-from vggt_bench.schema import EXECUTION, KNOBS, RESULT_COLUMNS
+from vggt_bench.measure import build, drift, run, timing
+from vggt_bench.measure.point import Point
+from vggt_bench.core.results import ResultStore, load_results
+from vggt_bench.core.schema import EXECUTION, KNOBS, RESULT_COLUMNS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
@@ -85,25 +86,25 @@ def _point(**changes):
     base = dict(arch="small", device="cpu", frames=2, batch=1, height=28, width=42, part="aggregator",
                 query_points=0, inputs="synthetic", execution=ExecutionConfig(**execution))
     base.update(changes)
-    return runner.Point(**base)
+    return Point(**base)
 
 
 def test_out_of_memory_is_a_result_and_the_next_point_runs(tmp_path, monkeypatch):
-    real = runner.time_forward
+    real = timing.time_calls
     freed, calls = [], []
 
-    def flaky(fn, device, warmup, repeats):
+    def flaky(fn, device, repeats):
         calls.append(1)
         if len(calls) == 1:  # the first point "runs out of memory" mid-forward
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 475.32 GiB.")
-        return real(fn, device, warmup, repeats)
+        return real(fn, device, repeats)
 
-    monkeypatch.setattr(runner, "time_forward", flaky)
-    monkeypatch.setattr(runner, "free_memory", lambda: freed.append("freed"))
+    monkeypatch.setattr(timing, "time_calls", flaky)
+    monkeypatch.setattr(build, "free_memory", lambda: freed.append("freed"))
     store = ResultStore(str(tmp_path))
     store.ensure_writable()
     for frames in (4, 2):
-        store.add(runner.run_point(_point(frames=frames), runner.Measurement(warmup=0, repeats=1)))
+        store.add(run.run_point(_point(frames=frames), run.Method(warmup=0, repeats=1)))
     table = store.table().set_index("frames")
     assert table.loc[4, "status"] == "oom" and "Tried to allocate" in table.loc[4, "message"]
     assert pd.isna(table.loc[4, "latency_ms_median"])
@@ -116,8 +117,8 @@ def test_an_error_is_recorded_with_its_message(monkeypatch, tmp_path):
     def broken(*a, **k):
         raise RuntimeError("kernel exploded\nsecond line")
 
-    monkeypatch.setattr(runner, "time_forward", broken)
-    row = runner.run_point(_point(), runner.Measurement(warmup=0, repeats=1))
+    monkeypatch.setattr(timing, "time_calls", broken)
+    row = run.run_point(_point(), run.Method(warmup=0, repeats=1))
     assert row["status"] == "error" and row["message"] == "RuntimeError: kernel exploded"
     store = ResultStore(str(tmp_path))
     store.ensure_writable()
@@ -126,7 +127,7 @@ def test_an_error_is_recorded_with_its_message(monkeypatch, tmp_path):
 
 
 def test_unavailable_backend_is_recorded_with_the_reason():
-    row = runner.run_point(_point(attention="sdpa_cudnn"), runner.Measurement(warmup=0, repeats=1))
+    row = run.run_point(_point(attention="sdpa_cudnn"), run.Method(warmup=0, repeats=1))
     assert row["status"] == "unavailable" and "CUDA" in row["message"]
 
 
@@ -184,7 +185,7 @@ def test_unknown_command_and_help():
 def test_grid_size_counts_preset_and_command_line():
     from omegaconf import OmegaConf
 
-    from vggt_bench.sweep import grid_size
+    from vggt_bench.commands.sweep import grid_size
 
     def size(params, task):
         return grid_size(OmegaConf.create({"hydra": {"sweeper": {"params": params}, "overrides": {"task": task}}}))
@@ -230,7 +231,7 @@ def test_run_full_model_with_tracks(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     row = load_results(str(tmp_path)).iloc[0]
     assert row["status"] == "ok" and row["part"] == "full" and row["query_points"] == 4
-    from vggt_bench.flops import aggregator_flops
+    from vggt_bench.measure.flops import aggregator_flops
     from vggt_model.config import VGGTConfig
 
     assert row["flops"] > aggregator_flops(VGGTConfig.small(), 56, 84, 2)["total"]  # heads counted
@@ -240,10 +241,10 @@ def test_default_preset_shows_the_effects_it_promises():
     # the default CPU grid must contain what its claims need: frames growing, fused and sequential
     from hydra import compose, initialize_config_dir
 
-    from vggt_bench.config import register
+    from vggt_bench.core.config import register
 
     register()
-    from vggt_bench.resources import experiments_dir
+    from vggt_bench.core.resources import experiments_dir
 
     with initialize_config_dir(config_dir=experiments_dir(), version_base=None):
         cfg = compose("bench", return_hydra_config=True)
@@ -257,14 +258,14 @@ def test_system_exit_inside_a_point_is_not_swallowed(monkeypatch):
     def requeue(*a, **k):
         raise SystemExit(3)
 
-    monkeypatch.setattr(runner, "time_forward", requeue)
+    monkeypatch.setattr(timing, "time_calls", requeue)
     with pytest.raises(SystemExit):
-        runner.run_point(_point(), runner.Measurement(warmup=0, repeats=1))
+        run.run_point(_point(), run.Method(warmup=0, repeats=1))
 
 
 def test_flops_of_huge_frame_counts_fit_the_table(tmp_path):
     """10^8 frames: the analytic count passes 2**63; the row (an unavailable point) must still be stored."""
-    row = runner.run_point(_point(frames=10**8, attention="sdpa_cudnn"), runner.Measurement(warmup=0, repeats=1))
+    row = run.run_point(_point(frames=10**8, attention="sdpa_cudnn"), run.Method(warmup=0, repeats=1))
     assert row["status"] == "unavailable" and row["flops"] > 2**63
     store = ResultStore(str(tmp_path))
     store.ensure_writable()
@@ -302,10 +303,10 @@ def test_the_eager_fp32_reference_is_built_once_per_workload(monkeypatch):
     GPU study: ~20 s per 100-frame point, and minutes per 400-frame point). Points that share the
     weights and inputs now share one reference; another frame count gets its own."""
     built = []
-    real = runner.build_weights
-    monkeypatch.setattr(runner, "build_weights", lambda point, heads: built.append(point.frames) or real(point, heads))
-    runner._EAGER.clear()
-    rows = [runner.measure(_point(**knobs), runner.Measurement(0, 1, drift=True))
+    real = build.build_weights
+    monkeypatch.setattr(build, "build_weights", lambda point, heads: built.append(point.frames) or real(point, heads))
+    drift._EAGER.clear()
+    rows = [run.measure(_point(**knobs), run.Method(0, 1, drift=True))
             for knobs in ({}, {"frame_exec": "sequential"}, {"prune_depth": 1}, {"frames": 3})]
     assert [r["status"] for r in rows] == ["ok"] * 4
     # the timed model once (its weights do not depend on the frames), then one reference per frame count

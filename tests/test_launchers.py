@@ -9,7 +9,7 @@ from conftest import ROOT, run_cli
 
 
 def test_squeue_states_and_what_they_mean():
-    from vggt_bench.launchers import GONE, SqueueWatcher, why_no_result
+    from vggt_bench.launch.launchers import GONE, SqueueWatcher, why_no_result
 
     watcher = SqueueWatcher(delay_s=10)
     for job in ("12_0", "12_1", "12_2", "13", "14"):
@@ -27,7 +27,7 @@ def test_squeue_states_and_what_they_mean():
 
 
 def test_repeated_sacct_warnings_are_shown_once():
-    from vggt_bench.launchers import OnceSacctWarning
+    from vggt_bench.launch.launchers import OnceSacctWarning
 
     stream = io.StringIO()
     logger = logging.getLogger("vggt-test-submitit")
@@ -43,7 +43,7 @@ def test_repeated_sacct_warnings_are_shown_once():
 def test_progress_counts_the_jobs_that_ended(tmp_path):
     from tqdm import tqdm
 
-    from vggt_bench import progress
+    from vggt_bench.launch import progress
 
     stale = tmp_path / "0"
     stale.mkdir()

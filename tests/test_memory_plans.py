@@ -8,15 +8,15 @@ import torch
 import vggt_model
 from conftest import run_cli as cli
 from vggt_bench.profiling.tensor_memory import LiveTensorMemory
-from vggt_bench.results import load_results
-from vggt_bench.verify import verify_case
+from vggt_bench.core.results import load_results
+from vggt_bench.commands.verify import verify_case
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "reference")
 CASES = ["tiny_vggt", "tiny_dinov2_aggregator"]
 
 
 def settings(**kw):
-    from vggt_bench.config import ModelSettings
+    from vggt_bench.core.config import ModelSettings
 
     return ModelSettings(**{"dtype": "fp32", "attention": "sdpa_math", **kw})
 

@@ -13,11 +13,12 @@ from matplotlib.figure import Figure
 import vggt_model
 from conftest import run_cli as cli
 from vggt_model.config import ExecutionConfig
-from vggt_bench import profile_memory
+from vggt_bench.commands import profile_memory
+from vggt_bench.profiling import memory_capture
 from vggt_bench.profiling import memory as mem
-from vggt_bench.report import memory_figures
-from vggt_bench.runner import UserError
-from vggt_bench.schema import (
+from vggt_bench.report import memory_profile
+from vggt_bench.core.errors import UserError
+from vggt_bench.core.schema import (
     MEMORY_AT_PEAK_COLUMNS,
     MEMORY_BY_CATEGORY_COLUMNS,
     MEMORY_STAGE_COLUMNS,
@@ -392,16 +393,16 @@ def test_tables_round_trip_and_figures_render(aggregator_py, tmp_path):
     assert back["memory_timeline"]["stage"].iloc[0] == ""
     pd.testing.assert_frame_equal(back["memory_by_category"], tables["memory_by_category"], check_dtype=False)
     for source in (tables, back):
-        for make in (memory_figures.memory_timeline_figure, memory_figures.memory_at_peak_figure):
+        for make in (memory_profile.memory_timeline_figure, memory_profile.memory_at_peak_figure):
             plot = make(source, {"arch": "vggt1b", "device": "cuda", "gpu_name": "NVIDIA H100", "dtype": "bf16_autocast",
                                  "height": 336, "width": 518, "frames": 8, "frame_exec": "fused", "attention": "sdpa"})
             assert isinstance(plot.figure, Figure), plot.note
             path = tmp_path / f"{make.__name__}.png"
             plot.figure.savefig(path)
             assert path.stat().st_size > 10_000
-    texts = [t.get_text() for t in memory_figures.memory_timeline_figure(tables).figure.axes[0].texts]
+    texts = [t.get_text() for t in memory_profile.memory_timeline_figure(tables).figure.axes[0].texts]
     assert any("peak 0.05 GiB" in t and "vggt/camera_head" in t for t in texts)
-    paths, notes = memory_figures.render_memory_figures(back, str(tmp_path / "figs"))
+    paths, notes = memory_profile.render_memory_figures(back, str(tmp_path / "figs"))
     assert sorted(os.path.basename(p) for p in paths) == [
         "memory_at_peak.png", "memory_at_peak.svg", "memory_timeline.png", "memory_timeline.svg"]
     assert notes == []
@@ -409,7 +410,7 @@ def test_tables_round_trip_and_figures_render(aggregator_py, tmp_path):
 
 def test_figures_skip_without_data():
     empty = {name: pd.DataFrame(columns=cols) for name, cols in mem.COLUMNS.items()}
-    for make in (memory_figures.memory_timeline_figure, memory_figures.memory_at_peak_figure):
+    for make in (memory_profile.memory_timeline_figure, memory_profile.memory_at_peak_figure):
         plot = make(empty)
         assert plot.figure is None and "profiler=memory" in plot.note
 
@@ -429,7 +430,7 @@ def test_memory_profiler_on_the_cpu_is_one_line_and_exit_2(tmp_path):
     done = cli("profile", "profiler=memory", "model.arch=small", "frames=1", f"out={tmp_path}")
     assert done.returncode == 2, done.stdout + done.stderr
     lines = [l for l in done.stderr.strip().splitlines() if l.strip()]
-    assert lines == [f"vggt_bench: error: {profile_memory.CPU_MESSAGE}"]
+    assert lines == [f"vggt_bench: error: {memory_capture.CPU_MESSAGE}"]
     assert not (tmp_path / "profiles").exists()  # refused before anything was built or written
 
 
@@ -438,10 +439,10 @@ def test_graph_replays_are_refused():
         return SimpleNamespace(device=device, execution=ExecutionConfig(**ex))
 
     with pytest.raises(UserError, match="cuda_graph=false"):
-        profile_memory.check_point(point("cuda", cuda_graph=True))
+        memory_capture.check_point(point("cuda", cuda_graph=True))
     with pytest.raises(UserError, match="needs device=cuda"):
-        profile_memory.check_point(point("cpu"))
-    profile_memory.check_point(point("cuda", compile="default"))
+        memory_capture.check_point(point("cpu"))
+    memory_capture.check_point(point("cuda", compile="default"))
 
 
 def test_analyze_a_kept_snapshot_on_the_cpu(aggregator_py, tmp_path):
@@ -481,8 +482,7 @@ class StandInCuda:
     the allocator counters the stage tracker reads."""
 
     def __init__(self, monkeypatch, snapshot, net, fail_forward=False):
-        import vggt_bench.env as env
-        import vggt_bench.runner as runner
+        from vggt_bench.measure import build, env
 
         self.history, self.allocator = [], FakeAllocator(21 * MiB)
         marker = {"segments": [], "device_traces": [snapshot["device_traces"][0][:1]]}
@@ -505,9 +505,9 @@ class StandInCuda:
             "allocated_bytes": {"all": {"current": a.current, "peak": a.peak}},
             "allocation": {"all": {"allocated": a.allocs, "freed": a.frees}}})
         m.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: a.reset_peak())
-        m.setattr(runner, "get_model", lambda point: net)
-        m.setattr(runner, "make_inputs", lambda point: (None, None))
-        m.setattr(runner, "forward_fn", lambda net_, point, images, queries: forward)
+        m.setattr(build.MODELS, "get", lambda point: net)
+        m.setattr(build, "make_inputs", lambda point: (None, None))
+        m.setattr(build, "forward_fn", lambda net_, point, images, queries: forward)
         m.setattr(env, "environment", lambda device: {"gpu_name": "stand-in GPU"})
 
 

@@ -8,14 +8,14 @@ import torch
 
 import vggt_model
 from vggt_model.config import VGGTConfig
-from vggt_bench.verify import verify_case
+from vggt_bench.commands.verify import verify_case
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "reference")
 CASES = ["tiny_vggt", "tiny_dinov2_aggregator"]
 
 
 def settings(**kw):
-    from vggt_bench.config import ModelSettings
+    from vggt_bench.core.config import ModelSettings
 
     base = dict(dtype="fp32", attention="sdpa_math")
     base.update(kw)
@@ -140,8 +140,8 @@ def test_execution_settings_are_validated():
 
 def test_every_execution_knob_is_one_field_with_its_metadata():
     """The knob list the harness, the results table and the report use is ExecutionConfig's fields."""
-    from vggt_bench.config import ModelSettings
-    from vggt_bench.schema import EXECUTION, KNOBS
+    from vggt_bench.core.config import ModelSettings
+    from vggt_bench.core.schema import EXECUTION, KNOBS
     from vggt_model.config import APPROX, knob_fields
 
     names = [f.name for f in knob_fields(vggt_model.ExecutionConfig)]

@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vggt_bench.nsys import parse_stats as parse_stats_text
+from vggt_bench.profiling.nsys_cli import parse_stats as parse_stats_text
 from vggt_bench.profiling import nsys_sqlite as ns
-from vggt_bench.schema import (
+from vggt_bench.core.schema import (
     CUDA_API_COLUMNS,
     GPU_ACTIVITY_COLUMNS,
     KERNEL_COLUMNS,

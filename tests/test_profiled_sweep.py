@@ -20,13 +20,15 @@ from omegaconf import OmegaConf
 import nsys_fakes
 import vggt_model
 from conftest import run_cli as cli
-from vggt_bench import capture, profile_store, sweep
-from vggt_bench.analysis import tables
-from vggt_bench.config import BenchConfig
+from vggt_bench.commands import profile, sweep
+from vggt_bench.profiling import capture, store
+from vggt_bench.analysis.profiles import grid_activity, grid_pivot, grid_stage_times, profile_grid
+from vggt_bench.analysis.tidy import load_tables, read_grid
+from vggt_bench.core.config import BenchConfig
 from vggt_bench.report import plots
-from vggt_bench.results import load_results
-from vggt_bench.runner import Point
-from vggt_bench.schema import KNOBS, PROFILE_GRID_COLUMNS, RESULT_COLUMNS
+from vggt_bench.core.results import load_results
+from vggt_bench.measure.point import Point
+from vggt_bench.core.schema import KNOBS, PROFILE_GRID_COLUMNS, RESULT_COLUMNS
 from vggt_model import ExecutionConfig
 
 from test_nsys_parse import STATS  # what `nsys stats` printed for the fixtures
@@ -109,7 +111,7 @@ def test_torch_sweep_draws_the_grid_figures_and_the_notebook_shows_the_grid(torc
     assert "profile_grid_activity: skipped: no profiled point holds GPU kernels" in done.stdout
     from test_report import error_outputs, notebook_text, texts
 
-    fig, _ = plots.profile_grid_stages(tables.read_grid(str(out)))
+    fig, _ = plots.profile_grid_stages(read_grid(str(out)))
     assert any("CPU time (no GPU times in the profiles)" in t for t in texts(fig))
     assert {"patch_embed", "frame_block", "global_block"} <= set(texts(fig))
     assert error_outputs(out / "report.ipynb") == []
@@ -152,7 +154,7 @@ def test_a_failed_capture_is_a_status_and_the_sweep_goes_on(tmp_path, monkeypatc
     for frames in (1, 2):
         sweep.run_job(_cfg(tmp_path, frames=frames, profiler="torch", iterations=1))
     assert calls == [1, 2]
-    grid = tables.read_grid(str(tmp_path)).drop_duplicates("point_id").set_index("frames")
+    grid = read_grid(str(tmp_path)).drop_duplicates("point_id").set_index("frames")
     assert grid.loc[1, "profile_status"] == "error" and grid.loc[1, "stage"] == ""
     assert grid.loc[1, "profile_message"] == "RuntimeError: CUPTI_ERROR_NOT_INITIALIZED: the profiler could not start"
     assert grid.loc[2, "profile_status"] == "ok"
@@ -165,9 +167,10 @@ def test_a_failed_capture_is_a_status_and_the_sweep_goes_on(tmp_path, monkeypatc
 
 
 def test_a_point_that_did_not_run_is_not_profiled(tmp_path, monkeypatch):
-    from vggt_bench import runner
+    from vggt_bench.measure import run
+    from vggt_bench.measure.record import Measurement
 
-    monkeypatch.setattr(runner, "measure", lambda *a, **k: {"status": "oom", "message": "out of memory"})
+    monkeypatch.setattr(run, "measure", lambda point, how: Measurement(point, status="oom", message="out of memory"))
     sweep.run_job(_cfg(tmp_path, frames=1, profiler="torch", iterations=1))
     status = json.loads(next((tmp_path / "profiles").glob("*/profile_status.json")).read_text())
     assert status["profile_status"] == "skipped" and "timing status is oom" in status["profile_message"]
@@ -256,12 +259,12 @@ def test_external_sweep_brackets_each_point_for_an_outside_nsys(tmp_path, record
         warmup = recorded[previous_stop + 1: start]
         assert warmup.count("push aggregator") == 1                  # measure.warmup, outside the capture
         previous_stop = stop
-        status = profile_store.read_status(str(tmp_path), pid)
+        status = store.read_status(str(tmp_path), pid)
         assert status["profile_status"] == "captured" and status["profiler"] == "external"
         assert f"point:{pid}" in status["profile_message"] and "profile analyze=" in status["profile_message"]
     # the timing itself pushed no range and made no profiler call
     assert recorded[: recorded.index("start")].count("push aggregator") == 1
-    grid = tables.read_grid(str(tmp_path))
+    grid = read_grid(str(tmp_path))
     assert set(grid["profile_status"]) == {"captured"} and set(grid["stage"]) == {""}
     # resume: captured points are done
     recorded.clear()
@@ -273,8 +276,8 @@ def test_external_sweep_brackets_each_point_for_an_outside_nsys(tmp_path, record
 def _compose(config_name: str, overrides):
     from hydra import compose, initialize_config_dir
 
-    from vggt_bench import config
-    from vggt_bench.resources import experiments_dir
+    from vggt_bench.core import config
+    from vggt_bench.core.resources import experiments_dir
 
     config.register()
     with initialize_config_dir(version_base=None, config_dir=experiments_dir()):
@@ -282,7 +285,7 @@ def _compose(config_name: str, overrides):
 
 
 def test_child_overrides_resolve_to_the_same_point():
-    from vggt_bench.runner import resolve
+    from vggt_bench.measure.point import resolve
 
     parent = _compose("bench", ["experiment=smoke", "frames=2", "model.frame_exec=sequential", "model.prune_depth=1",
                                 "inputs.image_dir=null", "model.checkpoint=null", "out='/tmp/a dir, with commas'"])
@@ -342,7 +345,7 @@ def test_nsys_point_runs_its_child_and_reads_the_report(tmp_path, fake_nsys, mon
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     monkeypatch.setenv("FAKE_NSYS_FIXTURE", "vggt1b_fused_S2_H100")
     monkeypatch.setenv("FAKE_NSYS_POINT", pid)
-    status = capture.profile_point(cfg, point, row)
+    status = profile.profile_point(cfg, point, row)
     assert status["profile_status"] == "ok", status
     directory = out / "profiles" / pid
     assert (directory / "report.sqlite").exists() and (directory / "nsys_stats.txt").read_text() == "fake nsys stats\n"
@@ -352,16 +355,16 @@ def test_nsys_point_runs_its_child_and_reads_the_report(tmp_path, fake_nsys, mon
     assert ranges.loc["frame_block", "gpu_ms"] > 0
     # a report without this point's range is another configuration: an error, with the reason
     monkeypatch.setenv("FAKE_NSYS_POINT", "0123456789abcdef")
-    status = capture.profile_point(cfg, point, row)
+    status = profile.profile_point(cfg, point, row)
     assert status["profile_status"] == "error"
     assert f"holds no point:{pid} range" in status["profile_message"] and "0123456789abcdef" in status["profile_message"]
     # nsys failing: the reason from its output, and where the whole log is
     monkeypatch.setenv("FAKE_NSYS_FAIL", "1")
-    status = capture.profile_point(cfg, point, row)
+    status = profile.profile_point(cfg, point, row)
     assert status["profile_status"] == "error"
     assert "nsys profile failed (exit 3)" in status["profile_message"]
     assert "CUPTI could not be initialised" in status["profile_message"] and "nsys.log" in status["profile_message"]
-    grid = tables.read_grid(str(out))
+    grid = read_grid(str(out))
     assert list(grid["profile_status"].unique()) == ["error"]
 
 
@@ -442,11 +445,11 @@ def test_analyze_a_folder_of_point_reports_joins_them_by_point_id(tmp_path):
     # the figures of the grid, from real H100 captures
     written, notes = plots.render_figures(str(out))
     assert {"profile_grid_stages", "profile_grid_activity"} <= {Path(p).stem for p in written}
-    fig, _ = plots.profile_grid_activity(tables.read_grid(str(out)))
+    fig, _ = plots.profile_grid_activity(read_grid(str(out)))
     from test_report import texts
 
     assert any("kernel launches per forward" in t for t in texts(fig)) and H100 in fig._suptitle.get_text()
-    fig, _ = plots.profile_grid_stages(tables.read_grid(str(out)))
+    fig, _ = plots.profile_grid_stages(read_grid(str(out)))
     assert any("GPU-projected time per forward" in t for t in texts(fig))
 
 
@@ -518,7 +521,7 @@ def test_a_point_window_that_missed_the_work_is_an_error_status(tmp_path):
     report = nsys_fakes.save(conn, tmp_path / "r.sqlite")
     done = cli("profile", f"analyze={report}", f"out={tmp_path}")
     assert done.returncode == 0, done.stderr
-    grid = tables.read_grid(str(tmp_path)).drop_duplicates("point_id").set_index("point_id")
+    grid = read_grid(str(tmp_path)).drop_duplicates("point_id").set_index("point_id")
     assert grid.loc[ids["fused"], "profile_status"] == "ok"
     assert grid.loc[ids["sequential"], "profile_status"] == "error"
     assert "no NVTX ranges and no GPU kernels" in grid.loc[ids["sequential"], "profile_message"]
@@ -555,7 +558,7 @@ def synthetic_grid() -> pd.DataFrame:
                    "batch": 1, "part": "aggregator", "inputs": "synthetic", "dtype": "bf16", "prune_depth": 0})
     results = pd.DataFrame([{**{k: p.get(k) for k in KNOBS}, "point_id": p["point_id"], "status": "ok",
                              "latency_ms_median": 1.0, "gpu_name": H100} for p in points])
-    return tables.profile_grid(pd.DataFrame(points), pd.DataFrame(ranges), results)
+    return profile_grid(pd.DataFrame(points), pd.DataFrame(ranges), results)
 
 
 def test_profile_grid_is_per_forward_and_keeps_failed_points():
@@ -571,7 +574,7 @@ def test_profile_grid_is_per_forward_and_keeps_failed_points():
     assert "nsys profile failed" in failed["profile_message"].iloc[0]
     forward = grid[(grid["point_id"] == "sdpa_cudnn-8-fused") & (grid["stage"] == "forward")].iloc[0]
     assert forward["gpu_ms"] == pytest.approx(0.8 + 24 * 0.3 * 8 + 24 * 0.01 * 64)
-    pivot = tables.grid_pivot(grid)
+    pivot = grid_pivot(grid)
     assert len(pivot) == 13 and "global_block_gpu_ms" in pivot.columns
     assert pivot.set_index(["frames", "frame_exec", "attention"]).loc[(512, "fused", "sdpa_cudnn"), "profile_status"] == "error"
 
@@ -580,14 +583,14 @@ def test_grid_figures_from_a_gpu_grid():
     from test_report import texts
 
     grid = synthetic_grid()
-    stages = tables.grid_stage_times(grid)
+    stages = grid_stage_times(grid)
     assert set(stages["stage"]) == {"patch_embed", "frame_block", "global_block"} and (stages["basis"] == "gpu").all()
     assert len(stages) == 2 * 3 * 2 * 3
     fig, note = plots.profile_grid_stages(grid)
     drawn = texts(fig)
     assert {"patch_embed", "frame_block", "global_block", "sdpa_cudnn", "sdpa_flash", "fused", "sequential"} <= set(drawn)
     assert any("GPU-projected time per forward (ms, log scale)" in t for t in drawn)
-    activity = tables.grid_activity(grid)
+    activity = grid_activity(grid)
     assert len(activity) == 12
     seq = activity[(activity["frame_exec"] == "sequential") & (activity["attention"] == "sdpa_cudnn")]
     assert list(seq.sort_values("frames")["launches"]) == [24 * 14 * s for s in (8, 32, 128)]
@@ -603,7 +606,7 @@ def test_grid_figures_only_where_a_grid_exists(tmp_path):
     from test_report import synthetic_gpu_results, write_results
 
     out = write_results(tmp_path / "plain", synthetic_gpu_results())
-    names = [p.name for p in plots.figures(tables.load_tables(str(out)))]
+    names = [p.name for p in plots.figures(load_tables(str(out)))]
     assert not any(n.startswith("profile_grid") for n in names)
     synthetic_grid().to_parquet(out / "profile_grid.parquet", index=False)
     written, notes = plots.render_figures(str(out))

@@ -13,11 +13,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from vggt_bench.report import main as report_main
-from vggt_bench.analysis import findings, tables
-from vggt_bench.report import notebook, plots, render
+from vggt_bench.commands.report import main as report_main
+from vggt_bench.analysis import findings
+from vggt_bench.analysis.approximations import conversion_table
+from vggt_bench.analysis.labels import device_label
+from vggt_bench.analysis.memory import memory_fit
+from vggt_bench.analysis.profiles import stage_times
+from vggt_bench.analysis.tidy import load_tables, tidy_results
+from vggt_bench.analysis.upstream import impl_ratios
+from vggt_bench.report import common, notebook, plots, render
 from vggt_bench.report.plots import render_figures
-from vggt_bench.schema import KNOBS, RESULT_COLUMNS
+from vggt_bench.core.schema import KNOBS, RESULT_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
 H100_GIB = 79.1
@@ -197,7 +203,7 @@ def cpu_sweep(tmp_path_factory):
         row = json.loads(path.read_text())
         row.update(noisy=False, noise_reason="")
         path.write_text(json.dumps(row))
-    from vggt_bench.results import ResultStore
+    from vggt_bench.core.results import ResultStore
 
     ResultStore(str(out)).rebuild()
     logged = []
@@ -219,7 +225,7 @@ def test_cpu_sweep_renders_every_figure_with_data_and_an_executed_notebook(cpu_s
 
 def test_cpu_notebook_states_the_numbers_computed_from_the_table(cpu_sweep):
     out, _, _ = cpu_sweep
-    from vggt_bench.results import load_results
+    from vggt_bench.core.results import load_results
 
     (found,) = findings.findings(load_results(str(out)))
     text = notebook_text(out / "report.ipynb")
@@ -238,7 +244,7 @@ def test_cpu_notebook_states_the_numbers_computed_from_the_table(cpu_sweep):
 
 
 def test_cpu_figures_never_show_the_gpu_reference(cpu_sweep):
-    from vggt_bench.results import load_results
+    from vggt_bench.core.results import load_results
 
     table = load_results(str(cpu_sweep[0]))
     for fn in (plots.scaling_wall, plots.memory):
@@ -246,7 +252,7 @@ def test_cpu_figures_never_show_the_gpu_reference(cpu_sweep):
         drawn = " ".join(texts(fig))
         assert "reference" not in drawn and "upstream" not in drawn
         assert "CPU" in fig._suptitle.get_text()
-        assert plots.CPU_TIMINGS in fig._suptitle.get_text()  # the guide: CPU timings back no claim, say so
+        assert common.CPU_TIMINGS in fig._suptitle.get_text()  # the guide: CPU timings back no claim, say so
     fig, _ = plots.memory(table)
     assert any("peak resident set" in t for t in texts(fig))  # CPU memory is the process RSS
 
@@ -289,13 +295,13 @@ def test_gpu_memory_backends_and_conversion_figures_say_what_they_show():
     fig, note = plots.conversion(table)
     drawn = texts(fig)
     assert "output drift vs k=0" in drawn and "1.29×" in drawn
-    speedups = tables.conversion_table(table).dropna(subset=["speedup"])
+    speedups = conversion_table(table).dropna(subset=["speedup"])
     assert set(speedups["prune_depth"]) == {2, 4, 8}
 
 
 def test_profile_figures_from_gpu_and_cpu_profiles():
     summary, ranges = synthetic_profiles()
-    stages = tables.stage_times(ranges)
+    stages = stage_times(ranges)
     s8 = stages[(stages["frames"] == 8) & (stages["frame_exec"] == "fused")].set_index("stage")["ms_per_forward"]
     assert s8["global_block"] == pytest.approx(24 * (0.02 * 64 + 0.3 * 8))   # per forward, not per 3 iterations
     fig, _ = plots.profile_stages(ranges)
@@ -373,8 +379,8 @@ def test_csv_only_cpu_table_and_cpu_profiles(tmp_path):
     # CPU: no GPU memory; one rank only
     assert pngs(written) == set(plots.FIGURE_NAMES) - {"profile_launches", "memory_wall", "context_parallel"}
     assert any(n.startswith("profile_launches: skipped: profiles hold no GPU kernels") for n in notes)
-    loaded = tables.load_tables(str(out)).results
-    assert tables.device_label(loaded) == "CPU"
+    loaded = load_tables(str(out)).results
+    assert device_label(loaded) == "CPU"
     fig, _ = plots.backends(loaded)
     assert not any("% of peak" in t for t in texts(fig))  # no CPU peak: no fraction claimed
     assert any("dense peak unknown" in t for t in texts(fig))
@@ -457,7 +463,7 @@ def test_noisy_points_are_listed_and_left_out_of_conclusions(tmp_path):
     (found,) = findings.findings(table)
     assert any("noisy point(s) are left out" in line and "1.40" in line for line in found.lines)
     # a table from before backs_claim keeps its noisy verdicts and gets backs_claim from them
-    tidy = tables.tidy_results(table)
+    tidy = tidy_results(table)
     assert tidy.loc[fastest.name, "noisy"] and not tidy.loc[fastest.name, "backs_claim"]
     clean = tidy[(tidy["status"] == "ok") & ~tidy["noisy"].astype(bool) & tidy["device"].str.startswith("cuda")]
     assert len(clean) and clean["backs_claim"].astype(bool).all()
@@ -469,14 +475,14 @@ def test_noisy_points_are_listed_and_left_out_of_conclusions(tmp_path):
 
 def test_upstream_in_the_same_run_is_its_own_series_with_ratios():
     table = synthetic_gpu_results()
-    ratios = tables.impl_ratios(table)
+    ratios = impl_ratios(table)
     assert len(ratios) == 36  # the exact configurations only (6 frame counts x 6): no prune_depth > 0 compared
     ratios = ratios[ratios["configuration"] == "fused · sdpa_flash · bf16_autocast"]
     assert len(ratios) == 6 and ratios["same_run"].all()
     assert ratios["speedup"].round(6).eq(1.1).all() and ratios["memory_ratio"].round(6).eq(round(1 / 1.3, 6)).all()
     (found,) = findings.findings(table)
     assert any("Against upstream's code in the same run" in line and "1.10×" in line for line in found.lines)
-    fits = tables.memory_fit(table)
+    fits = memory_fit(table)
     lean = fits[(fits["impl"] == "ours") & (fits["attention"] == "sdpa_flash") & (fits["frame_exec"] == "fused")
                 & (fits["prune_depth"] == 0)]
     assert len(lean) == 1 and abs(float(lean["slope_gib_per_frame"].iloc[0]) - 0.19) < 1e-9
@@ -488,7 +494,7 @@ def test_the_h200_wall_is_the_memory_an_h200_reports():
     2026-12-06 study reports 139.80 GiB: on that card's own rows its predicted wall fell 6% short of the
     device's. Fitted on those committed rows, the two walls now agree."""
     study = Path(__file__).resolve().parents[1] / "reports" / "h200-2026-12-06" / "nsys_managed"
-    fits = tables.memory_fit(pd.read_parquet(study / "results.parquet"))
+    fits = memory_fit(pd.read_parquet(study / "results.parquet"))
     assert len(fits) and (fits["device_mem_gib"].round(2) == 139.80).all()
     assert ((fits["wall_frames_141"] / fits["wall_frames_device"] - 1).abs() < 1e-3).all(), fits[["wall_frames_141", "wall_frames_device"]]
     assert (fits["wall_frames_192"] > fits["wall_frames_141"]).all()

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, cli_process, run_cli
-from vggt_bench.results import load_results
+from vggt_bench.core.results import load_results
 
 SCRIPT = os.path.join(ROOT, "scripts", "local_slurm.sh")
 SACCT_WARNING = "sacct error"

@@ -13,9 +13,11 @@ import pandas as pd
 import pytest
 
 from conftest import run_cli as cli
-from vggt_bench import noise, runner, sweep, telemetry, timing
-from vggt_bench.results import load_results
-from vggt_bench.schema import MEASUREMENTS
+from vggt_bench.commands import sweep
+from vggt_bench.measure import noise, run, telemetry, timing
+from vggt_bench.measure.point import Point
+from vggt_bench.core.results import load_results
+from vggt_bench.core.schema import MEASUREMENTS
 
 
 # ---- classify ------------------------------------------------------------------------------------
@@ -441,7 +443,7 @@ def _point(**changes):
     base = dict(arch="small", device="cpu", frames=1, batch=1, height=28, width=42, part="aggregator",
                 query_points=0, inputs="synthetic", execution=ExecutionConfig())
     base.update(changes)
-    return runner.Point(**base)
+    return Point(**base)
 
 
 def test_schema_lists_the_new_columns():
@@ -451,7 +453,7 @@ def test_schema_lists_the_new_columns():
 
 def test_run_point_adaptive_fills_the_ci_and_classifies():
     settings = timing.AdaptiveSettings(target_ci=0.5, budget_s=20.0, min_repeats=3, max_repeats=40)
-    row = runner.run_point(_point(), runner.Measurement(warmup=1, repeats=3, adaptive=settings))
+    row = run.run_point(_point(), run.Method(warmup=1, repeats=3, adaptive=settings))
     assert row["status"] == "ok", row["message"]
     assert row["stopped_by"] in ("converged", "budget", "max_repeats") and 6 <= row["repeats"] <= 40
     assert row["ci95_low_ms"] <= row["latency_ms_median"] <= row["ci95_high_ms"]

@@ -20,7 +20,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from vggt_bench.profiling import nsys_sqlite as ns
 from vggt_bench.profiling import torch_trace as tt
-from vggt_bench.schema import CUDA_API_COLUMNS, GPU_ACTIVITY_COLUMNS, KERNEL_COLUMNS, NVTX_RANGE_COLUMNS
+from vggt_bench.core.schema import CUDA_API_COLUMNS, GPU_ACTIVITY_COLUMNS, KERNEL_COLUMNS, NVTX_RANGE_COLUMNS
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "torch_trace"
 STEPS, BLOCKS, SLEEP_S = 3, 2, 0.03

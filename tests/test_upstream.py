@@ -14,8 +14,8 @@ import torch
 
 import vggt_model
 from conftest import ROOT, run_cli as cli
-from vggt_bench import upstream
-from vggt_bench.results import load_results
+from vggt_bench.measure import upstream
+from vggt_bench.core.results import load_results
 
 
 def _checkout():

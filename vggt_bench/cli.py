@@ -1,4 +1,6 @@
-"""``python -m vggt_bench <command> [Hydra overrides]``."""
+"""``python -m vggt_bench <command> [Hydra overrides]``: the commands (``vggt_bench.commands``) behind one
+command line, with Hydra's flags checked, the overrides checked against the command's schema, and
+Ctrl-C said in one line."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ import os
 import signal
 import sys
 
-from .errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, say_error
+from .core.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, say_error
 
 COMMANDS = {
     "sweep": ("bench", "sweep a grid (a Hydra multirun); default: the `default` preset for this machine; "
@@ -41,37 +43,23 @@ def usage() -> str:
 def _task(command: str):
     def task(cfg):
         if command in ("run", "sweep"):
-            from .sweep import run_job
+            from .commands.sweep import run_job
 
             run_job(cfg)
         elif command == "verify":
-            from .verify import main as verify_main
+            from .commands.verify import main as verify_main
 
             raise SystemExit(verify_main(cfg))
         elif command == "profile":
-            from .profile import main as profile_main
+            from .commands.profile import main as profile_main
 
             raise SystemExit(profile_main(cfg))
         elif command == "report":
-            from .report import main as report_main
+            from .commands.report import main as report_main
 
             raise SystemExit(report_main(cfg))
 
     return task
-
-
-def list_backends() -> int:
-    import torch
-
-    from vggt_model import attention
-
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    for device in devices:
-        for dtype in (torch.float32, torch.bfloat16):
-            print(f"{device} {str(dtype).replace('torch.', '')} head_dim 64:")
-            for name, reason in attention.available(device, dtype, 64).items():
-                print(f"  {name:<15} {'available' if reason is None else 'unavailable: ' + reason}")
-    return 0
 
 
 def _value(override: str) -> str:
@@ -145,8 +133,8 @@ def _hydra_app(command: str, args: list):
     Hydra's flags) and our configuration schemas registered."""
     import hydra
 
-    from . import config
-    from .resources import experiments_dir
+    from .core import config
+    from .core.resources import experiments_dir
 
     config.register()
     sys.argv = [f"vggt_bench-{command}"] + args
@@ -163,9 +151,11 @@ def main(argv=None) -> int:
         say_error(f"unknown command {command!r}; choose one of {', '.join(COMMANDS)}")
         return EXIT_USER_ERROR
     if command == "backends":
-        return list_backends()
+        from .commands.backends import main as backends_main
 
-    from . import config, overrides
+        return backends_main()
+
+    from .core import config, overrides
 
     config_name = COMMANDS[command][0]
     given, flags, problem = split_flags(rest, command)
@@ -185,7 +175,7 @@ def main(argv=None) -> int:
         _hydra_app(command, rest)()
         return 0
 
-    from .distributed import launched
+    from .measure.ranks import launched
 
     ext = launched()
     if ext is not None and ext.rank != 0:
@@ -197,14 +187,14 @@ def main(argv=None) -> int:
         rest = ([] if named else [f"out={scratch}/out"]) + rest + [
             f"hydra.run.dir={scratch}/hydra", f"hydra.sweep.dir={scratch}/hydra"]
     if command in ("run", "sweep", "profile") and not any(a.startswith("out=") for a in rest):
-        from .sweep import stamped_out
+        from .commands.sweep import stamped_out
 
         rest = stamped_out() + rest  # first: Hydra takes overrides before its own flags
         print(f"vggt_bench: results go to {rest[0].split('=', 1)[1]} (reports/runs/latest points at it)", flush=True)
     out = next((_value(a) for a in reversed(rest) if a.startswith("out=")), None)
     if out is not None:
         # Hydra writes its own logs under out/ before our code runs: check it first, in one line.
-        from .results import unwritable
+        from .core.results import unwritable
 
         problem = unwritable(out)
         if problem:
@@ -247,7 +237,7 @@ def leave_interrupted(out) -> None:
         os._exit(EXIT_INTERRUPTED)
 
     if kept:
-        from .results import ResultStore
+        from .core.results import ResultStore
 
         signal.signal(signal.SIGALRM, lambda *_: leave(f" (tables not updated within {REBUILD_WITHIN_S} s: "
                                                        "the next run rebuilds them)"))

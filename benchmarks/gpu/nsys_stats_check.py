@@ -32,7 +32,7 @@ import sys
 
 import pandas as pd
 
-from vggt_bench.nsys import parse_stats
+from vggt_bench.profiling.nsys_cli import parse_stats
 
 STAGE_RANGES = {
     "patch_embed": ["patch_embed"], "frame_block": ["frame_block"], "global_block": ["global_block"],

@@ -17,14 +17,13 @@ REFERENCE = "upstream_h100"          # published reference points on the scaling
 import pandas as pd
 from IPython.display import Markdown, display
 
-from vggt_bench.analysis import findings as report
-from vggt_bench.analysis import tables as analysis
+from vggt_bench.analysis import approximations, findings as report, memory, profiles, scaling, tidy, upstream
 from vggt_bench.report import notebook, plots
 
 pd.set_option("display.max_columns", 40)
 pd.set_option("display.width", 200)
 pd.set_option("display.max_colwidth", 120)
-tables = analysis.load_tables(RESULTS_DIR)
+tables = tidy.load_tables(RESULTS_DIR)
 results = tables.results
 found = report.findings(results)
 display(Markdown(f"Results: `{RESULTS_DIR}`"))
@@ -95,14 +94,14 @@ for f in found:
 # ### Fused over sequential, and global-to-frame conversion
 
 # %%
-pairs = analysis.speedup_pairs(results)
+pairs = scaling.speedup_pairs(results)
 if pairs.empty:
     display(Markdown("No frame count was measured both fused and sequential."))
 else:
     display(pairs[["frames", "attention", "prune_depth", "dtype", "latency_ms_slow", "latency_ms_fast", "speedup"]]
             .astype({"frames": int, "prune_depth": int})
             .sort_values(["attention", "prune_depth", "frames"]).round(3).reset_index(drop=True))
-conversion = analysis.conversion_table(results)
+conversion = approximations.conversion_table(results)
 if conversion.empty:
     display(Markdown("No global-to-frame conversion was measured (no `prune_depth > 0` points)."))
 else:
@@ -115,13 +114,13 @@ else:
 # ### Ours against upstream's code, and the memory wall
 
 # %%
-ratios = analysis.impl_ratios(results)
+ratios = upstream.impl_ratios(results)
 if ratios.empty:
     display(Markdown("No point of upstream's code beside ours (sweep `model.impl=ours,upstream`)."))
 else:
     display(ratios[["frames", "configuration", "ours_ms", "upstream_ms", "speedup", "ours_act_gib", "upstream_act_gib",
                     "memory_ratio", "same_run", "noisy"]].round(3).reset_index(drop=True))
-fits = analysis.memory_fit(results)
+fits = memory.memory_fit(results)
 if fits.empty:
     display(Markdown("No series with peak GPU memory at two frame counts or more: no memory wall fitted."))
 else:
@@ -142,31 +141,31 @@ else:
 # outputs move, not how accurate they are.
 
 # %%
-approx = analysis.approximation_table(results)
+approx = approximations.approximation_table(results)
 if approx.empty:
     display(Markdown("No approximation was measured (no `prune_depth > 0`, `kv_keep < 1`, `merge_ratio > 0` or "
                      "`global_sparsity > 0` points)."))
 else:
     ruler = "drift_depth_rel" if approx["drift_depth_rel"].notna().any() else "drift_pose_rel"
-    approx = analysis.pareto_front(approx, ruler).rename(columns={"on_front": "front"})
+    approx = approximations.pareto_front(approx, ruler).rename(columns={"on_front": "front"})
     display(approx[["frames", "frame_exec", "attention", "technique", "setting", "status", "latency_ms",
                     "latency_ms_exact", "speedup", "noisy", "drift_pose_rel", "drift_depth_rel", "drift_points_rel",
                     "drift_tokens_rel", "front"]]
             .astype({"frames": int}).sort_values(["frames", "technique", "speedup"])
             .round(4).reset_index(drop=True))
-    best = analysis.best_within_yardstick(approx)
+    best = approximations.best_within_yardstick(approx)
     if best is not None:
         display(Markdown(f"At S={best['frames']} the fastest approximation whose camera-pose and depth drift stay "
-                         f"below prune_depth={analysis.YARDSTICK_DEPTH}'s is **{best['setting']}**: "
+                         f"below prune_depth={approximations.YARDSTICK_DEPTH}'s is **{best['setting']}**: "
                          f"{best['speedup']:.2f}× over the exact model."
                          + (" A timing behind it (or behind prune_depth's) is flagged noisy (`noisy`): an estimate, "
                             "not a ranking to rely on." if best["noisy"] else "")))
-    if analysis.drift_is_rounding(approx):
-        pose = analysis.best_within_yardstick(approx, outputs=("drift_pose_rel",))
+    if approximations.drift_is_rounding(approx):
+        pose = approximations.best_within_yardstick(approx, outputs=("drift_pose_rel",))
         display(Markdown("Random weights with the heads in half precision: the depth map is under one bf16 step, so "
                          "`drift_depth_rel` and `drift_points_rel` are rounding (about one value for every setting; "
                          "`benchmarks/drift_floor.py`) and rank nothing. `drift_pose_rel` still ranks the settings"
-                         + (f": on it alone the fastest below prune_depth={analysis.YARDSTICK_DEPTH}'s at "
+                         + (f": on it alone the fastest below prune_depth={approximations.YARDSTICK_DEPTH}'s at "
                             f"S={pose['frames']} is **{pose['setting']}**, {pose['speedup']:.2f}×." if pose else ".")))
 
 # %% [markdown]
@@ -180,7 +179,7 @@ else:
 # prediction past the frame counts measured (`wall_vs_one_rank`: that wall over the one-rank line's).
 
 # %%
-spread = analysis.context_parallel_speedup(results)
+spread = scaling.context_parallel_speedup(results)
 if spread.empty:
     display(Markdown("No point ran on several ranks (sweep `model.context_parallel=1,2,4`)."))
 else:
@@ -190,7 +189,7 @@ else:
             .astype({"frames": int, "context_parallel": int})
             .sort_values(["frame_exec", "attention", "dtype", "frames", "context_parallel"])
             .round(3).reset_index(drop=True))
-    walls = analysis.context_parallel_memory_fit(results)
+    walls = memory.context_parallel_memory_fit(results)
     if walls.empty:
         display(Markdown("No world size has a per-rank peak at two frame counts or more: no wall fitted."))
     else:
@@ -222,7 +221,7 @@ grid = tables.profile_grid
 if grid.empty:
     display(Markdown("No profiled sweep in this directory (no `profile_grid.parquet`)."))
 else:
-    display(analysis.grid_pivot(grid).round(3))
+    display(profiles.grid_pivot(grid).round(3))
     failed_profiles = grid.drop_duplicates("point_id")
     failed_profiles = failed_profiles[failed_profiles["profile_status"] != "ok"]
     if len(failed_profiles):

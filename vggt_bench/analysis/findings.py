@@ -1,7 +1,8 @@
 """What a results table says, as numbers and sentences: the report's narrative and its tables.
 
-Computed here from the tidy tables (``vggt_bench.analysis.tables``), not written in the notebook
-template, so tests can check the numbers the report prints.
+Computed here from the tidy tables (``tidy``) and the analyses (``scaling``, ``approximations``,
+``upstream``), not written in the notebook template, so tests can check the numbers the report
+prints.
 """
 
 from __future__ import annotations
@@ -13,17 +14,15 @@ from typing import List, Optional
 
 import pandas as pd
 
-from vggt_model.config import ExecutionConfig
+from ..measure.noise import CPU_NOTE
+from .approximations import (
+    DRIFT_OUTPUTS, YARDSTICK_DEPTH, approximation_table, best_within_yardstick, conversion_table, drift_is_rounding,
+)
+from .labels import CONFIG, EXACT_CONFIG, config_label, device_label, fmt_percent, int_text, setting, shorten
+from .scaling import speedup_pairs
+from .tidy import WORKLOAD_CONTEXT as WORKLOAD, exact_rows, missing, ok_rows, tidy_results
+from .upstream import impl_ratios
 
-from ..noise import CPU_NOTE
-from ..schema import EXECUTION
-from . import tables as t
-from .tables import APPROXIMATIONS, WORKLOAD_CONTEXT as WORKLOAD
-
-# A configuration of one workload: every execution knob (labels show non-default values only).
-CONFIG = [k for k in EXECUTION if k != "frame_chunk"]
-# The exact model's configuration: everything but the approximations.
-EXACT_CONFIG = tuple(k for k in CONFIG if k not in APPROXIMATIONS)
 
 def fmt_ms(ms: float) -> str:
     """12.3 ms, 1.23 s."""
@@ -37,48 +36,22 @@ def fmt_x(value: float) -> str:
 
 
 def fmt_frac(value: float) -> str:
-    return t.fmt_percent(value)
-
-
-_DEFAULTS = {f.name: f.default for f in __import__("dataclasses").fields(ExecutionConfig)}
-_ALWAYS_SHOWN = ("frame_exec", "attention", "dtype")
-_BOOL_LABELS = {"cuda_graph": "CUDA graph", "tf32": "TF32", "nvtx": "NVTX"}
-
-
-def config_label(row, columns=CONFIG) -> str:
-    """``fused · sdpa_flash · k=0 · bf16_autocast``: frame execution, backend, k and precision
-    always; any other knob only where it is not its default (``compile=default``, ``CUDA graph``)."""
-    parts = []
-    for col in columns:
-        value = row.get(col) if hasattr(row, "get") else row[col]
-        if col == "prune_depth":
-            parts.append(f"k={int(value)}" if not t.missing(value) else "k=?")
-        elif col == "frame_exec" and value == "chunked":
-            parts.append(f"chunked({int(row['frame_chunk'])})")
-        elif col in t.BOOL_KNOBS:
-            if value is True:
-                parts.append(_BOOL_LABELS.get(col, col))
-        elif col in _ALWAYS_SHOWN:
-            if value not in (None, ""):
-                parts.append(str(value))
-        elif not t.missing(value) and value not in ("", None) and value != _DEFAULTS.get(col):
-            parts.append(f"{col}={value}")
-    return " · ".join(parts)
+    return fmt_percent(value)
 
 
 def workloads(results: pd.DataFrame) -> List[tuple]:
     """``[(label, rows)]`` per workload (device, arch, resolution, batch, part, inputs), biggest first."""
-    frame = t.tidy_results(results)
+    frame = tidy_results(results)
     if frame.empty:
         return []
-    keyed = frame.assign(**{f"_w_{c}": frame[c].map(lambda v: "" if t.missing(v) else v) for c in WORKLOAD})
+    keyed = frame.assign(**{f"_w_{c}": frame[c].map(lambda v: "" if missing(v) else v) for c in WORKLOAD})
     out = []
     for _, rows in keyed.groupby([f"_w_{c}" for c in WORKLOAD], sort=True, dropna=False):
         rows = rows.drop(columns=[f"_w_{c}" for c in WORKLOAD])
         first = rows.iloc[0]
-        label = (f"{t.device_label(rows)} · {first['arch']} · {t.int_text(first['height'])}×"
-                 f"{t.int_text(first['width'])} px · {first['part']}"
-                 + (f" · batch {t.int_text(first['batch'])}" if first["batch"] != 1 else ""))
+        label = (f"{device_label(rows)} · {first['arch']} · {int_text(first['height'])}×"
+                 f"{int_text(first['width'])} px · {first['part']}"
+                 + (f" · batch {int_text(first['batch'])}" if first["batch"] != 1 else ""))
         out.append((label, rows))
     out.sort(key=lambda item: -len(item[1]))
     return out
@@ -97,7 +70,7 @@ class Findings:
     fusing: Optional[dict] = None          # min, max, frames_min, frames_max, pairs, faster
     conversion: Optional[dict] = None      # k, min, max, frames_min, frames_max, drift_min, drift_max
     approximation: Optional[dict] = None   # frames, setting, speedup (fastest at the largest S), and
-                                           # within: tables.best_within_yardstick (None: none qualifies)
+                                           # within: approximations.best_within_yardstick (None: none qualifies)
     lines: List[str] = field(default_factory=list)
 
     def markdown(self) -> str:
@@ -120,8 +93,8 @@ def _findings(label: str, rows: pd.DataFrame) -> Findings:
     # Conclusions come from trusted timings only: a noisy point is listed, never compared.
     noisy = rows[(rows["status"] == "ok") & rows["noisy"].fillna(False).astype(bool)]
     rows_all, rows = rows, rows.drop(noisy.index)
-    exact, _ = t.exact_rows(rows)
-    ok = t.ok_rows(exact)
+    exact, _ = exact_rows(rows)
+    ok = ok_rows(exact)
     lines = []
     status_text = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
     lines.append(f"**{label}**: {len(rows_all)} points ({status_text}).")
@@ -135,7 +108,7 @@ def _findings(label: str, rows: pd.DataFrame) -> Findings:
                           for _, r in noisy.head(4).iterrows())
         lines.append(f"{len(noisy)} noisy point(s) are left out of every conclusion below ({where}"
                      f"{'; ...' if len(noisy) > 4 else ''}).")
-    ratios = t.impl_ratios(rows)
+    ratios = impl_ratios(rows)
     same = ratios[ratios["same_run"] & ~ratios["noisy"]] if len(ratios) else ratios
     if len(same):
         parts = [f"S={int(r['frames'])} {fmt_x(r['speedup'])} time, {fmt_x(r['memory_ratio'])} memory"
@@ -194,7 +167,7 @@ def _findings(label: str, rows: pd.DataFrame) -> Findings:
     else:
         lines.append("No exact point ran and none ran out of memory: see the table of points that did not run.")
     # Fusing.
-    pairs = t.speedup_pairs(exact)
+    pairs = speedup_pairs(exact)
     if len(pairs):
         lo, hi = pairs.loc[pairs["speedup"].idxmin()], pairs.loc[pairs["speedup"].idxmax()]
         faster = int((pairs["speedup"] > 1).sum())
@@ -209,7 +182,7 @@ def _findings(label: str, rows: pd.DataFrame) -> Findings:
         lines.append("Fusing: no frame count was measured both fused and sequential (ok), so there is no speedup "
                      "to report.")
     # Conversion.
-    conv = t.conversion_table(rows)
+    conv = conversion_table(rows)
     conv = conv[conv["speedup"].notna()]
     if len(conv):
         k = int(conv["prune_depth"].max())
@@ -240,7 +213,7 @@ def _findings(label: str, rows: pd.DataFrame) -> Findings:
 
 
 def _drift_text(row) -> str:
-    parts = [f"{name} {fmt_frac(row[col])}" for col, name in t.DRIFT_OUTPUTS[:2] if not t.missing(row.get(col))]
+    parts = [f"{name} {fmt_frac(row[col])}" for col, name in DRIFT_OUTPUTS[:2] if not missing(row.get(col))]
     return f"drift: {', '.join(parts)}" if parts else "drift not measured"
 
 
@@ -248,10 +221,10 @@ def _approximation_line(rows: pd.DataFrame, found: Findings, rows_all: Optional[
     """The attention approximations against the exact model: the fastest at the largest frame count,
     and the fastest that keeps camera-pose and depth drift below prune_depth=4's (the yardstick).
     ``rows`` are the trusted rows; ``rows_all`` with the noisy ones, to say when only those exist."""
-    table = t.approximation_table(rows)
+    table = approximation_table(rows)
     measured = table[table["speedup"].notna() & (table["technique"] != "prune_depth")]
     if measured.empty:
-        every = t.approximation_table(rows_all) if rows_all is not None else table
+        every = approximation_table(rows_all) if rows_all is not None else table
         every = every[every["speedup"].notna() & (every["technique"] != "prune_depth")]
         if len(every):  # measured, but a speed-up with a noisy side is no result
             frames = int(every["frames"].max())
@@ -263,12 +236,12 @@ def _approximation_line(rows: pd.DataFrame, found: Findings, rows_all: Optional[
     frames = int(measured["frames"].max())
     at = measured[measured["frames"] == frames]
     top = at.loc[at["speedup"].idxmax()]
-    within = t.best_within_yardstick(table)
+    within = best_within_yardstick(table)
     found.approximation = {"frames": frames, "setting": top["setting"], "speedup": float(top["speedup"]),
                            "within": within}
     text = (f"Attention approximations against the exact model: at S={frames} the fastest measured is "
             f"{top['setting']}, {fmt_x(top['speedup'])} ({_drift_text(top)}).")
-    k = t.YARDSTICK_DEPTH
+    k = YARDSTICK_DEPTH
     if within is not None:
         text += (f" The fastest whose camera-pose and depth drift both stay below prune_depth={k}'s "
                  f"(pose {fmt_frac(within['yardstick_drift_pose_rel'])}, depth "
@@ -286,15 +259,15 @@ def _approximation_line(rows: pd.DataFrame, found: Findings, rows_all: Optional[
 def _rounding_note(table: pd.DataFrame, within: Optional[dict]) -> str:
     """When depth drift is rounding (random weights, heads in half precision): say so, and name the
     fastest setting under prune_depth=4's camera-pose drift alone where that differs."""
-    if not t.drift_is_rounding(table):
+    if not drift_is_rounding(table):
         return ""
     text = (" Random weights in half precision: the depth map (exp() of values near 0) is under one bf16 step, "
             "so depth and world-point drift are rounding, about one value for every setting, and rank nothing "
             "(benchmarks/drift_floor.py); camera-pose drift still ranks them. Use model.dtype=bf16_autocast "
             "(heads in fp32) or the checkpoint for a depth ranking.")
-    pose = t.best_within_yardstick(table, outputs=("drift_pose_rel",))
+    pose = best_within_yardstick(table, outputs=("drift_pose_rel",))
     if pose is not None and (within is None or pose["setting"] != within["setting"]):
-        text += (f" On camera-pose drift alone the fastest below prune_depth={t.YARDSTICK_DEPTH}'s at "
+        text += (f" On camera-pose drift alone the fastest below prune_depth={YARDSTICK_DEPTH}'s at "
                  f"S={pose['frames']} is {pose['setting']}: {fmt_x(pose['speedup'])} (pose "
                  f"{fmt_frac(pose['drift_pose_rel'])}).")
     return text
@@ -309,7 +282,7 @@ def _random_weights_note(rows: pd.DataFrame) -> str:
 def latency_pivot(rows: pd.DataFrame) -> pd.DataFrame:
     """Median latency by frames (rows) x configuration (columns), as text: ``12.3 ms``, or
     the status (``OOM``, ``n/a``, ``error``) where the point did not run. One workload."""
-    rows = t.tidy_results(rows)
+    rows = tidy_results(rows)
     if rows.empty:
         return pd.DataFrame()
     varying = [c for c in CONFIG if rows[c].nunique(dropna=False) > 1] or ["frame_exec", "attention"]
@@ -325,16 +298,16 @@ def latency_pivot(rows: pd.DataFrame) -> pd.DataFrame:
 
 def environment_table(results: pd.DataFrame) -> pd.DataFrame:
     """What the results were measured on, one row per field (values joined where they differ)."""
-    frame = t.tidy_results(results)
+    frame = tidy_results(results)
 
     def values(col):
-        return sorted({str(v) for v in frame[col] if not t.missing(v) and str(v) != ""}) if col in frame else []
+        return sorted({str(v) for v in frame[col] if not missing(v) and str(v) != ""}) if col in frame else []
 
     stamps = values("timestamp")
     random = {bool(v) for v in frame["random_weights"] if v is not None}
     gpu_mem = frame["gpu_mem_gib"].dropna()
     rows = [
-        ("device", t.device_label(frame)),
+        ("device", device_label(frame)),
         ("GPU memory", f"{gpu_mem.max():.1f} GiB" if len(gpu_mem) else "—"),
         ("CPU", " / ".join(values("cpu")) or "—"),
         ("torch", " / ".join(values("torch_version")) or "—"),
@@ -355,13 +328,13 @@ def environment_table(results: pd.DataFrame) -> pd.DataFrame:
 
 def status_table(results: pd.DataFrame) -> pd.DataFrame:
     """Points that did not run (oom, unavailable, error) with their message."""
-    frame = t.tidy_results(results)
+    frame = tidy_results(results)
     bad = frame[frame["status"] != "ok"]
     cols = ["frames", "frame_exec", "attention", "prune_depth", "dtype", "status", "message"]
-    approximation = [t.setting(r) for r in bad.to_dict("records")]
+    approximation = [setting(r) for r in bad.to_dict("records")]
     bad = bad[cols].copy()
     bad.insert(4, "approximation", approximation)
     bad["frames"] = bad["frames"].astype("Int64")
     bad["prune_depth"] = bad["prune_depth"].astype("Int64")
-    bad["message"] = bad["message"].map(lambda m: t.shorten(m, 120))
+    bad["message"] = bad["message"].map(lambda m: shorten(m, 120))
     return bad.sort_values(["status", "attention", "frames"]).reset_index(drop=True)

@@ -63,7 +63,7 @@ activations           everything else allocated during the forward
 and size rounding). Compiled models allocate from generated code: their blocks mostly land in
 activations.
 
-Tables (columns in ``vggt_bench.schema``): ``memory_timeline``, ``memory_at_peak``,
+Tables (columns in ``vggt_bench.core.schema``): ``memory_timeline``, ``memory_at_peak``,
 ``memory_by_category``, ``memory_stages`` (from the tracker, aligned to trace indices when the
 tracker's allocation counts match the trace), ``memory_stage_calls`` (the tracker's raw rows,
 kept so a snapshot can be re-analysed) and ``memory_summary``; notes in
@@ -81,7 +81,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from vggt_bench.schema import (
+from vggt_bench.core.schema import (
     MEMORY_AT_PEAK_COLUMNS,
     MEMORY_BY_CATEGORY_COLUMNS,
     MEMORY_STAGE_CALL_COLUMNS,

@@ -1,7 +1,7 @@
 """Nsight Systems traces, read from their SQLite export, as tidy DataFrames.
 
 ``nsys export --type sqlite report.nsys-rep`` writes one SQLite file per report. This module
-turns it into the four profile tables whose columns ``vggt_bench.schema`` fixes:
+turns it into the four profile tables whose columns ``vggt_bench.core.schema`` fixes:
 
 =================  ======================================  =====================================
 table              one row per                             nsys stats report it reproduces
@@ -55,7 +55,7 @@ from typing import Iterator, Union
 import numpy as np
 import pandas as pd
 
-from vggt_bench.schema import (
+from vggt_bench.core.schema import (
     CUDA_API_COLUMNS,
     GPU_ACTIVITY_COLUMNS,
     KERNEL_COLUMNS,

@@ -39,7 +39,7 @@ from vggt_bench.profiling.nsys_sqlite import (
     project_ranges,
     range_table,
 )
-from vggt_bench.schema import CUDA_API_COLUMNS
+from vggt_bench.core.schema import CUDA_API_COLUMNS
 
 _GPU_OP_CATS = ("kernel", "gpu_memcpy", "gpu_memset")
 _API_CATS = ("cuda_runtime", "cuda_driver")

@@ -13,7 +13,7 @@ import os
 import sys
 from typing import List, Optional
 
-from ..resources import template
+from ..core.resources import template
 
 NOTEBOOK = "report.ipynb"
 HTML = "report.html"

@@ -1,0 +1,39 @@
+"""``python -m vggt_bench report results=DIR``: figures and the report notebook of a results directory."""
+
+from __future__ import annotations
+
+import os
+
+from ..core.errors import EXIT_USER_ERROR, say_error
+from ..report import REFERENCE_NAMES, notebook, render
+
+
+def main(cfg) -> int:
+    """``python -m vggt_bench report results=DIR [notebook=false] [execute=false] [reference=null]``."""
+
+    def error(message: str) -> int:
+        say_error(message)
+        return EXIT_USER_ERROR
+
+    results = cfg.get("results")
+    if not results:
+        return error("results=DIR is required: the directory a sweep wrote (with results.parquet)")
+    if not os.path.isdir(results):
+        return error(f"results={results} is not a directory")
+    if not any(os.path.exists(os.path.join(results, n)) for n in ("results.parquet", "results.csv")):
+        return error(f"no results.parquet or results.csv in {results} (run a sweep with out={results} first)")
+    reference = cfg.get("reference")
+    if reference is not None and reference not in REFERENCE_NAMES:
+        return error(f"reference={reference} is unknown; choose one of {', '.join(REFERENCE_NAMES)} or null")
+    try:
+        written = render(results, notebook=bool(cfg.get("notebook", True)), execute=bool(cfg.get("execute", True)),
+                         reference=reference)
+    except OSError as exc:
+        return error(f"cannot write the report into {results} ({exc.strerror or exc})")
+    for path in written:
+        print(path)
+    wanted_notebook = bool(cfg.get("notebook", True))
+    have_notebook = any(p.endswith(notebook.NOTEBOOK) for p in written)
+    if wanted_notebook and not have_notebook:
+        return 1
+    return 0
