@@ -17,6 +17,15 @@ from hydra.core.config_store import ConfigStore
 from vggt_model.config import ExecutionConfig
 
 
+def setting(default, help: str, *, factory=None):
+    """A harness config field with its help text in the field's metadata (``help``), which
+    scripts/knobs_doc.py writes into docs/knobs.md. Hydra and OmegaConf do not read metadata:
+    the field behaves as a plain ``field(default=...)`` (``factory``: ``default_factory``)."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class ModelSettings(ExecutionConfig):
     """``model.*``: what the harness builds, plus every execution knob of the model itself.
@@ -26,12 +35,17 @@ class ModelSettings(ExecutionConfig):
     ``auto`` resolves from the machine (bf16_autocast with a GPU, fp32 without).
     """
 
-    arch: str = "auto"                 # auto | vggt1b | small
-    impl: str = "ours"                 # ours | upstream (facebookresearch/vggt's own code, same runner)
-    upstream_path: Optional[str] = None  # a checkout holding upstream's vggt/ (None: `import vggt`)
-    checkpoint: Optional[str] = None   # .pt / .safetensors; None: random weights from `seed`
-    seed: int = 0
-    dtype: str = "auto"                # auto, or one of vggt_model.PRECISIONS
+    arch: str = setting("auto", "vggt1b | small (VGGT's structure at 1/8 width, 8 + 8 layers) | auto (vggt1b with a "
+                        "GPU, small without)")
+    impl: str = setting("ours", "ours | upstream: our model, or upstream's own code (facebookresearch/vggt: `import vggt`, "
+                        "or model.upstream_path) through the same runner: same inputs, weights, columns; NVTX ranges "
+                        "through forward hooks. What upstream's code has no equivalent for is an unavailable row "
+                        "with the reason")
+    upstream_path: Optional[str] = setting(None, "a checkout holding upstream's vggt/ (null: `import vggt`)")
+    checkpoint: Optional[str] = setting(None, "the official model.pt or a .safetensors, loaded strictly; null: random "
+                                        "weights from model.seed, and every row says so (random_weights)")
+    seed: int = setting(0, "seed of the random weights (without model.checkpoint)")
+    dtype: str = setting("auto", "auto: bf16_autocast with a GPU, fp32 without")
 
 
 def execution_config(settings, **resolved) -> ExecutionConfig:
@@ -62,48 +76,55 @@ def approx_label(values) -> str:
 
 @dataclass
 class InputSettings:
-    height: Optional[int] = None       # None: 336 on GPU, 70 on CPU
-    width: Optional[int] = None        # None: 518 on GPU, 112 on CPU
-    batch: int = 1
-    image_dir: Optional[str] = None    # real images instead of synthetic ones
-    mode: str = "crop"                 # upstream preprocessing for image_dir: crop | pad
-    query_points: int = 0              # track head runs (part=full) when > 0
-    seed: int = 0
+    height: Optional[int] = setting(None, "pixels of the synthetic frames; null: 336 on a GPU, 70 on the CPU")
+    width: Optional[int] = setting(None, "pixels of the synthetic frames; null: 518 on a GPU, 112 on the CPU")
+    batch: int = setting(1, "B, scenes per forward")
+    image_dir: Optional[str] = setting(None, "a folder of real images (upstream's preprocessing) instead of synthetic "
+                                       "frames")
+    mode: str = setting("crop", "upstream's preprocessing for image_dir: crop | pad")
+    query_points: int = setting(0, "points the track head follows; it runs (part=full) when > 0")
+    seed: int = setting(0, "seed of the synthetic frames (and query points)")
 
 
 @dataclass
 class MeasureSettings:
-    warmup: int = 2
-    repeats: int = 5
-    drift: bool = False                # also measure output drift against the exact model (not-exact points;
-                                       # heads held, untimed, with part=aggregator: drift_* columns)
-    eager_reference: bool = True       # with drift: also drift_vs_eager, the last layer against our eager fp32
-                                       # model (an fp32 forward per point: minutes at hundreds of frames;
-                                       # experiment=approximations turns it off)
-    adaptive: bool = False             # repeat (repeats at least) until the median's 95% CI is within +-target_ci
-    target_ci: float = 0.02            # adaptive: CI half-width as a fraction of the median
-    budget_s: float = 60.0             # adaptive: seconds of timed calls at most (the last call may overrun)
-    max_repeats: int = 200             # adaptive: timed calls at most
+    warmup: int = setting(2, "untimed forwards before timing (the first is timed as first_call_ms)")
+    repeats: int = setting(5, "timed forwards (measure.adaptive: at least this many)")
+    drift: bool = setting(False, "also measure output drift against the exact model (not-exact points; heads held, "
+                                 "untimed, with part=aggregator: drift_* columns)")
+    eager_reference: bool = setting(True, "with drift: also drift_vs_eager, the last layer against our eager fp32 "
+                                          "model (an fp32 forward per weights and inputs: minutes at hundreds of "
+                                          "frames; experiment=approximations turns it off)")
+    adaptive: bool = setting(False, "repeat (repeats at least) until the median's 95% CI is within +-target_ci")
+    target_ci: float = setting(0.02, "adaptive: CI half-width as a fraction of the median")
+    budget_s: float = setting(60.0, "adaptive: seconds of timed calls at most (the last call may overrun)")
+    max_repeats: int = setting(200, "adaptive: timed calls at most")
 
 
 @dataclass
 class BenchConfig:
-    experiment: str = "default"
-    frames: int = 8
-    device: str = "auto"               # auto | cuda | cuda:N | cpu
-    part: str = "aggregator"           # aggregator | full
-    out: str = "reports/runs/latest"   # the CLI stamps a fresh directory per sweep when not given
-    resume: bool = True
-    report: bool = True                # render plots and the notebook at the end of a sweep
-    # Profiling each point of a sweep, AFTER its timing row is measured (timings never come from a
-    # profiled run): none | torch (PyTorch profiler, in process) | nsys (each point re-runs itself
-    # under `nsys profile --capture-range=cudaProfilerApi`) | external (you run the sweep under your
-    # own `nsys profile --capture-range=cudaProfilerApi --capture-range-end=repeat`; each point's
-    # captured forwards sit between their own cudaProfilerStart/Stop inside NVTX range point:<point_id>).
-    profiler: str = "none"
-    iterations: int = 3                # captured forwards per profile (after measure.warmup untimed ones)
-    nsys: Optional[str] = None         # path to the nsys binary; None: look on PATH
-    nsys_args: List[str] = field(default_factory=lambda: ["--trace=cuda,nvtx", "--sample=none", "--cpuctxsw=none"])
+    experiment: str = setting("default", "the preset's name, recorded in every row; experiment=NAME picks a preset "
+                                         "of experiments/experiment/ (its grid and measure settings)")
+    frames: int = setting(8, "S, frames per scene (>= 1)")
+    device: str = setting("auto", "auto | cuda | cuda:N | cpu")
+    part: str = setting("aggregator", "what is timed: aggregator (as upstream's table) | full (the whole model)")
+    out: str = setting("reports/runs/latest", "the results directory; without out= the CLI stamps a fresh "
+                                              "reports/runs/<timestamp>/ per sweep and points reports/runs/latest at it")
+    resume: bool = setting(True, "skip measured points on rerun: a point is its configuration, so a rerun with more "
+                                 "measure.repeats skips it too, and its skip line names the kept and the asked counts; "
+                                 "false measures again, replacing the row")
+    report: bool = setting(True, "render plots and the notebook at the end of a sweep")
+    profiler: str = setting("none", "profile each point of a sweep AFTER its timing row is measured (timings never "
+                                    "come from a profiled run): none | torch (PyTorch profiler, in process) | nsys "
+                                    "(each point re-runs itself under `nsys profile --capture-range=cudaProfilerApi`) | "
+                                    "external (you run the sweep under your own `nsys profile "
+                                    "--capture-range=cudaProfilerApi --capture-range-end=repeat`; each point's captured "
+                                    "forwards sit between their own cudaProfilerStart/Stop inside NVTX range "
+                                    "point:<point_id>)")
+    iterations: int = setting(3, "captured forwards per profile (after measure.warmup untimed ones)")
+    nsys: Optional[str] = setting(None, "path to the nsys binary; null: look on PATH")
+    nsys_args: List[str] = setting(None, "what nsys records (profiler=nsys)",
+                                   factory=lambda: ["--trace=cuda,nvtx", "--sample=none", "--cpuctxsw=none"])
     model: ModelSettings = field(default_factory=ModelSettings)
     inputs: InputSettings = field(default_factory=InputSettings)
     measure: MeasureSettings = field(default_factory=MeasureSettings)
@@ -111,30 +132,31 @@ class BenchConfig:
 
 @dataclass
 class VerifyConfig:
-    case: Optional[str] = None         # a reference case directory (case.json, state_dict/io .safetensors)
-    checkpoint: Optional[str] = None   # check that a checkpoint loads strictly into `arch`
-    arch: str = "vggt1b"
-    device: str = "cpu"
+    case: Optional[str] = setting(None, "a reference case directory (case.json, state_dict/io .safetensors)")
+    checkpoint: Optional[str] = setting(None, "check that a checkpoint loads strictly into `arch`")
+    arch: str = setting("vggt1b", "the architecture a checkpoint is loaded into: vggt1b | small")
+    device: str = setting("cpu", "where the case runs: cpu | cuda | cuda:N | auto")
     model: ModelSettings = field(default_factory=lambda: ModelSettings(dtype="fp32", attention="sdpa_math"))
-    tolerance_scale: float = 1.0       # multiply the case's tolerances (e.g. 10 for fp32 on GPU)
+    tolerance_scale: float = setting(1.0, "multiply the case's tolerances (e.g. 10 for fp32 on GPU)")
 
 
 @dataclass
 class ProfileConfig(BenchConfig):
-    profiler: str = "torch"            # torch | nsys | none (capture loop only, under your own nsys) | memory
-    dry_run: bool = False              # print the nsys command and exit
-    analyze: Optional[str] = None      # re-read an existing .sqlite / .nsys-rep / torch trace .json, or a
-                                       # folder of reports (or one report) holding point:<point_id> ranges
-    results: Optional[str] = None      # analyze: the sweep's out directory to join points to (default: out)
-    tag: Optional[str] = None          # name of this profile inside <out>/profiles/
+    profiler: str = setting("torch", "torch | nsys | none (capture loop only, under your own nsys) | memory")
+    dry_run: bool = setting(False, "print the nsys command and exit")
+    analyze: Optional[str] = setting(None, "re-read an existing .sqlite / .nsys-rep / torch trace .json / "
+                                           "memory_snapshot.pickle, or a folder of reports (or one report) holding "
+                                           "point:<point_id> ranges")
+    results: Optional[str] = setting(None, "analyze: the sweep's out directory to join points to (default: out)")
+    tag: Optional[str] = setting(None, "name of this profile inside <out>/profiles/")
 
 
 @dataclass
 class ReportConfig:
-    results: Optional[str] = None      # a results directory (with results.parquet / profiles/)
-    notebook: bool = True
-    execute: bool = True
-    reference: Optional[str] = "upstream_h100"  # labelled reference points on the scaling wall; null: none
+    results: Optional[str] = setting(None, "a results directory (with results.parquet / profiles/)")
+    notebook: bool = setting(True, "write the report notebook (false: figures only)")
+    execute: bool = setting(True, "execute the notebook and export report.html")
+    reference: Optional[str] = setting("upstream_h100", "labelled reference points on the scaling wall; null: none")
 
 
 def register() -> None:
