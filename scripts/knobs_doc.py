@@ -23,7 +23,7 @@ import yaml
 
 from vggt_model.config import APPROX, PRECISION, ExecutionConfig, knob_fields
 
-import vggt_bench.config as schema  # the harness's Hydra schema: the ONE import of it in this script
+import vggt_bench.core.config as schema  # the harness's Hydra schema: the ONE import of it in this script
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = ROOT / "docs" / "knobs.md"

@@ -101,7 +101,7 @@ def test_readme_is_a_front_door():
 
 
 def test_every_results_column_is_documented():
-    from vggt_bench.schema import EXECUTION, RESULT_COLUMNS  # one column per knob: docs/knobs.md covers those
+    from vggt_bench.core.schema import EXECUTION, RESULT_COLUMNS  # one column per knob: docs/knobs.md covers those
 
     page = (ROOT / "docs" / "results-columns.md").read_text()
     missing = [c for c in RESULT_COLUMNS if c not in EXECUTION and f"`{c}`" not in page]
