@@ -228,3 +228,95 @@ def test_every_named_setting_is_a_valid_combination_and_says_every_approximation
 def test_a_combination_that_leaves_no_global_layer_to_subsample_is_refused():
     with pytest.raises(ConfigError, match="has no global layer to act on"):
         ExecutionConfig(**{**_preset("prune2_kv_keep_05_fp8"), "prune_depth": 24}).validate(24, "model.")
+
+
+# ---- two baselines: the exact model with the same backend, and the fastest exact setting ------------
+def _row(**kw):
+    base = dict(point_id="x", impl="ours", arch="vggt1b", device="cuda", frames=1000, batch=1, height=336, width=518,
+                part="aggregator", query_points=0, inputs="synthetic", gpu_name="H100", status="ok", repeats=3,
+                random_weights=True, checkpoint="", frame_exec="fused", attention="sdpa_cudnn", dtype="bf16",
+                prune_depth=0, latency_ms_p10=None, latency_ms_p90=None)
+    base.update(kw)
+    if base["latency_ms_p10"] is None:
+        base["latency_ms_p10"] = base["latency_ms_p90"] = base.get("latency_ms_median")
+    return base
+
+
+def test_every_approximation_names_its_exact_point_and_the_fastest_exact_setting():
+    """An approximation on cuDNN beside an exact run on FlashAttention-4: a speedup over its own exact point
+    flatters it; the table also gives the one over the fastest exact setting a user could run instead, never
+    taking a noisy timing (or an FP8 row, an approximation) for that baseline."""
+    import pandas as pd
+
+    from vggt_bench.analysis import findings
+    from vggt_bench.analysis.approximations import approximation_table, best_within_yardstick
+
+    rows = pd.DataFrame([
+        _row(latency_ms_median=200_000.0),                                              # exact, cuDNN
+        _row(global_attention="flash_attn4", latency_ms_median=150_000.0),              # exact, FA4: the fastest
+        _row(global_attention="flash_attn4", token_chunk=65536, latency_ms_median=140_000.0, repeats=1),  # noisy
+        _row(linear_precision="fp8", global_attention="flash_attn4", latency_ms_median=145_000.0),  # FP8: approximate
+        _row(prune_depth=4, latency_ms_median=168_000.0, drift_pose_rel=0.014, drift_depth_rel=0.0007, repeats=1),
+        _row(kv_keep=0.05, latency_ms_median=20_000.0, drift_pose_rel=0.012, drift_depth_rel=0.0006),
+    ])
+    table = approximation_table(rows).set_index("setting")
+    kv = table.loc["kv_keep=0.05"]
+    assert kv["speedup"] == pytest.approx(10.0) and kv["speedup_fastest"] == pytest.approx(7.5)
+    assert "flash_attn4" in kv["fastest_setting"] and "65536" not in kv["fastest_setting"]
+    assert table.loc["fp8 linears", "technique"] == "linear_precision"  # listed as an approximation, not a baseline
+    assert not kv["noisy"]
+    best = best_within_yardstick(table.reset_index(), trusted=True)
+    # the yardstick measured once (for its drift) leaves the verdict standing; its own flag is kept apart
+    assert best["setting"] == "kv_keep=0.05" and not best["noisy"] and best["yardstick_noisy"]
+    assert best["speedup_fastest"] == pytest.approx(7.5)
+    text = " ".join(line for f in findings.findings(rows) for line in f.lines)
+    assert ("is kv_keep=0.05: 10.00× over the exact model with the same backend, 7.50× over the fastest exact "
+            "setting measured (fused · sdpa_cudnn · global_attention=flash_attn4 · bf16") in text
+
+
+def test_the_pareto_figure_draws_the_speedup_over_the_fastest_exact_setting_where_it_differs():
+    import pandas as pd
+
+    from vggt_bench.report import plots
+
+    def legend(rows):
+        figure = plots.approximations(pd.DataFrame(rows)).figure
+        return [h.get_label() for h in figure.axes[-1].get_legend().legend_handles], figure
+
+    same = [_row(latency_ms_median=200_000.0),
+            _row(prune_depth=4, latency_ms_median=168_000.0, drift_pose_rel=0.014, drift_depth_rel=0.0007),
+            _row(kv_keep=0.05, latency_ms_median=20_000.0, drift_pose_rel=0.012, drift_depth_rel=0.0006)]
+    labels, _ = legend(same)
+    assert "hollow: over the fastest exact setting" not in labels  # one baseline: nothing more to draw
+    labels, figure = legend(same + [_row(global_attention="flash_attn4", latency_ms_median=150_000.0)])
+    assert "hollow: over the fastest exact setting" in labels
+    hollow = {round(float(c.get_offsets()[0][0]), 4) for ax in figure.axes[:-1] for c in ax.collections
+              if len(c.get_offsets()) and len(c.get_facecolors()) == 0}
+    assert hollow == {7.5, round(150 / 168, 4)}  # kv_keep and prune_depth=4 over the 150 s FlashAttention-4 run
+
+
+def test_the_committed_2026_12_07_study_gives_its_verdict_against_the_fastest_exact_setting():
+    """reports/h100-2026-12-07/approx: at 1,000 frames every row runs the fastest exact setting (FA4 global,
+    cuDNN frame, lean with 65,536-token chunks), so the two baselines are one row: kv_keep=0.05 at 8.85x,
+    under prune_depth=4's camera and depth drift (prune_depth=4 measured once, for its drift); issue 26's
+    targets (10x, 15 s) are not met, and the tool says 8.85x, not more."""
+    from pathlib import Path
+
+    from vggt_bench.analysis import findings
+    from vggt_bench.analysis.approximations import approximation_table, best_within_yardstick
+    from vggt_bench.core.results import load_results
+
+    rows = load_results(str(Path(__file__).resolve().parents[1] / "reports" / "h100-2026-12-07" / "approx"))
+    assert rows["gpu_uuid"].nunique() == 1
+    table = approximation_table(rows)
+    at = table[table["frames"] == 1000].set_index("setting")
+    assert at.loc["kv_keep=0.05", "speedup"] == pytest.approx(149_882.921875 / 16_927.275391, rel=1e-6)
+    assert at.loc["kv_keep=0.05", "speedup_fastest"] == at.loc["kv_keep=0.05", "speedup"]
+    best = best_within_yardstick(table, trusted=True)
+    assert best["frames"] == 1000 and best["setting"] == "kv_keep=0.05" and not best["noisy"]
+    assert best["yardstick_noisy"] and best["drift_pose_rel"] < best["yardstick_drift_pose_rel"]
+    assert 8.8 < best["speedup"] < 10.0  # issue 26's 10x: missed
+    fp8 = table[table["technique"] == "linear_precision"].iloc[0]
+    assert fp8["speedup"] < 1.0  # FP8 linears ran slower than bf16 on this stack
+    text = " ".join(line for f in findings.findings(rows) for line in f.lines)
+    assert "at S=1000 is kv_keep=0.05: 8.85× over the exact model (also the fastest exact setting measured)" in text

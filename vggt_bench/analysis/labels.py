@@ -153,19 +153,22 @@ def config_label(row, columns=CONFIG) -> str:
     return " · ".join(parts)
 
 
+def _fp8(row) -> bool:
+    return row.get("linear_precision") == "fp8"
+
+
 def technique(row) -> str:
-    """What a row approximates: ``exact``, ``prune_depth``, an attention approximation's name, or
-    ``kv_keep + prune_depth`` when combined."""
+    """What a row approximates: ``exact``, ``prune_depth``, an attention approximation's name,
+    ``linear_precision`` (FP8 linears), or a combination (``kv_keep + prune_depth + linear_precision``)."""
     on = [c for c in APPROXIMATE_ATTENTION if not missing(row.get(c)) and row.get(c) != EXACT_VALUE[c]]
     k = row.get("prune_depth")
-    pruned = not missing(k) and k > 0
-    if not on:
-        return "prune_depth" if pruned else "exact"
-    return " + ".join(on + (["prune_depth"] if pruned else []))
+    on += ["prune_depth"] if not missing(k) and k > 0 else []
+    on += ["linear_precision"] if _fp8(row) else []
+    return " + ".join(on) or "exact"
 
 
 def setting(row) -> str:
-    """``kv_keep=0.25 · k=4 · layers 8-23``: the values a row approximates with."""
+    """``kv_keep=0.25 · k=4 · layers 8-23 · fp8 linears``: the values a row approximates with."""
     parts = [f"{c}={row.get(c):g}" for c in APPROXIMATE_ATTENTION
              if not missing(row.get(c)) and row.get(c) != EXACT_VALUE[c]]
     k = row.get("prune_depth")
@@ -175,6 +178,8 @@ def setting(row) -> str:
     layers = row.get("approx_layers")
     if len(parts) and not missing(layers) and layers not in ("", "all") and technique(row) != "prune_depth":
         parts.append(f"layers {layers}")
+    if _fp8(row):
+        parts.append("fp8 linears")
     return " · ".join(parts) or "exact"
 
 

@@ -119,8 +119,9 @@ def tidy_results(frame: pd.DataFrame) -> pd.DataFrame:
     for col in BOOL_KNOBS + ["noisy", "backs_claim"]:
         frame[col] = frame[col].map(lambda v: False if v is None else v).astype(object)
     frame["context_parallel"] = frame["context_parallel"].fillna(1.0)  # tables from before it: one rank
-    for col in APPROXIMATE_ATTENTION:  # absent (older tables): those ran the exact attention
+    for col in list(APPROXIMATE_ATTENTION) + ["linear_precision"]:  # absent (older tables): those ran exact
         frame[col] = frame[col].fillna(EXACT_VALUE[col])
+    frame["linear_precision"] = frame["linear_precision"].replace("", EXACT_VALUE["linear_precision"])
     frame["approx_layers"] = frame["approx_layers"].replace("", "all")
     # older tables measured drift on the last layer's tokens only, as drift_rel (then against k=0)
     frame["drift_tokens_rel"] = frame["drift_tokens_rel"].fillna(frame["drift_rel"])
@@ -228,20 +229,27 @@ def baseline_depth(frame: pd.DataFrame) -> Optional[int]:
     return 0 if (depths == 0).any() else int(depths.min())
 
 
-def attention_exact(frame: pd.DataFrame) -> pd.Series:
-    """Rows whose global attention is exact: every attention approximation (kv_keep, merge_ratio,
-    global_sparsity) at its exact value; a column a table lacks (older tables) counts as exact."""
+def unapproximated(frame: pd.DataFrame) -> pd.Series:
+    """Rows with every approximation but global-to-frame conversion at its exact value: the attention
+    approximations (kv_keep, merge_ratio, global_sparsity) and the linear layers' precision (FP8 is an
+    approximation); prune_depth is judged apart (``exact_rows``, ``conversion_table``). A column a table
+    lacks (older tables) counts as exact."""
     keep = pd.Series(True, index=frame.index)
-    for col in APPROXIMATE_ATTENTION:
+    for col in list(APPROXIMATE_ATTENTION) + ["linear_precision"]:
         if col in frame:
             keep &= frame[col].isna() | (frame[col] == EXACT_VALUE[col])
     return keep
 
 
+def exact_model(frame: pd.DataFrame) -> pd.Series:
+    """Rows of the exact model: no approximation at all (``unapproximated`` and prune_depth 0)."""
+    return unapproximated(frame) & (frame["prune_depth"] == 0)
+
+
 def exact_rows(frame: pd.DataFrame) -> Tuple[pd.DataFrame, str]:
-    """The exact model's rows: attention approximations off, and prune_depth 0 (else the smallest
-    depth measured, with a note)."""
-    frame = frame[attention_exact(frame)]
+    """The exact model's rows: every approximation off (attention, FP8 linears), and prune_depth 0 (else
+    the smallest depth measured, with a note)."""
+    frame = frame[unapproximated(frame)]
     k = baseline_depth(frame)
     if k is None:
         return frame.iloc[0:0], ""

@@ -216,11 +216,13 @@ def _native(value):
     """A numpy scalar as the Python value JSON writes as itself."""
     return value.item() if hasattr(value, "item") and not isinstance(value, (str, bytes)) else value
 
+
 def _results(directory: str) -> pd.DataFrame:
     try:
         return load_results(directory)
     except FileNotFoundError:
         return pd.DataFrame()
+
 
 def rebuild_grid(out: str, results: Optional[str] = None) -> pd.DataFrame:
     """Write ``<out>/profile_grid.parquet`` and ``.csv`` from every profiled point of ``out``,
@@ -232,6 +234,7 @@ def rebuild_grid(out: str, results: Optional[str] = None) -> pd.DataFrame:
     grid = profile_grid(points, ranges, _results(results or out))
     write_grid(out, grid)
     return grid
+
 
 def analyze_points(source: str, out: str, results: Optional[str] = None, nsys: Optional[str] = None,
                    log: Callable[[str], None] = print) -> Optional[List[str]]:

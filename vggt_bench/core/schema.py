@@ -55,7 +55,7 @@ MEASUREMENTS = [
     "peak_tflops",       # dense peak of the device at this dtype (NaN if unknown)
     "peak_source",       # where peak_tflops comes from
     "frac_of_peak",      # achieved / (peak x world_size)
-    "attention_ran",     # what each call site ran: "frame=sdpa_cudnn global=flash_attn4" (auto: "auto(...)")
+    "attention_ran",     # what each call site ran: "frame=sdpa_cudnn global=flash_attn4" (auto: "auto(...)"; kv_keep: "approx=dense(flash_attn4)")
     "attention_auto",    # JSON: what attention=auto timed per site and shape (ms per backend), "" without auto
     "drift_vs_eager",    # measure.drift (and eager_reference): rel. L2 of the last layer's tokens vs the eager fp32 model, same weights/inputs
     # Output drift of an approximation (measure.drift=true and the execution not exact; NaN otherwise):
