@@ -200,8 +200,34 @@ def kept_patches(patches: int, keep: float) -> torch.Tensor:
     return torch.div((torch.arange(m) * 2 + 1) * patches, 2 * m, rounding_mode="floor")
 
 
-class SubsamplePlan:
-    """Everything about K/V subsampling that depends on the layout only (shared by every layer).
+class KeptTokens:
+    """Which tokens of a frame the other frames see under K/V subsampling (every kernel's).
+
+    ``keep_positions``: the ``per`` tokens of a frame other frames attend to (its camera/register tokens,
+    then the ``kept`` patches); ``dropped`` patches are stood in for by one mean token weighted by
+    ``log_count`` (None when nothing is dropped).
+    """
+
+    def __init__(self, layout: Layout, keep: float, device):
+        kept = kept_patches(layout.patches, keep)
+        self.specials = layout.specials
+        self.dropped = layout.patches - len(kept)
+        self.kept = kept.to(device)
+        self.keep_positions = torch.cat((torch.arange(layout.specials), layout.specials + kept)).to(device)
+        self.per = len(self.keep_positions)
+        self.log_count = math.log(self.dropped) if self.dropped else None
+
+    def means(self, frames: torch.Tensor) -> torch.Tensor:
+        """``frames [B, F, P, H, D]`` -> each frame's mean over its dropped patches ``[B, F, H, D]``: fp32
+        sums of all patches less the kept ones, over the count, in the tensor's dtype."""
+        patches = frames[:, :, self.specials:]
+        dropped = patches.sum(2, dtype=torch.float32) - patches[:, :, self.kept].sum(2, dtype=torch.float32)
+        return (dropped / self.dropped).to(frames.dtype)
+
+
+class SubsamplePlan(KeptTokens):
+    """Everything about K/V subsampling on flex attention that depends on the layout only (shared by
+    every layer).
 
     Keys, concatenated: every token in place (a query sees those of its own frame), then per frame
     its camera/register tokens and kept patches (a query sees other frames'), then one mean token
@@ -209,13 +235,10 @@ class SubsamplePlan:
     """
 
     def __init__(self, layout: Layout, keep: float, device):
-        S, P, sp = layout.frames, layout.tokens, layout.specials
+        super().__init__(layout, keep, device)
+        S, P = layout.frames, layout.tokens
         N = layout.length
-        kept = kept_patches(layout.patches, keep)
-        self.dropped = layout.patches - len(kept)
-        self.kept = kept.to(device)
-        self.keep_positions = torch.cat((torch.arange(sp), sp + kept)).to(device)  # within a frame
-        per = len(self.keep_positions)
+        per = self.per
         means = S if self.dropped else 0
         self.length = N + S * per + means
         frame = torch.cat((torch.arange(N) // P, torch.arange(S).repeat_interleave(per), torch.arange(means)))
@@ -255,7 +278,7 @@ class SubsamplePlan:
                                         seq_lengths=(N, self.length), compute_q_blocks=False)
 
     def _mean_weight(self):
-        first, log_count = self.first_mean, math.log(self.dropped)
+        first, log_count = self.first_mean, self.log_count
 
         def mean_weight(score, b, h, q_idx, kv_idx):
             # log(count) on a mean token's score, from the key's index: gathering it from a captured
@@ -303,15 +326,13 @@ def _subsampled(given: list, layout: Layout, keep: float) -> torch.Tensor:
     q, k, v = _take(given)[:3]
     plan = _plan(SubsamplePlan, layout, keep, q.device)
     B, N, H, D = k.shape
-    S, P, sp = layout.frames, layout.tokens, layout.specials
+    S, P = layout.frames, layout.tokens
 
     def keys(t):
         frames = t.view(B, S, P, H, D)
         parts = [t, frames[:, :, plan.keep_positions].reshape(B, -1, H, D)]
         if plan.dropped:
-            patches = frames[:, :, sp:]
-            dropped_sum = patches.sum(2, dtype=torch.float32) - patches[:, :, plan.kept].sum(2, dtype=torch.float32)
-            parts.append((dropped_sum / plan.dropped).to(t.dtype))
+            parts.append(plan.means(frames))
         return torch.cat(parts, dim=1).transpose(1, 2)
 
     k_all = keys(k)
@@ -334,24 +355,15 @@ AUTO_FRAMES = 16     # frames approx_kernel=auto times both kernels on (the laye
 AUTO_REPEATS = 3     # timed calls per kernel after one untimed one (compilation, first-call set-up)
 
 
-class WindowPlan:
-    """Dense K/V subsampling's index work, which depends on the layout only.
-
-    ``keep_positions``: the ``per`` tokens of a frame its other frames see (camera/register tokens, then
-    the kept patches); ``kept_starts[f] = (f+1) x per`` and ``mean_starts[f] = f+1``: where frame f's
-    window begins in the doubled pools; ``log_count``: the mean token's weight (None: nothing dropped).
-    """
+class WindowPlan(KeptTokens):
+    """Dense K/V subsampling's index work, which depends on the layout only: ``kept_starts[f] = (f+1) x
+    per`` and ``mean_starts[f] = f+1``, where frame f's window begins in the doubled pools."""
 
     def __init__(self, layout: Layout, keep: float, device):
-        S, sp = layout.frames, layout.specials
-        kept = kept_patches(layout.patches, keep)
-        self.dropped = layout.patches - len(kept)
-        self.kept = kept.to(device)
-        self.keep_positions = torch.cat((torch.arange(sp), sp + kept)).to(device)
-        self.per = len(self.keep_positions)
+        super().__init__(layout, keep, device)
+        S = layout.frames
         self.kept_starts = ((torch.arange(S) + 1) * self.per).to(device=device, dtype=torch.int32)
         self.mean_starts = (torch.arange(S) + 1).to(device=device, dtype=torch.int32)
-        self.log_count = math.log(self.dropped) if self.dropped else None
 
 
 class _Pools:
@@ -364,16 +376,14 @@ class _Pools:
         self.kept = [like.new_empty((B, 2, S, plan.per, H, D)) for _ in range(2)]
         self.means = [like.new_empty((B, 2, S, H, D)) for _ in range(2)] if plan.dropped else None
 
-    def fill(self, k: torch.Tensor, v: torch.Tensor, frames: slice, plan: WindowPlan, specials: int):
+    def fill(self, k: torch.Tensor, v: torch.Tensor, frames: slice, plan: WindowPlan):
         """Add frames ``frames`` from their keys and values ``k, v [B, F, P, H, D]``."""
         for i, t in enumerate((k, v)):
             chosen = t[:, :, plan.keep_positions]
             self.kept[i][:, 0, frames] = chosen
             self.kept[i][:, 1, frames] = chosen
-            if self.means is not None:  # as the flex path computes them: fp32 sums, then the key's dtype
-                patches = t[:, :, specials:]
-                dropped = patches.sum(2, dtype=torch.float32) - patches[:, :, plan.kept].sum(2, dtype=torch.float32)
-                mean = (dropped / plan.dropped).to(t.dtype)
+            if self.means is not None:
+                mean = plan.means(t)
                 self.means[i][:, 0, frames] = mean
                 self.means[i][:, 1, frames] = mean
             del chosen
@@ -415,7 +425,7 @@ def subsampled_attention_dense(q, k, v, layout: Layout, keep: float, kernel=None
     kernel = kernel or partial_attention.fastest(q.device, q.dtype, D)
     plan = _plan(WindowPlan, layout, keep, q.device)
     pools = _Pools(k, B, plan, layout)
-    pools.fill(k.view(B, S, P, H, D), v.view(B, S, P, H, D), slice(0, S), plan, layout.specials)
+    pools.fill(k.view(B, S, P, H, D), v.view(B, S, P, H, D), slice(0, S), plan)
     out = q.new_empty((B, N, H, D))
     for b in range(B):
         qf, kf, vf = (t[b].view(S, P, H, D) for t in (q, k, v))
@@ -455,7 +465,7 @@ def _subsampled_layer(block, x: torch.Tensor, rope, ranges: Ranges, layout: Layo
                 own[b, frames.start * P: frames.stop * P] = o.view(F * P, H, D)
                 own_lse[b, frames] = lse
                 del o, lse
-            pools.fill(k, v, frames, plan, layout.specials)
+            pools.fill(k, v, frames, plan)
             del q, k, v
     out = x if inplace else torch.empty_like(x)
     for chunk in row_chunks(S, max(step, ATTN_ROWS // P)):

@@ -16,24 +16,11 @@ import argparse
 
 import torch
 
+from flex_kv_keep import timed  # CUDA-event median, beside this script (benchmarks/gpu/)
 from vggt_model import approximate as A
 from vggt_model import fp8, partial_attention as PA
 
 H, D, TOKENS, SPECIALS, ROWS, COLS = 16, 64, 893, 5, 24, 37
-
-
-def timed(fn, repeats: int) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
 
 
 def rel(a, b) -> float:
@@ -71,7 +58,7 @@ def attention(frames: list, keeps: list, check: int, repeats: int, flex_frames: 
             # the parts alone: where the dense path's time goes
             plan = A.WindowPlan(layout, keep, "cuda")
             pools = A._Pools(k, 1, plan, layout)
-            pools.fill(k.view(1, S, TOKENS, H, D), v.view(1, S, TOKENS, H, D), slice(0, S), plan, SPECIALS)
+            pools.fill(k.view(1, S, TOKENS, H, D), v.view(1, S, TOKENS, H, D), slice(0, S), plan)
             qf, kf, vf = (t[0].view(S, TOKENS, H, D) for t in (q, k, v))
             t_own = timed(lambda: fa4.attend(qf, kf, vf), repeats)
             pk, pv = (t[0].view(-1, H, D) for t in pools.kept)
