@@ -196,3 +196,14 @@ def test_hydras_inspection_flags_print_the_configuration_and_run_nothing(flags, 
     else:
         assert "frames: 4" in done.stdout
     assert not (tmp_path / "out" / "points").exists() and not (tmp_path / "out" / "results.csv").exists()
+
+
+def test_without_a_terminal_there_is_no_bar_and_each_point_is_one_line(tmp_path):
+    # 2026-12-07: in a log file the bar's redraws interleaved with the points' lines
+    done = cli("sweep", "experiment=smoke", "frames=1,2", "model.frame_exec=fused", "measure.warmup=0",
+               "measure.repeats=1", "report=false", f"out={tmp_path}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "\r" not in done.stdout + done.stderr and "point/s" not in done.stderr, done.stderr[-2000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("ok ")]
+    assert [line.split(":")[0] for line in lines] == ["ok    small S=1 fused k=0 sdpa fp32 aggregator",
+                                                      "ok    small S=2 fused k=0 sdpa fp32 aggregator"]

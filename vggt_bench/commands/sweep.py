@@ -226,7 +226,7 @@ class SweepCallback(Callback):
             total = None
         print(f"vggt_bench sweep: {total or '?'} points -> {config.out}", flush=True)
         launchers.prepare(config)
-        progress.start_bar(total, str(config.hydra.sweep.dir))
+        progress.start_bar(total, str(config.hydra.sweep.dir), launchers.runs_elsewhere(config))
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         launchers.in_job()

@@ -68,11 +68,16 @@ _USER_ERROR = re.compile(r"^vggt_bench: error: (.*)$", re.MULTILINE)
 
 
 # ---- the sweep's process -----------------------------------------------------------------------
+def runs_elsewhere(config) -> bool:
+    """Whether a submitit launcher runs the sweep's jobs, each in a process of its own."""
+    return str(config.hydra.launcher.get("_target_", "")).startswith(PLUGIN + ".")
+
+
 def prepare(config) -> None:
     """At the start of a multirun: if a submitit launcher runs it, install what this module adds."""
-    target = str(config.hydra.launcher.get("_target_", ""))
-    if not target.startswith(PLUGIN + "."):
+    if not runs_elsewhere(config):
         return
+    target = str(config.hydra.launcher.get("_target_", ""))
     import importlib
 
     plugin = importlib.import_module(PLUGIN)
