@@ -1,0 +1,116 @@
+"""A results directory on a bad day (issue 29): a corrupt point file, a truncated table, a full or
+read-only disk, two sweeps into one `out`. Nothing measured is lost; each is one line."""
+
+import json
+import os
+
+import pandas as pd
+import pytest
+
+from conftest import run_cli as cli
+from vggt_bench.core.results import ResultStore, load_results
+
+TINY = ["experiment=smoke", "measure.warmup=0", "measure.repeats=1", "report=false"]
+
+
+def warnings_of(done):
+    return [line for line in done.stderr.splitlines() if line.startswith("vggt_bench: warning:")]
+
+
+@pytest.fixture
+def swept(tmp_path):
+    """A sweep of two points into tmp_path/out: (out, [point files])."""
+    out = tmp_path / "out"
+    done = cli("sweep", *TINY, "frames=1,2", "model.frame_exec=fused", f"out={out}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    points = sorted((out / "points").glob("*.json"))
+    assert len(points) == 2
+    return out, points
+
+
+def test_a_corrupt_point_file_is_set_aside_named_and_measured_again(swept):
+    # 2026-12-07, a new user's faults: one truncated points/<id>.json killed every later sweep into the
+    # folder (resume=false too) with a JSONDecodeError traceback that never named the file
+    out, (broken, kept) = swept
+    text = broken.read_text()
+    broken.write_text(text[: len(text) // 2])  # a crash mid-write on a filesystem without atomic renames
+    again = cli("sweep", *TINY, "frames=1,2", "model.frame_exec=fused", f"out={out}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "Traceback" not in again.stderr
+    (line,) = warnings_of(again)
+    aside = out / "points" / "corrupt" / broken.name
+    assert f"{broken} is unreadable (JSONDecodeError" in line and f"set aside to {aside}" in line, line
+    assert aside.read_text() == text[: len(text) // 2]  # kept as it was, never deleted
+    assert again.stdout.count("skip") == 1 and again.stdout.count("ok    small") == 1  # measured again
+    assert json.loads(broken.read_text())["status"] == "ok"
+    assert len(load_results(str(out))) == 2
+
+
+@pytest.mark.parametrize("content", [b"", b"\xff\xfe not utf-8", b"[1, 2]", b'{"status": "ok"}'])
+def test_every_reader_of_the_store_skips_and_sets_aside_what_it_cannot_read(tmp_path, content, capsys):
+    store = ResultStore(str(tmp_path))
+    store.ensure_writable()
+    store.add({"point_id": "a", "status": "ok", "timestamp": "1"})
+    (tmp_path / "points" / "b.json").write_bytes(content)
+    assert list(store.table()["point_id"]) == ["a"]
+    assert not store.is_done("b")
+    assert (tmp_path / "points" / "corrupt" / "b.json").read_bytes() == content
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1  # said once, when set aside
+    (tmp_path / "points" / "b.json").write_bytes(content)  # the same name again: both kept
+    assert store.existing("b") is None
+    assert len(list((tmp_path / "points" / "corrupt").iterdir())) == 2
+
+
+def test_report_sets_a_corrupt_point_aside_and_draws_the_rest(swept):
+    out, (broken, kept) = swept
+    broken.write_text("{")
+    (out / "results.parquet").unlink()  # the table must come from the points: one of them unreadable
+    (out / "results.csv").unlink()
+    done = cli("report", f"results={out}", "notebook=false")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert any(f"{broken} is unreadable" in line for line in warnings_of(done)), done.stderr
+    assert (out / "points" / "corrupt" / broken.name).read_text() == "{"
+    assert list(pd.read_parquet(out / "results.parquet")["point_id"]) == [kept.stem]
+
+
+def test_report_and_the_sweep_rebuild_a_truncated_table_from_the_points(swept, tmp_path):
+    # 2026-12-07: `report results=` a folder whose results.parquet was truncated: a 38-line traceback,
+    # exit 1, and no word that the points could rebuild it
+    out, points = swept
+    for name in ("results.parquet", "results.csv"):
+        data = (out / name).read_bytes()
+        (out / name).write_bytes(data[: len(data) // 2])
+    done = cli("report", f"results={out}", "notebook=false")
+    assert done.returncode == 0, done.stderr[-2000:]
+    (line,) = warnings_of(done)
+    assert line.startswith(f"vggt_bench: warning: results.parquet is unreadable (") and line.endswith(
+        f"in {out}; rebuilt results.parquet and results.csv from its 2 points"), line
+    assert len(pd.read_parquet(out / "results.parquet")) == 2 and len(pd.read_csv(out / "results.csv")) == 2
+    assert (out / "figures" / "scaling_wall.png").exists()
+    # the sweep's table step: every point kept, one of them now unreadable, the table truncated again
+    (out / "results.parquet").write_bytes(b"PAR1 truncated")
+    points[0].write_text("")
+    again = cli("sweep", *TINY, "frames=1,2", "model.frame_exec=fused", f"out={out}")
+    assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr[-2000:]
+    assert len(pd.read_parquet(out / "results.parquet")) == 2
+
+
+def test_a_truncated_table_without_points_is_one_line_naming_the_fix(swept, tmp_path):
+    out, _ = swept
+    copy = tmp_path / "copy"  # a table copied without its points, cut short on the way
+    copy.mkdir()
+    data = (out / "results.parquet").read_bytes()
+    (copy / "results.parquet").write_bytes(data[: len(data) // 2])
+    done = cli("report", f"results={copy}", "notebook=false")
+    assert done.returncode == 2, done.stderr[-2000:]
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("vggt_bench: error: results.parquet is unreadable (") and line.endswith(
+        f"in {copy}, and there are no points in {copy / 'points'} to rebuild it from: rerun the sweep with "
+        f"out={copy} to measure them again"), line
+    (copy / "results.csv").write_bytes((out / "results.csv").read_bytes())  # a CSV beside it: read, and said
+    done = cli("report", f"results={copy}", "notebook=false")
+    assert done.returncode == 0, done.stderr[-2000:]
+    (line,) = warnings_of(done)
+    assert "read results.csv instead" in line, line
+
