@@ -114,3 +114,54 @@ def test_a_truncated_table_without_points_is_one_line_naming_the_fix(swept, tmp_
     (line,) = warnings_of(done)
     assert "read results.csv instead" in line, line
 
+
+FULL_DISK = """
+import errno, os, sys
+from vggt_bench.core import results
+real = results.atomic_write
+def fail(f):
+    raise OSError(errno.{code}, os.strerror(errno.{code}))
+def full(path, write):  # the disk fills up once a point is kept: every later write of {what} fails
+    if {what!r} in path and len(os.listdir({points!r})) >= 1:
+        write = fail
+    return real(path, write)
+results.atomic_write = full
+from vggt_bench.cli import main
+sys.exit(main({args!r}))
+"""
+
+
+@pytest.mark.parametrize("what, code", [("/points/", "ENOSPC"), ("results.parquet", "EROFS")])
+def test_a_disk_that_fills_up_or_turns_read_only_mid_sweep_is_one_line_and_exit_2(tmp_path, what, code):
+    # 2026-12-07: losing write access mid-sweep (a remounted or full disk) was a traceback and exit 1
+    import errno
+    import subprocess
+    import sys
+
+    from conftest import ROOT, _cli
+
+    out = tmp_path / "out"
+    args = ["sweep", *TINY, "frames=1,2", "model.frame_exec=fused", f"out={out}"]
+    _, env = _cli(args)
+    code_text = FULL_DISK.format(what=what, points=str(out / "points"), code=code, args=args)
+    done = subprocess.run([sys.executable, "-c", code_text], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env=env)
+    assert done.returncode == 2, (done.stdout, done.stderr[-3000:])
+    assert "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    why = os.strerror(getattr(errno, code))
+    kept = list((out / "points").glob("*.json"))
+    if what == "/points/":  # the second point's row is lost with the write; the first is kept, with its tables
+        assert len(kept) == 1 and len(load_results(str(out))) == 1
+        assert line.startswith(f"vggt_bench: error: cannot write {out / 'points'}/") and f".json ({why}); kept 1 " \
+            f"point in {out / 'points'} (the row of small S=2 fused k=0 sdpa fp32 aggregator was not written: the " \
+            f"rerun measures it again); free space or restore write access, then rerun the same command to resume" \
+            in line, line
+    else:  # the first point's row is kept, its table write fails: the tables lag the points
+        assert len(kept) == 1
+        assert line == (f"vggt_bench: error: cannot write {out / 'results.parquet'} ({why}); kept 1 point in "
+                        f"{out / 'points'}; free space or restore write access, then rerun the same command to "
+                        f"resume"), line
+    resumed = cli(*args)  # the space is back: the rerun measures what is missing and rebuilds the tables
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert len(load_results(str(out))) == 2

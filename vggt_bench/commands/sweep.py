@@ -83,6 +83,12 @@ def run_job(cfg: DictConfig) -> dict:
     if not ranks.writes_rows():  # another rank of torchrun/srun: measures with rank 0, writes nothing
         return _as_other_rank(cfg, point, how)
     store = open_store(cfg.out)
+    point_file = os.path.join(store.points_dir, f"{point.point_id}.json")
+    with progress.writes_into(cfg.out, point_file, f"the row of {_describe(point)}"):
+        return _measure_job(cfg, point, how, profiler, store)
+
+
+def _measure_job(cfg: DictConfig, point, how: Method, profiler: str, store: ResultStore) -> dict:
     progress.job_started(point, cfg.experiment)
     pid = point.point_id
     measured = bool(cfg.resume) and store.is_done(pid)
@@ -233,7 +239,8 @@ class SweepCallback(Callback):
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         if ranks.writes_rows():
-            progress.job_ended(config)
+            with progress.writes_into(config.out):
+                progress.job_ended(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         progress.end_progress()
@@ -242,16 +249,22 @@ class SweepCallback(Callback):
         store = ResultStore(config.out)
         if not os.path.isdir(store.points_dir):
             return
-        frame = store.rebuild()
-        print(f"\n{len(frame)} points in {os.path.join(config.out, 'results.parquet')} (and results.csv)")
-        print(summary(frame))
-        if config.get("profiler", "none") != "none":
-            print(profile_summary(config.out))
-        if config.get("report", True):
-            from ..report import render
+        with progress.writes_into(config.out):
+            tables_and_report(config, store)
 
-            written = render(config.out)
-            print(f"report: {len(written)} files in {config.out} (figures, report.ipynb, report.html)")
+
+def tables_and_report(config: DictConfig, store: ResultStore) -> None:
+    """The end of a sweep: the tables rebuilt from every point, the summary, the report."""
+    frame = store.rebuild()
+    print(f"\n{len(frame)} points in {os.path.join(config.out, 'results.parquet')} (and results.csv)")
+    print(summary(frame))
+    if config.get("profiler", "none") != "none":
+        print(profile_summary(config.out))
+    if config.get("report", True):
+        from ..report import render
+
+        written = render(config.out)
+        print(f"report: {len(written)} files in {config.out} (figures, report.ipynb, report.html)")
 
 
 def stamped_out() -> List[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import fcntl
 import glob
 import hashlib
@@ -65,9 +66,11 @@ def atomic_write(path: str, write) -> None:
             write(f)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are as readable as any file the user makes
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename != path:  # name the file meant, not its temporary
+            raise OSError(exc.errno, exc.strerror or str(exc), path) from exc
         raise
 
 
@@ -96,6 +99,20 @@ def new_run_dir(root: str, link: str = "latest") -> str:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
     return out
+
+
+# What a disk that fills up or turns read-only mid-sweep raises: said in one line (``lost_write``).
+LOST_WRITE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def lost_write(exc: OSError, out: str, unsaved: str = "") -> str:
+    """The line for a write into ``out`` that failed with one of LOST_WRITE: the path, why, what is
+    kept and how to go on. ``unsaved``: what the failed write would have kept (a point's row)."""
+    kept = len(glob.glob(os.path.join(out, "points", "*.json")))
+    lost = f" ({unsaved} was not written: the rerun measures it again)" if unsaved else ""
+    return (f"cannot write {exc.filename or out} ({exc.strerror or exc}); kept {kept} point{'s' if kept != 1 else ''} "
+            f"in {os.path.join(out, 'points')}{lost}; free space or restore write access, then rerun the same command "
+            f"to resume")
 
 
 def unwritable(path: str) -> Optional[str]:

@@ -174,8 +174,9 @@ def _job_died(launcher, job, overrides: List[str], idx: int, exc: Optional[Excep
         row = dict(columns, status="error", message=message,
                    timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
         store = ResultStore(str(cfg.out))
-        store.ensure_writable()
-        store.add(row)
+        with progress.writes_into(str(cfg.out)):
+            store.ensure_writable()
+            store.add(row)
         tqdm.write(f"error {_describe(columns)}: {message}")
     progress.mark_done(job_dir)
     returned.return_value = columns

@@ -17,6 +17,7 @@ multirun, or when a launcher stops the sweep early).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -25,7 +26,8 @@ import sys
 import threading
 from typing import Any, Optional
 
-from ..core.results import atomic_write
+from ..core.errors import fail
+from ..core.results import LOST_WRITE, atomic_write, lost_write
 from ..measure.record import point_columns
 
 POINT_FILE = "vggt_point.json"
@@ -170,3 +172,16 @@ def end_progress() -> None:
         _BAR.close()
         _BAR = None
 
+
+@contextlib.contextmanager
+def writes_into(out: str, point_file: str = "", unsaved: str = ""):
+    """Writes into the results directory ``out``: one that fails as a full or read-only disk fails
+    (LOST_WRITE) closes the bar and ends the sweep with one line naming the path and what is kept,
+    exit 2. ``unsaved`` is said lost when the write that failed was ``point_file`` (a point's row)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in LOST_WRITE:
+            raise
+        end_progress()
+        fail(lost_write(exc, out, unsaved if point_file and exc.filename == point_file else ""))
