@@ -165,3 +165,129 @@ def test_a_disk_that_fills_up_or_turns_read_only_mid_sweep_is_one_line_and_exit_
     resumed = cli(*args)  # the space is back: the rerun measures what is missing and rebuilds the tables
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert len(load_results(str(out))) == 2
+
+
+# ---- two sweeps into one out ----------------------------------------------------------------------
+GRID = ["experiment=adhoc", "model.arch=small", "frames=2,3,4", "model.frame_exec=fused,sequential",
+        "measure.warmup=0", "measure.repeats=1", "report=false"]
+HOLD_FIRST_POINT = """
+import os, sys, time
+from vggt_bench.commands import sweep
+real, calls = sweep.run_point, []
+def held(point, how, experiment=""):  # the first point is measured, then kept until {go!r} exists
+    row = real(point, how, experiment)
+    calls.append(1)
+    deadline = time.time() + 240
+    while len(calls) == 1 and not os.path.exists({go!r}) and time.time() < deadline:
+        time.sleep(0.1)
+    return row
+sweep.run_point = held
+from vggt_bench.cli import main
+sys.exit(main({args!r}))
+"""
+
+
+def measured(stdout):
+    """The points a sweep measured, as its result lines name them."""
+    return [line.split(":")[0][6:] for line in stdout.splitlines() if line.startswith(("ok ", "error", "oom "))]
+
+
+def test_two_sweeps_into_one_out_split_the_grid_and_measure_each_point_once(tmp_path):
+    # 2026-12-07: two sweeps started into the same out both measured every point, contending for the
+    # machine, and the last writer won; nothing said so. Sweep A holds its first point until sweep B is
+    # done: B measures the rest, says who holds that one, and A then skips what B measured.
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT, _cli
+
+    out, go = tmp_path / "out", tmp_path / "go"
+    args = ["sweep", *GRID, f"out={out}"]
+    _, env = _cli(args)
+    first = subprocess.Popen([sys.executable, "-c", HOLD_FIRST_POINT.format(go=str(go), args=args)], cwd=ROOT,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not list(out.glob("claims/*.json")):  # A holds its first point
+            assert first.poll() is None, first.communicate()
+            time.sleep(0.2)
+        (held,) = list((out / "claims").glob("*.json"))
+        second = cli(*args)
+        go.touch()
+        a_out, a_err = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    assert first.returncode == 0 and second.returncode == 0, (a_err[-2000:], second.stderr[-2000:])
+    a, b = measured(a_out), measured(second.stdout)
+    assert len(a) == 1 and len(b) == 5 and not set(a) & set(b), (a_out, second.stdout)
+    (line,) = [line for line in second.stdout.splitlines() if line.startswith("held ")]
+    assert line.startswith(f"held  {a[0]}: another sweep is measuring it (host ") and f", pid {first.pid}, since " in line
+    assert a_out.count("skip  ") == 5  # A's own later points, measured by B meanwhile
+    table = load_results(str(out))
+    assert len(table) == 6 and table["point_id"].is_unique and held.stem in set(table["point_id"])
+    assert not list((out / "claims").glob("*.json"))  # every claim given up
+
+
+def test_two_sweeps_started_together_never_measure_a_point_twice(tmp_path):
+    from conftest import cli_process
+
+    import subprocess
+
+    out = tmp_path / "out"
+    procs = [cli_process("sweep", *GRID, f"out={out}", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    try:
+        results = [p.communicate(timeout=400) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in results]
+    a, b = (measured(stdout) for stdout, _ in results)
+    assert len(a) + len(b) == 6 and not set(a) & set(b), results
+    assert len(load_results(str(out))) == 6
+
+
+def test_a_live_claim_holds_its_point_and_a_stale_one_is_taken_over(tmp_path):
+    import socket
+    import subprocess
+    import time
+
+    from vggt_bench.core import claims
+
+    out = str(tmp_path)
+    path = tmp_path / "claims" / "p.json"
+    path.parent.mkdir()
+    other = subprocess.Popen(["sleep", "120"])
+    try:  # a live process of this host holds it
+        path.write_text(json.dumps({"host": socket.gethostname(), "pid": other.pid, "started": "then"}))
+        holder, taken = claims.claim(out, "p")
+        assert holder["pid"] == other.pid and taken is None and claims.held_by_others(out)[0]["point_id"] == "p"
+        claims.release(out, "p")  # not ours: left alone
+        assert path.exists()
+    finally:
+        other.kill()
+        other.wait()
+    holder, taken = claims.claim(out, "p")  # its process is gone: taken over at once
+    assert holder is None and taken["why"] == f"its process {other.pid} is gone"
+    assert json.loads(path.read_text())["pid"] == os.getpid() and not claims.held_by_others(out)
+    claims.release(out, "p")
+    assert not path.exists()
+    # another host's claim: its pid means nothing here; held while refreshed, taken over once it is not
+    path.write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": "then"}))
+    assert claims.claim(out, "p")[0]["host"] == "elsewhere"
+    old = time.time() - claims.STALE_S - 5
+    os.utime(path, (old, old))
+    holder, taken = claims.claim(out, "p")
+    assert holder is None and taken["why"].startswith("not refreshed for ")
+    claims.release_all()
+    path.write_text('{"host": ')  # cut short: holds no one
+    assert claims.claim(out, "p")[0] is None
+    claims.release_all()
+    path.write_text(json.dumps({"host": "elsewhere", "pid": 1}))
+    claims.release(out, "p", whoever=True)  # a launcher clearing a dead job's claim
+    assert not path.exists()

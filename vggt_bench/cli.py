@@ -4,6 +4,7 @@ Ctrl-C said in one line."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -227,6 +228,10 @@ def leave_interrupted(out) -> None:
     an import lock the interrupted code held) must not keep the user's Ctrl-C from ending the run.
     Further Ctrl-Cs are ignored meanwhile: one message, one exit."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from .core import claims
+
+    with contextlib.suppress(Exception):  # a point left half-measured is free for the next sweep at once
+        claims.release_all()
     kept = _points_in(out) if out else 0
     where = f"{kept} point{'s' if kept != 1 else ''} kept in {out}" if out else "nothing was being written"
 

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..analysis.tidy import missing, read_grid
 from ..core.config import approx_label
+from ..core import claims
 from ..core.errors import UserError, fail
 from ..core.results import ResultStore, new_run_dir
 from ..launch import launchers, progress
@@ -85,11 +86,32 @@ def run_job(cfg: DictConfig) -> dict:
     store = open_store(cfg.out)
     point_file = os.path.join(store.points_dir, f"{point.point_id}.json")
     with progress.writes_into(cfg.out, point_file, f"the row of {_describe(point)}"):
-        return _measure_job(cfg, point, how, profiler, store)
+        progress.job_started(point, cfg.experiment)
+        # ranks of an external launch measure a context-parallel point together: rank 0 alone cannot
+        # decide to skip it, so such points are not claimed
+        if point.execution.context_parallel > 1 and ranks.launched() is not None:
+            return _measure_job(cfg, point, how, profiler, store)
+        if not _done(cfg, store, point.point_id, profiler):
+            holder, taken = claims.claim(cfg.out, point.point_id)
+            if holder is not None:
+                say(f"{'held':<5} {_describe(point)}: another sweep is measuring it ({claims.describe(holder)}); its "
+                    f"row lands in {cfg.out}")
+                return {}
+            if taken is not None:
+                say(f"{'claim':<5} {_describe(point)}: took it over from {claims.describe(taken)} ({taken['why']})")
+        try:
+            return _measure_job(cfg, point, how, profiler, store)
+        finally:
+            claims.release(cfg.out, point.point_id)
+
+
+def _done(cfg: DictConfig, store: ResultStore, pid: str, profiler: str) -> bool:
+    """Whether a resumed sweep has nothing left to do at point ``pid``: measured, and profiled if asked."""
+    return bool(cfg.resume) and store.is_done(pid) and (profiler == "none" or profile_done(cfg.out, pid, profiler))
 
 
 def _measure_job(cfg: DictConfig, point, how: Method, profiler: str, store: ResultStore) -> dict:
-    progress.job_started(point, cfg.experiment)
+    """Measure (and profile) the point, or skip what is already done: this process holds its claim."""
     pid = point.point_id
     measured = bool(cfg.resume) and store.is_done(pid)
     profiled = profiler == "none" or (bool(cfg.resume) and profile_done(cfg.out, pid, profiler))
@@ -258,6 +280,12 @@ def tables_and_report(config: DictConfig, store: ResultStore) -> None:
     frame = store.rebuild()
     print(f"\n{len(frame)} points in {os.path.join(config.out, 'results.parquet')} (and results.csv)")
     print(summary(frame))
+    others = claims.held_by_others(config.out)
+    if others:
+        holders = sorted({claims.describe({**h, "started": ""}) for h in others})
+        print(f"{len(others)} point{'s are' if len(others) != 1 else ' is'} still being measured by another sweep "
+              f"({'; '.join(holders)}): {'their rows land' if len(others) != 1 else 'its row lands'} in {config.out} "
+              f"as it finishes, and its own report covers them")
     if config.get("profiler", "none") != "none":
         print(profile_summary(config.out))
     if config.get("report", True):

@@ -42,6 +42,7 @@ from typing import Dict, List, Optional, Sequence
 from submitit.slurm.slurm import SlurmInfoWatcher
 
 from ..core.config import approx_label
+from ..core import claims
 from ..core.errors import UserError, fail
 from ..core.results import ResultStore
 from ..measure.point import resolve
@@ -177,6 +178,7 @@ def _job_died(launcher, job, overrides: List[str], idx: int, exc: Optional[Excep
         with progress.writes_into(str(cfg.out)):
             store.ensure_writable()
             store.add(row)
+            claims.release(str(cfg.out), row["point_id"], whoever=True)  # the job is gone: its claim with it
         tqdm.write(f"error {_describe(columns)}: {message}")
     progress.mark_done(job_dir)
     returned.return_value = columns
