@@ -19,6 +19,7 @@ from vggt_bench.analysis.approximations import conversion_table
 from vggt_bench.analysis.labels import device_label
 from vggt_bench.analysis.memory import memory_fit
 from vggt_bench.analysis.profiles import stage_times
+from vggt_bench.analysis.scaling import speedup_pairs
 from vggt_bench.analysis.tidy import load_tables, tidy_results
 from vggt_bench.analysis.upstream import impl_ratios
 from vggt_bench.report import common, notebook, plots, render
@@ -498,3 +499,62 @@ def test_the_h200_wall_is_the_memory_an_h200_reports():
     assert len(fits) and (fits["device_mem_gib"].round(2) == 139.80).all()
     assert ((fits["wall_frames_141"] / fits["wall_frames_device"] - 1).abs() < 1e-3).all(), fits[["wall_frames_141", "wall_frames_device"]]
     assert (fits["wall_frames_192"] > fits["wall_frames_141"]).all()
+
+
+
+def test_only_noisy_rows_conclude_nothing_in_figures_tables_or_summary():
+    # 2026-12-07, every row flagged noisy (two CPU hogs): the fused_speedup and conversion figures and the
+    # "Fused over sequential" table showed a 2.20x callout and cells from 0.04x to 27.45x, unmarked; the
+    # summary said "No configuration of the exact model ran (no ok rows)" although 28 ok rows ran
+    from matplotlib.colors import to_hex
+
+    table = synthetic_gpu_results().assign(noisy=True, noise_reason="other processes took 67% of the CPU")
+    (found,) = findings.findings(table)
+    text = " ".join(found.lines)
+    assert "no `ok` rows" not in text and "Fastest exact configuration" not in text
+    assert "Every exact point that ran (59 ok) has a noisy timing, so no configuration is ranked" in found.unranked
+    assert text.count("no speedup is concluded") == 2  # fusing, conversion
+    assert found.largest_ok["frames"] == 256 and found.first_oom["frames"] == 256  # what ran still ran
+    pairs = speedup_pairs(table)
+    assert len(pairs) and pairs["noisy"].all()
+    conv = conversion_table(table).dropna(subset=["speedup"])
+    assert len(conv) and conv["noisy"].all()
+    fig, _ = plots.fused_speedup(table)
+    (ax,) = fig.axes
+    assert not [t for t in ax.texts if t.get_text().endswith("×")]  # no callout
+    assert any(h.get_label().startswith("noisy") for h in ax.get_legend().legend_handles)
+    assert any("no speedup here is a conclusion" in t for t in texts(fig))
+    fig, _ = plots.conversion(table)
+    outlined = [p for ax in fig.axes for p in ax.patches if to_hex(p.get_edgecolor()) == common.NOISY_RED]
+    assert len(outlined) == len(conv) and any("none is a conclusion" in t for t in texts(fig))
+    fig, _ = plots.backends(table)
+    assert any("noisy timing" in t for t in texts(fig)) and any(t.endswith("(noisy)") for t in texts(fig))
+    # one noisy pair among trusted ones: ringed, and the callout moves to the largest trusted frame count
+    table = synthetic_gpu_results().assign(noisy=False)
+    table.loc[(table["frames"] == 256) & (table["attention"] == "sdpa_flash") & (table["impl"] == "ours")
+              & (table["prune_depth"] == 0), "noisy"] = True
+    pairs = speedup_pairs(table)
+    flash = pairs[(pairs["attention"] == "sdpa_flash") & (pairs["prune_depth"] == 0)].set_index("frames")
+    assert flash.loc[256.0, "noisy"] and not flash.loc[128.0, "noisy"]
+    fig, _ = plots.fused_speedup(table)
+    callouts = {t.get_text(): t.xy[0] for t in fig.axes[0].texts}
+    assert callouts.get(f"{flash.loc[128.0, 'speedup']:.2f}×") == 128
+
+
+def test_the_notebook_marks_noisy_speedups_and_says_why_nothing_is_ranked(tmp_path):
+    table = synthetic_gpu_results().assign(noisy=True, noise_reason="load 2.8 on 2 cores")
+    out = write_results(tmp_path / "noisy", table)
+    notebook.write(str(out))
+    text = notebook_text(out / "report.ipynb")
+    assert "Every pair below has a noisy timing: none of these speedups is a conclusion." in text
+    assert "no configuration of the exact model ran" not in text.lower()
+    assert "has a noisy timing, so no configuration is ranked" in text
+
+
+def test_the_sweeps_summary_marks_noisy_rows():
+    from vggt_bench.commands.sweep import summary
+
+    table = synthetic_gpu_results().head(4).assign(noisy=[True, False, False, False])
+    header, first = summary(table).splitlines()[:2]
+    assert header.split()[header.split().index("status") + 1] == "noisy"
+    assert "noisy" not in summary(table.assign(noisy=False)).splitlines()[0]

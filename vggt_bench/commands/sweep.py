@@ -188,6 +188,8 @@ def summary(frame: pd.DataFrame) -> str:
         cols += [c for c in APPROX_SUMMARY_COLUMNS[4:] if c in frame.columns]
     if "context_parallel" in frame and (pd.to_numeric(frame["context_parallel"], errors="coerce") > 1).any():
         cols.insert(cols.index("status"), "context_parallel")  # ranks, where some points ran on several
+    if "noisy" in frame and frame["noisy"].map(lambda v: v is True or v == 1).any():
+        cols.insert(cols.index("status") + 1, "noisy")  # a noisy latency is listed, never a conclusion
     view = frame[cols].copy()
     for c in ("latency_ms_median", "peak_alloc_gib", "peak_rss_gib", "fps", "achieved_tflops", "drift_tokens_rel",
               "drift_pose_rel", "drift_depth_rel"):

@@ -13,13 +13,14 @@ from matplotlib import colors as mcolors
 from matplotlib import ticker
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
 
 from ..analysis.approximations import (
     DRIFT_OUTPUTS, TECHNIQUE_ORDER, YARDSTICK_DEPTH, approximation_table, conversion_table, pareto_front,
 )
 from ..analysis.labels import FRAME_EXEC_ORDER, fmt_percent, one_context, order_exec
 from ..analysis.tidy import tidy_results
-from .common import Plot, footnote, mark_noisy, new_figure, side_legend, suptitle
+from .common import NOISY_RED, Plot, footnote, mark_noisy, new_figure, side_legend, suptitle
 
 
 def _most_measured_backend(table: pd.DataFrame, notes: List[str]) -> Tuple[pd.DataFrame, str]:
@@ -69,6 +70,7 @@ def conversion(results: pd.DataFrame) -> Plot:
         sub = table[table["frame_exec"] == exec_]
         grid = np.full((len(frames), len(depths)), np.nan)
         labels = [["" for _ in depths] for _ in frames]
+        noisy = []
         for _, row in sub.iterrows():
             i, j = frames.index(row["frames"]), depths.index(row["prune_depth"])
             if row["status"] != "ok":
@@ -78,7 +80,11 @@ def conversion(results: pd.DataFrame) -> Plot:
             else:
                 grid[i, j] = np.log2(row["speedup"])
                 labels[i][j] = f"{row['speedup']:.2f}×"
+                if row["noisy"]:
+                    noisy.append((i, j))
         image = _heatmap(ax, grid, labels, cmap, norm, frames, depths)
+        for i, j in noisy:  # outlined as the line figures ring them: a noisy timing, no conclusion
+            ax.add_patch(Rectangle((j - 0.46, i - 0.46), 0.92, 0.92, fill=False, edgecolor=NOISY_RED, lw=1.8))
         ax.set_title(f"speedup over k=0 ({exec_})", fontsize=10)
     bar = fig.colorbar(image, ax=axes[: len(execs)], shrink=0.9, pad=0.02)
     ticks = _speedup_ticks(span)
@@ -109,6 +115,11 @@ def conversion(results: pd.DataFrame) -> Plot:
             dbar.ax.yaxis.set_minor_formatter(ticker.NullFormatter())
             dbar.update_ticks()
     foot = [] if len(drift) else ["output drift not measured: sweep with measure.drift=true (experiment=pruning does)"]
+    timed = table[table["speedup"].notna()]
+    if len(timed) and timed["noisy"].all():
+        foot.insert(0, "every speedup has a noisy timing (red outline: this k's or its k=0's): none is a conclusion")
+    elif timed["noisy"].any():
+        foot.insert(0, "red outline: a noisy timing (this k's or its k=0's): not used for conclusions")
     suptitle(fig, "Global-to-frame conversion: first k global layers as frame attention", table,
               extra=f"attention {backend}")
     footnote(fig, foot)

@@ -166,6 +166,9 @@ def line_colors(labels) -> dict:
     return colors
 
 
+NOISY_RED = "#d62728"  # how every figure marks a noisy timing: a ring, an outline
+
+
 def mark_noisy(ax, rows: pd.DataFrame, column: str, scale: float = 1.0, x: str = "frames",
                 label: str = "noisy (not used for conclusions)") -> list:
     """Hollow red rings on the points flagged noisy (``x`` against ``column``); the legend handle when
@@ -173,9 +176,9 @@ def mark_noisy(ax, rows: pd.DataFrame, column: str, scale: float = 1.0, x: str =
     noisy = rows[rows["noisy"].fillna(False).astype(bool)] if "noisy" in rows else rows.iloc[0:0]
     if noisy.empty:
         return []
-    ax.plot(noisy[x], noisy[column] * scale, ls="none", marker="o", ms=11, mfc="none", mec="#d62728", mew=1.4,
+    ax.plot(noisy[x], noisy[column] * scale, ls="none", marker="o", ms=11, mfc="none", mec=NOISY_RED, mew=1.4,
             zorder=5)
-    return [Line2D([], [], ls="none", marker="o", ms=9, mfc="none", mec="#d62728", mew=1.4, label=label)]
+    return [Line2D([], [], ls="none", marker="o", ms=9, mfc="none", mec=NOISY_RED, mew=1.4, label=label)]
 
 
 def save(fig: Figure, path_stem: str) -> List[str]:
