@@ -207,3 +207,14 @@ def test_without_a_terminal_there_is_no_bar_and_each_point_is_one_line(tmp_path)
     lines = [line for line in done.stdout.splitlines() if line.startswith("ok ")]
     assert [line.split(":")[0] for line in lines] == ["ok    small S=1 fused k=0 sdpa fp32 aggregator",
                                                       "ok    small S=2 fused k=0 sdpa fp32 aggregator"]
+
+
+def test_the_sweeps_first_line_names_each_axis_and_where_it_comes_from(tmp_path):
+    # 2026-12-07: `sweep frames=4,8 model.frame_exec=fused` also swept the default preset's prune_depth: 0,4,
+    # and the screen said only "4 points"
+    done = cli("sweep", "frames=4,8", "model.frame_exec=fused", "measure.warmup=0", "measure.repeats=1",
+               "report=false", f"out={tmp_path}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[0] == (
+        f"vggt_bench sweep: 4 points (frames=4,8 from the command line x model.prune_depth=0,4 from "
+        f"experiment=default; pass experiment=adhoc for only yours) -> {tmp_path}")

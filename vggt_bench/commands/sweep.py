@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, List
+from typing import Any, List, Tuple
 
 import pandas as pd
 from hydra.experimental.callback import Callback
@@ -199,22 +199,43 @@ def summary(frame: pd.DataFrame) -> str:
     return view.to_string(index=False)
 
 
-def grid_size(config: DictConfig) -> int:
-    """Number of jobs of a multirun: the product of the sweep lengths, command line over preset."""
+def grid_axes(config: DictConfig) -> List[Tuple[str, List[str], str]]:
+    """The axes of a multirun, ``[(key, values, source)]``: the preset's ``hydra.sweeper.params``
+    (source ``experiment=NAME``) with the command line's sweeps over them (source ``the command line``;
+    a single value there ends the preset's axis of that key)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     preset = config.hydra.sweeper.get("params")
-    params = dict(OmegaConf.to_container(preset, resolve=False)) if preset else {}
+    params = {k: (v, f"experiment={config.get('experiment')}")
+              for k, v in (OmegaConf.to_container(preset, resolve=False) if preset else {}).items()}
     for text in config.hydra.overrides.task:
         key, _, value = text.partition("=")
-        params[key.lstrip("+~")] = value
+        params[key.lstrip("+~")] = (value, "the command line")
     parser = OverridesParser.create()
-    overrides = parser.parse_overrides([f"{k}={v}" for k, v in params.items()])
-    total = 1
-    for o in overrides:
+    axes = []
+    for (key, (value, source)), o in zip(params.items(),
+                                         parser.parse_overrides([f"{k}={v}" for k, (v, _) in params.items()])):
         if o.is_sweep_override():
-            total *= len(list(o.sweep_string_iterator()))
+            axes.append((key, list(o.sweep_string_iterator()), source))
+    return axes
+
+
+def grid_size(config: DictConfig) -> int:
+    """Number of jobs of a multirun: the product of the sweep lengths, command line over preset."""
+    total = 1
+    for _, values, _ in grid_axes(config):
+        total *= len(values)
     return total
+
+
+def grid_line(axes: List[Tuple[str, List[str], str]]) -> str:
+    """``frames=4,8 from the command line x model.prune_depth=0,4 from experiment=default; pass
+    experiment=adhoc for only yours``: each axis and where it comes from."""
+    sources = list(dict.fromkeys(source for _, _, source in axes))
+    parts = [" x ".join(f"{key}={','.join(values)}" for key, values, s in axes if s == source) + f" from {source}"
+             for source in sorted(sources, key=lambda s: s != "the command line")]
+    hint = "; pass experiment=adhoc for only yours" if len(sources) > 1 else ""
+    return " x ".join(parts) + hint
 
 
 def preflight(config: DictConfig) -> None:
@@ -251,10 +272,12 @@ class SweepCallback(Callback):
         preflight(config)
         os.makedirs(config.out, exist_ok=True)
         try:
+            axes = grid_axes(config)
             total = grid_size(config)
         except Exception:  # the bar is a convenience; Hydra itself reports bad overrides
-            total = None
-        print(f"vggt_bench sweep: {total or '?'} points -> {config.out}", flush=True)
+            axes, total = [], None
+        grid = f" ({grid_line(axes)})" if axes else ""
+        print(f"vggt_bench sweep: {total or '?'} points{grid} -> {config.out}", flush=True)
         launchers.prepare(config)
         progress.start_bar(total, str(config.hydra.sweep.dir), launchers.runs_elsewhere(config))
 
