@@ -137,10 +137,36 @@ def test_the_default_out_is_a_new_run_and_latest_points_at_it(tmp_path):
     done = subprocess.run([sys.executable, "-m", "vggt_bench", "run", "experiment=smoke", "frames=1"], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    latest = tmp_path / "reports" / "runs" / "latest"
+    latest = tmp_path / "reports" / "runs" / "latest-run"
     assert latest.is_symlink() and (latest / "results.parquet").exists()
-    assert f"results go to reports/runs/{os.readlink(latest)}" in done.stdout
+    assert f"results go to reports/runs/{os.readlink(latest)} (reports/runs/latest-run points at it)" in done.stdout
     assert "row: " in done.stdout and "results.parquet" in done.stdout  # `run` says where its row went
+
+
+def test_latest_is_the_latest_sweep_whatever_ran_after_it(tmp_path):
+    # 2026-12-07: `profile` and `run` without out= moved reports/runs/latest, so the README's
+    # `report results=reports/runs/latest` rendered a single run, not the sweep
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    tiny = ["experiment=smoke", "measure.warmup=0", "measure.repeats=1"]
+    for args in (["sweep", *tiny, "frames=1", "model.frame_exec=fused", "report=false"], ["run", *tiny, "frames=2"],
+                 ["profile", "profiler=torch", "model.arch=small", "inputs.height=56", "inputs.width=84", "frames=1",
+                  "iterations=1", "measure.warmup=0"]):
+        done = subprocess.run([sys.executable, "-m", "vggt_bench", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    runs = tmp_path / "reports" / "runs"
+    targets = {name: os.readlink(runs / name) for name in ("latest", "latest-run", "latest-profile")}
+    assert len(set(targets.values())) == 3, targets
+    report = subprocess.run([sys.executable, "-m", "vggt_bench", "report", "results=reports/runs/latest",
+                             "notebook=false"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert list(load_results(str(runs / "latest"))["frames"]) == [1]  # the sweep's point, not the run's
+
+
+def test_help_shows_the_out_a_command_really_writes_to():
+    # 2026-12-07: `sweep --help` showed `out: reports/runs/latest` while results went to a new folder
+    done = cli("sweep", "--help")
+    assert done.returncode == 0 and "out: reports/runs/<timestamp>" in done.stdout, done.stdout[-2000:]
 
 
 def test_results_files_are_as_readable_as_the_users_other_files(tmp_path):

@@ -188,10 +188,11 @@ def main(argv=None) -> int:
         rest = ([] if named else [f"out={scratch}/out"]) + rest + [
             f"hydra.run.dir={scratch}/hydra", f"hydra.sweep.dir={scratch}/hydra"]
     if command in ("run", "sweep", "profile") and not any(a.startswith("out=") for a in rest):
-        from .commands.sweep import stamped_out
+        from .commands.sweep import LATEST, stamped_out
 
-        rest = stamped_out() + rest  # first: Hydra takes overrides before its own flags
-        print(f"vggt_bench: results go to {rest[0].split('=', 1)[1]} (reports/runs/latest points at it)", flush=True)
+        rest = stamped_out(command) + rest  # first: Hydra takes overrides before its own flags
+        print(f"vggt_bench: results go to {rest[0].split('=', 1)[1]} (reports/runs/{LATEST[command]} points at it)",
+              flush=True)
     out = next((_value(a) for a in reversed(rest) if a.startswith("out=")), None)
     if out is not None:
         # Hydra writes its own logs under out/ before our code runs: check it first, in one line.

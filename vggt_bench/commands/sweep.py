@@ -320,7 +320,12 @@ def tables_and_report(config: DictConfig, store: ResultStore) -> None:
         print(f"report: {len(written)} files in {config.out} (figures, report.ipynb, report.html)")
 
 
-def stamped_out() -> List[str]:
-    """``out=reports/runs/<timestamp>`` for a run that names none; ``reports/runs/latest`` is made
-    to point at it (the default the schema and ``--help`` name)."""
-    return [f"out={new_run_dir('reports/runs')}"]
+# Where reports/runs/ points at the latest results of each command that names no out=: `latest` is
+# always a sweep's, so `report results=reports/runs/latest` renders the latest sweep.
+LATEST = {"sweep": "latest", "run": "latest-run", "profile": "latest-profile"}
+
+
+def stamped_out(command: str = "sweep") -> List[str]:
+    """``out=reports/runs/<timestamp>`` (the default the schema and ``--help`` name) for a command that
+    names none; ``reports/runs/<LATEST[command]>`` is made to point at it."""
+    return [f"out={new_run_dir('reports/runs', LATEST[command])}"]
