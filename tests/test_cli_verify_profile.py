@@ -114,6 +114,7 @@ def test_profile_torch_on_cpu_names_the_model_ranges(tmp_path):
     done = cli("profile", "profiler=torch", "part=full", "frames=2", "inputs.height=56", "inputs.width=84",
                "iterations=2", "measure.warmup=1", f"out={tmp_path}")
     assert done.returncode == 0, done.stderr[-2000:]
+    assert "USDT:" not in done.stdout + done.stderr, done.stderr  # 2026-12-07: Kineto's start/stop lines leaked
     (directory,) = [p for p in (tmp_path / "profiles").iterdir()]
     ranges = pd.read_csv(directory / "nvtx_ranges.csv").set_index("range")
     for name in ("vggt", "aggregator", "patch_embed", "frame_block", "global_block", "attention", "mlp",
@@ -143,3 +144,13 @@ def test_profile_analyze_reads_someone_elses_report(tmp_path):
     assert ranges.loc["Frame_Attention", "disagree"] and ranges.loc["Global_Attention", "disagree"]
     empty = cli("profile", f"analyze={NSYS}/vggt_20report_A40.sqlite.gz", f"out={tmp_path}")
     assert "no NVTX ranges and no GPU kernels" in one_line_error(empty, code=1)
+
+
+def test_only_kinetos_own_lines_are_dropped_from_stderr(capfd):
+    from vggt_bench.profiling.capture import without_kineto_chatter
+
+    with without_kineto_chatter():
+        os.write(2, b"USDT:2026-12-07 20:07:10 26361:26361 SyncActivityProfilerHandler.cpp:52] profiler_start\n")
+        os.write(2, b"STAGE:2026-12-07 20:07:10 26361:26361 SyncActivityProfilerHandler.cpp:51] Completed Stage\n")
+        os.write(2, b"a warning of our own\n")
+    assert capfd.readouterr().err == "a warning of our own\n"
