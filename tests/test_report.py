@@ -558,3 +558,46 @@ def test_the_sweeps_summary_marks_noisy_rows():
     header, first = summary(table).splitlines()[:2]
     assert header.split()[header.split().index("status") + 1] == "noisy"
     assert "noisy" not in summary(table.assign(noisy=False)).splitlines()[0]
+
+
+def figure_problems(fig) -> list[str]:
+    """Axes whose visible tick labels repeat, and point labels (annotations) reaching outside their axes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Annotation
+
+    FigureCanvasAgg(fig).draw()
+    renderer = fig.canvas.get_renderer()
+    found = []
+    for ax in [a for a in fig.axes if a.axison]:
+        for axis, (lo, hi), i in ((ax.xaxis, sorted(ax.get_xlim()), 0), (ax.yaxis, sorted(ax.get_ylim()), 1)):
+            labels = [t.get_text() for t in axis.get_ticklabels()
+                      if t.get_text() and lo - 1e-12 <= t.get_position()[i] <= hi + 1e-12]
+            if len(labels) != len(set(labels)):
+                found.append(f"{ax.get_ylabel() or ax.get_title()}: {axis.axis_name} ticks {labels}")
+        box = ax.get_window_extent(renderer)
+        for text in [t for t in ax.texts if isinstance(t, Annotation) and t.get_text()]:
+            extent = text.get_window_extent(renderer)
+            if extent.x0 < box.x0 - 1 or extent.x1 > box.x1 + 1 or extent.y0 < box.y0 - 1 or extent.y1 > box.y1 + 1:
+                found.append(f"{ax.get_title()}: label {text.get_text()!r} outside the axes")
+    return found
+
+
+def test_every_figures_tick_labels_are_distinct_and_its_point_labels_inside_the_axes():
+    # 2026-12-07: the approximations figure's depth-drift ticks read "3e-06, 3e-06, 2e-06" (an axis under
+    # a decade falls back to linear ticks, written with one digit), and its point labels were clipped
+    from test_approximations import _row
+
+    drifts = [(4, 84_000.0, 2.1e-6), ("kv_keep", 60_000.0, 3.3e-6), ("kv_keep", 40_000.0, 4.6e-6),
+              ("merge_ratio", 20_000.0, 2.9e-6), ("global_sparsity", 9_000.0, 2.5e-6)]
+    rows = [_row(latency_ms_median=100_000.0)]
+    for i, (knob, ms, depth) in enumerate(drifts):
+        setting = {"prune_depth": knob} if knob == 4 else {knob: 0.25 if knob == "kv_keep" and i == 2 else 0.5}
+        rows.append(_row(**setting, latency_ms_median=ms, drift_pose_rel=0.03 + 0.01 * i, drift_depth_rel=depth))
+    tables = [pd.DataFrame(rows), synthetic_gpu_results(),
+              pd.read_parquet(REPO / "reports" / "h100-2026-11-24" / "pruning" / "results.parquet")]
+    problems = []
+    for table in tables:
+        for name, fn in plots.RESULT_FIGURES:
+            plot = fn(table, None) if name in ("scaling_wall", "memory") else fn(table)
+            problems += [f"{name}: {p}" for p in figure_problems(plot.figure)] if plot.figure else []
+    assert problems == []

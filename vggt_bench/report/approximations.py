@@ -20,7 +20,9 @@ from ..analysis.approximations import (
 )
 from ..analysis.labels import FRAME_EXEC_ORDER, fmt_percent, one_context, order_exec
 from ..analysis.tidy import tidy_results
-from .common import NOISY_RED, Plot, footnote, mark_noisy, new_figure, side_legend, suptitle
+from .common import (
+    NOISY_RED, DistinctTicks, Plot, footnote, label_points, mark_noisy, new_figure, side_legend, suptitle,
+)
 
 
 def _most_measured_backend(table: pd.DataFrame, notes: List[str]) -> Tuple[pd.DataFrame, str]:
@@ -196,6 +198,7 @@ def approximations(results: pd.DataFrame) -> Plot:
             ax.grid(True, which="major", alpha=0.3)
             sub = front[front["frames"] == frames_]
             drawn = sub[sub[col] > 0]
+            names = []  # (label, speedup, drift): written once the axis limits are set
             zero += [f"S={frames_} {row['setting']}" for _, row in sub[sub[col] == 0].iterrows()]
             for kind in kinds:
                 pts = drawn[drawn["technique"] == kind]
@@ -203,9 +206,7 @@ def approximations(results: pd.DataFrame) -> Plot:
                 ax.scatter(pts["speedup"], pts[col], s=30, marker=TECHNIQUE_MARKERS.get(base, "P"),
                            color=TECHNIQUE_COLORS.get(base, "#9467bd"), edgecolor="black" if " + " in kind else "none",
                            linewidth=0.8, zorder=3)
-                for _, row in pts.iterrows():
-                    ax.annotate(row["setting"].replace(f"{base}=", ""), (row["speedup"], row[col]), fontsize=6.5,
-                                xytext=(3, 2), textcoords="offset points", color="#333333")
+                names += [(row["setting"].replace(f"{base}=", ""), row["speedup"], row[col]) for _, row in pts.iterrows()]
             noisy_handle = mark_noisy(ax, drawn, col, x="speedup", label="noisy timing (speedup an estimate)") or noisy_handle
             on = drawn[drawn["on_front"]].sort_values("speedup")
             if len(on) > 1:  # a front of one point (it beats every other) is that point: no line
@@ -234,11 +235,12 @@ def approximations(results: pd.DataFrame) -> Plot:
                 lo, hi = float(drawn[col].min()), float(drawn[col].max())
                 decades = math.log10(hi / lo) if hi > lo else 0.0
                 ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades <= 2.6 else (1.0,)))
-                ax.yaxis.set_major_formatter(ticker.FuncFormatter(_drift_tick(lo)))
+                ax.yaxis.set_major_formatter(_drift_tick(lo))
                 ax.yaxis.set_minor_formatter(ticker.NullFormatter())
                 if decades < 0.3:  # a decade at least, so the axis carries a labelled tick
                     mid = math.sqrt(lo * hi)
                     ax.set_ylim(mid / 3.2, mid * 3.2)
+            label_points(ax, names)
             if r == 0:
                 ax.set_title(f"S = {frames_}", fontsize=10)
             if r == len(drifts) - 1:
@@ -262,13 +264,15 @@ def approximations(results: pd.DataFrame) -> Plot:
     return Plot(fig, "; ".join(n for n in notes if n))
 
 
-def _drift_tick(lowest: float):
+def _drift_tick(lowest: float) -> ticker.Formatter:
     """A tick formatter for one drift axis, in one notation for the whole axis: percent (two significant
     digits: 0.05%, 0.1%, 2%) when the axis's smallest drift is at least 1e-4, else scientific (rounding-level
-    drifts). A fixed switch at 1e-3 labelled one axis '0.0005, 0.1%, 0.2%' (the 2026-12-06 study's figure)."""
+    drifts), each with as many more digits as keep its ticks apart. A fixed switch at 1e-3 labelled one axis
+    '0.0005, 0.1%, 0.2%' (the 2026-12-06 study's figure); one digit of scientific labelled the linear ticks
+    a sub-decade axis falls back to '3e-06, 3e-06, 2e-06' (2026-12-07)."""
     if lowest >= 1e-4:
-        return lambda v, _: f"{v * 100:.2g}%"
-    return lambda v, _: f"{v:.0e}"
+        return DistinctTicks(lambda v, digits: f"{v * 100:.{digits}g}%", digits=2)
+    return DistinctTicks(lambda v, digits: f"{v:.{digits - 1}e}", digits=1)
 
 
 def _speedup_ticks(span: float) -> List[float]:
