@@ -23,8 +23,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from ..analysis.tidy import missing, read_grid
-from ..core.config import approx_label
 from ..core import claims
+from ..core.config import approx_label
 from ..core.errors import UserError, fail
 from ..core.results import ResultStore, new_run_dir
 from ..launch import launchers, progress

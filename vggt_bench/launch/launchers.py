@@ -41,8 +41,8 @@ from typing import Dict, List, Optional, Sequence
 
 from submitit.slurm.slurm import SlurmInfoWatcher
 
-from ..core.config import approx_label
 from ..core import claims
+from ..core.config import approx_label
 from ..core.errors import UserError, fail
 from ..core.results import ResultStore
 from ..measure.point import resolve
