@@ -4,6 +4,7 @@ Ctrl-C said in one line."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -187,10 +188,11 @@ def main(argv=None) -> int:
         rest = ([] if named else [f"out={scratch}/out"]) + rest + [
             f"hydra.run.dir={scratch}/hydra", f"hydra.sweep.dir={scratch}/hydra"]
     if command in ("run", "sweep", "profile") and not any(a.startswith("out=") for a in rest):
-        from .commands.sweep import stamped_out
+        from .commands.sweep import LATEST, stamped_out
 
-        rest = stamped_out() + rest  # first: Hydra takes overrides before its own flags
-        print(f"vggt_bench: results go to {rest[0].split('=', 1)[1]} (reports/runs/latest points at it)", flush=True)
+        rest = stamped_out(command) + rest  # first: Hydra takes overrides before its own flags
+        print(f"vggt_bench: results go to {rest[0].split('=', 1)[1]} (reports/runs/{LATEST[command]} points at it)",
+              flush=True)
     out = next((_value(a) for a in reversed(rest) if a.startswith("out=")), None)
     if out is not None:
         # Hydra writes its own logs under out/ before our code runs: check it first, in one line.
@@ -227,6 +229,10 @@ def leave_interrupted(out) -> None:
     an import lock the interrupted code held) must not keep the user's Ctrl-C from ending the run.
     Further Ctrl-Cs are ignored meanwhile: one message, one exit."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from .core import claims
+
+    with contextlib.suppress(Exception):  # a point left half-measured is free for the next sweep at once
+        claims.release_all()
     kept = _points_in(out) if out else 0
     where = f"{kept} point{'s' if kept != 1 else ''} kept in {out}" if out else "nothing was being written"
 

@@ -81,7 +81,7 @@ for f, (label, rows) in zip(found, report.workloads(results)):
 # %%
 for f in found:
     if f.fastest.empty:
-        display(Markdown(f"**{f.workload}**: no configuration of the exact model ran."))
+        display(Markdown(f"**{f.workload}**: {f.unranked}"))
         continue
     table = f.fastest.assign(
         latency=f.fastest["latency_ms"].map(report.fmt_ms),
@@ -92,13 +92,19 @@ for f in found:
 
 # %% [markdown]
 # ### Fused over sequential, and global-to-frame conversion
+#
+# `noisy`: a timing on either side of the speedup is flagged noisy, so the speedup is no conclusion (the
+# summary leaves it out).
 
 # %%
 pairs = scaling.speedup_pairs(results)
 if pairs.empty:
     display(Markdown("No frame count was measured both fused and sequential."))
 else:
-    display(pairs[["frames", "attention", "prune_depth", "dtype", "latency_ms_slow", "latency_ms_fast", "speedup"]]
+    if pairs["noisy"].all():
+        display(Markdown("Every pair below has a noisy timing: none of these speedups is a conclusion."))
+    display(pairs[["frames", "attention", "prune_depth", "dtype", "latency_ms_slow", "latency_ms_fast", "speedup",
+                   "noisy"]]
             .astype({"frames": int, "prune_depth": int})
             .sort_values(["attention", "prune_depth", "frames"]).round(3).reset_index(drop=True))
 conversion = approximations.conversion_table(results)
@@ -106,7 +112,7 @@ if conversion.empty:
     display(Markdown("No global-to-frame conversion was measured (no `prune_depth > 0` points)."))
 else:
     display(conversion[["frames", "frame_exec", "attention", "prune_depth", "prune_weights", "status",
-                        "latency_ms", "latency_ms_k0", "speedup", "drift_rel"]]
+                        "latency_ms", "latency_ms_k0", "speedup", "noisy", "drift_rel"]]
             .astype({"frames": int, "prune_depth": int})
             .sort_values(["frame_exec", "attention", "frames", "prune_depth"]).round(4).reset_index(drop=True))
 

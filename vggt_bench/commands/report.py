@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from ..core.errors import EXIT_USER_ERROR, say_error
+from ..core.errors import EXIT_USER_ERROR, UserError, say_error
+from ..core.results import load_results
 from ..report import REFERENCE_NAMES, notebook, render
 
 
@@ -20,8 +21,10 @@ def main(cfg) -> int:
         return error("results=DIR is required: the directory a sweep wrote (with results.parquet)")
     if not os.path.isdir(results):
         return error(f"results={results} is not a directory")
-    if not any(os.path.exists(os.path.join(results, n)) for n in ("results.parquet", "results.csv")):
-        return error(f"no results.parquet or results.csv in {results} (run a sweep with out={results} first)")
+    try:
+        load_results(results)  # a damaged or missing table is rebuilt from the points here, said once
+    except (FileNotFoundError, UserError) as exc:
+        return error(str(exc))
     reference = cfg.get("reference")
     if reference is not None and reference not in REFERENCE_NAMES:
         return error(f"reference={reference} is unknown; choose one of {', '.join(REFERENCE_NAMES)} or null")

@@ -108,8 +108,10 @@ class BenchConfig:
     frames: int = setting(8, "S, frames per scene (>= 1)")
     device: str = setting("auto", "auto | cuda | cuda:N | cpu")
     part: str = setting("aggregator", "what is timed: aggregator (as upstream's table) | full (the whole model)")
-    out: str = setting("reports/runs/latest", "the results directory; without out= the CLI stamps a fresh "
-                                              "reports/runs/<timestamp>/ per sweep and points reports/runs/latest at it")
+    out: str = setting("reports/runs/<timestamp>", "the results directory; without out= each sweep, run and profile "
+                                                   "writes a new reports/runs/<timestamp>/, and reports/runs/latest "
+                                                   "points at the latest sweep's (latest-run, latest-profile: the "
+                                                   "others')")
     resume: bool = setting(True, "skip measured points on rerun: a point is its configuration, so a rerun with more "
                                  "measure.repeats skips it too, and its skip line names the kept and the asked counts; "
                                  "false measures again, replacing the row")
