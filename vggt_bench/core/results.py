@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import glob
-import hashlib
 import io
 import json
 import math
@@ -21,15 +20,10 @@ from typing import Iterable, Optional
 
 import pandas as pd
 
-from .schema import KNOBS, RESULT_COLUMNS
+from .schema import RESULT_COLUMNS
+from .store_format import FORMAT_VERSION, upgrade_table
 
 DONE = ("ok", "oom", "unavailable")  # statuses a resumed sweep does not measure again
-
-
-def point_id(knobs: dict) -> str:
-    """Stable id of a configuration: a hash of its knob values."""
-    canonical = json.dumps({k: knobs.get(k) for k in KNOBS}, sort_keys=True, default=str)
-    return hashlib.sha1(canonical.encode()).hexdigest()[:16]
 
 
 _HELD_HERE: set = set()  # results directories whose lock this process holds right now
@@ -140,6 +134,7 @@ class ResultStore:
     def add(self, row: dict) -> None:
         """Persist one point (replacing an earlier row of the same point) and rebuild the tables."""
         clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+        clean["format_version"] = FORMAT_VERSION
         payload = json.dumps(clean, indent=1, default=str).encode()
         atomic_write(os.path.join(self.points_dir, f"{row['point_id']}.json"), lambda f: f.write(payload))
         self.rebuild()
@@ -204,9 +199,10 @@ def _warm_tables() -> None:
 
 
 def load_results(directory: str) -> pd.DataFrame:
-    """The results table of a results directory (Parquet if present, else CSV)."""
+    """The results table of a results directory (Parquet if present, else CSV), its rows of older
+    store formats upgraded (``store_format.upgrade_table``; the files are left as they are)."""
     for name, reader in (("results.parquet", pd.read_parquet), ("results.csv", pd.read_csv)):
         path = os.path.join(directory, name)
         if os.path.exists(path):
-            return reader(path)
+            return upgrade_table(reader(path))
     raise FileNotFoundError(f"no results.parquet or results.csv in {directory} (run a sweep with out={directory} first)")

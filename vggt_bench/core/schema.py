@@ -18,7 +18,14 @@ WORKLOAD = [
     "part",            # aggregator | full
     "query_points",    # tracks the track head follows (part=full)
     "inputs",          # synthetic | <image_dir>
+    "seed",            # model.seed: the random weights' seed (without a checkpoint)
+    "input_seed",      # inputs.seed: the synthetic frames' (and query points') seed
 ]
+# A workload field at its default, like an execution knob at ExecutionConfig's, stays out of the
+# point's id (core/identity.py): a field added later with its default here leaves every id as it was.
+# The others (arch, device, frames, height, width) are resolved from the machine and always enter it.
+WORKLOAD_DEFAULTS = {"impl": "ours", "batch": 1, "part": "aggregator", "query_points": 0, "inputs": "synthetic",
+                     "seed": 0, "input_seed": 0}
 # The model's execution knobs, in declaration order: one column each (vggt_model/config.py).
 EXECUTION = [f.name for f in knob_fields(ExecutionConfig)]
 KNOBS = WORKLOAD + EXECUTION
@@ -39,6 +46,7 @@ MEASUREMENTS = [
     "latency_ms_p90",
     "latency_ms_mean",
     "latency_ms_min",
+    "latency_ms_samples",  # JSON list of every timed call's latency (ms), in call order: what compare bootstraps
     "peak_alloc_gib",    # GPU: torch.cuda.max_memory_allocated; CPU: NaN
     "peak_reserved_gib", # GPU: torch.cuda.max_memory_reserved; CPU: NaN
     "static_gib",        # GPU memory allocated before the forward (weights, inputs)
@@ -104,7 +112,13 @@ MEASUREMENTS = [
     "cpu_window_s",      # wall seconds the CPU shares cover: the timed section, extended to >= 0.25 s
 ]
 
-RESULT_COLUMNS = ["point_id", "experiment"] + KNOBS + ENVIRONMENT + MEASUREMENTS
+# How the row is stored (core/store_format.py): tables and points written before format 2 are upgraded on read.
+STORE = [
+    "format_version",    # the results store's format the row was written in (FORMAT_VERSION; absent: 1)
+    "former_point_id",   # an upgraded row's id under its old format ("" when written in this one)
+]
+
+RESULT_COLUMNS = ["point_id", "experiment"] + KNOBS + ENVIRONMENT + MEASUREMENTS + STORE
 
 STATUSES = ("ok", "oom", "unavailable", "error")
 
