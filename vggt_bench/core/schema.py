@@ -195,6 +195,47 @@ PROFILE_GRID_COLUMNS = [
     "source",           # the trace the tables were read from
 ]
 
+# `compare baseline=A candidate=B` (analysis/compare.py): <out>/compare.parquet|csv, one row per point
+# of either side; <out>/compare_stages.csv and compare_kernels.csv where both sides hold its profile.
+COMPARE_COLUMNS = [
+    "point_id",           # the candidate's id of the point (the baseline's for a point only it holds)
+    "label",              # S=8 · fused · sdpa · fp32: frames and the configuration (non-default knobs)
+    "side",               # both | baseline only | candidate only
+    "changed",            # the ignore= fields whose values differ: "model.frame_exec: fused -> sequential"
+    "baseline_point_id", "candidate_point_id",
+    "baseline_status", "candidate_status",  # ok | oom | unavailable | error ("" on the side without it)
+    "baseline_ms", "candidate_ms",          # median latency of each side
+    "ratio",              # candidate_ms / baseline_ms: above 1 the candidate is slower
+    "ci_low", "ci_high",  # 95% interval of the ratio, bootstrap over both sides' samples (NaN: none)
+    "interval",           # how the interval was made, or why there is none (medians only)
+    "baseline_samples", "candidate_samples",  # per-repeat latencies each side holds
+    "change",             # faster | slower | same: from the interval and the noise floor, noise flags aside
+    "verdict",            # faster | slower | same | noisy | not_run | unmatched
+    "baseline_noisy", "candidate_noisy",
+    "noise_reason",       # "baseline: ...; candidate: ..." for flagged rows
+    "act_gib_ratio", "peak_alloc_gib_ratio", "peak_rss_gib_ratio",  # candidate / baseline memory
+    *KNOBS,               # the point's fields (the candidate's, else the baseline's)
+]
+COMPARE_STAGE_COLUMNS = [
+    "point_id", "label", "frames",
+    "stage",              # patch_embed | frame_block | global_block | converted_block | heads | other | forward
+    "baseline_gpu_ms", "candidate_gpu_ms",  # GPU-projected time per forward (NaN: a CPU trace)
+    "baseline_cpu_ms", "candidate_cpu_ms",  # CPU time of the stage's ranges per forward
+    "baseline_kernels", "candidate_kernels",  # kernels launched in the stage per forward
+    "basis",              # gpu | cpu: the time delta_ms and share_of_change are on
+    "delta_ms",           # candidate - baseline, per forward
+    "delta_kernels",
+    "share_of_change",    # delta_ms / the forward's delta_ms
+]
+COMPARE_KERNEL_COLUMNS = [
+    "point_id", "label", "frames",
+    "kernel",             # kernel name (a CPU trace: the CPU operator, by self time)
+    "presence",           # both | added (the candidate's only) | removed (the baseline's only)
+    "baseline_calls", "candidate_calls",    # per forward
+    "baseline_ms", "candidate_ms",          # per forward
+    "delta_calls", "delta_ms",
+]
+
 # Memory profile tables (``profile profiler=memory``), one set per ``<out>/profiles/<tag>/``;
 # written by ``vggt_bench.profiling.memory``. "allocated" in the snapshot tables is the sum of the
 # *requested* sizes of live allocations, which is what the allocator's trace records;
