@@ -1,4 +1,5 @@
-"""`compare`: A against B point by point, with intervals, verdicts, a gate and trace diffs.
+"""`compare`: A against B point by point, with intervals, verdicts, a gate and trace diffs, and the GPU
+regression check built on it (benchmarks/gpu/regress.sh).
 
 Synthetic tables with known ratios check the statistics; two real CPU sweeps (fused against sequential
 frame execution, profiled) check the whole path; the committed H100 nsys fixtures check a trace diff with
@@ -9,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from unittest import mock
 
@@ -23,6 +26,7 @@ from vggt_bench.analysis import compare as cmp
 from vggt_bench.commands import compare as command
 from vggt_bench.core.config import CompareConfig
 from vggt_bench.core.errors import UserError
+from vggt_bench.core.results import ResultStore
 from vggt_bench.core.schema import COMPARE_COLUMNS, RESULT_COLUMNS
 from vggt_bench.measure.point import Point
 from vggt_model import ExecutionConfig
@@ -285,3 +289,56 @@ def test_a_trace_diff_of_h100_captures_puts_the_change_in_the_frame_blocks():
     assert cmp.trace_summary(stages.reset_index(), kernels) == (
         "frame blocks 2.0x slower (114% of the change); 576 launches added per forward; "
         "1 kernel added (nvjet_sm90_tst_64x112_64x9_2x1_v_bz_bias)")
+
+
+# ---- the GPU regression check's CPU-checkable parts --------------------------------------------------------
+@pytest.fixture
+def regress(tmp_path):
+    """``regress.sh ARGS`` with this interpreter and an nvidia-smi that sees no GPU, whatever the machine has."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "nvidia-smi").write_text("#!/bin/sh\nexit 9\n")
+    (fake / "nvidia-smi").chmod(0o755)
+
+    def call(*args, **env):
+        return subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu", "regress.sh"), *args],
+                              capture_output=True, text=True, timeout=600, cwd=ROOT,
+                              env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "PYTHON": sys.executable,
+                                   "OMP_NUM_THREADS": "1", **env})
+
+    return call
+
+
+def test_regress_refuses_in_one_line_without_a_baseline_for_this_gpu_kind(regress, tmp_path):
+    said = regress("--print", REGRESS_GPU="NVIDIA H100 80GB HBM3", REGRESS_BASELINES=str(tmp_path))
+    assert said.returncode == 0 and "kind: h100-80gb-hbm3" in said.stdout
+    assert f"baseline: {tmp_path}/h100-80gb-hbm3 (none yet)" in said.stdout and "fail_above=0.05" in said.stdout
+    done = regress(REGRESS_GPU="NVIDIA H100 80GB HBM3", REGRESS_BASELINES=str(tmp_path))
+    assert done.returncode == 2 and done.stderr.strip() == (
+        f"regress.sh: no baseline for NVIDIA H100 80GB HBM3 (h100-80gb-hbm3) in {tmp_path}/h100-80gb-hbm3: make one "
+        f"on this GPU kind with 'bash benchmarks/gpu/regress.sh --make-baseline' (reports/baselines/README.md)")
+    no_gpu = regress(REGRESS_BASELINES=str(tmp_path))  # nvidia-smi sees no GPU
+    assert no_gpu.returncode == 2 and len(no_gpu.stderr.strip().splitlines()) == 1
+    assert "no NVIDIA GPU visible" in no_gpu.stderr
+    assert not (Path(ROOT) / "reports" / "baselines" / "h100-80gb-hbm3").exists()  # none is committed
+
+
+def test_regress_fails_on_a_regression_beyond_5_percent(regress, tmp_path):
+    """The whole check on a CPU-sized grid: a baseline made, then doctored 4x faster than what ran."""
+    grid = "experiment=adhoc device=cpu model.arch=small inputs.height=14 inputs.width=14 frames=2 " \
+           "measure.warmup=1 measure.repeats=6 report=false"
+    env = dict(REGRESS_GPU="Test GPU 1", REGRESS_BASELINES=str(tmp_path / "baselines"), REGRESS_GRID=grid)
+    made = regress("--make-baseline", **env)
+    assert made.returncode == 0, made.stderr[-2000:]
+    baseline = tmp_path / "baselines" / "test-gpu-1"
+    assert regress("--make-baseline", **env).returncode == 2  # never over an existing one
+    for path in (baseline / "points").glob("*.json"):
+        row = json.loads(path.read_text())
+        row["latency_ms_samples"] = json.dumps([t / 4 for t in json.loads(row["latency_ms_samples"])])
+        row["latency_ms_median"] /= 4
+        path.write_text(json.dumps(row))
+    ResultStore(str(baseline)).rebuild()
+    checked = regress(**env, REGRESS_OUT=str(tmp_path / "run"))
+    assert checked.returncode == 1, (checked.stdout[-2000:], checked.stderr[-2000:])
+    assert checked.stderr.strip().splitlines()[-1].startswith(
+        "vggt_bench: compare: 1 point(s) slower by more than 5% beyond doubt: S=2")
