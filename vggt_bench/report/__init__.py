@@ -1,7 +1,8 @@
 """Reports of a results directory: figures and an executed notebook (``notebook``).
 
 Figures are drawn by family (``scaling``, ``memory``, ``approximations``, ``upstream``,
-``profiles``; ``memory_profile`` for ``profile profiler=memory``) with what ``common`` shares;
+``profiles``; ``memory_profile`` for ``profile profiler=memory``, ``compare`` for ``compare`` and the
+notebook's "A against B") with what ``common`` shares;
 ``plots`` registers them and writes them (``render_figures``).
 
 ``render(out)`` writes ``<out>/figures/*.png|svg``, ``<out>/report.ipynb`` and
