@@ -84,7 +84,7 @@ def test_report_and_the_sweep_rebuild_a_truncated_table_from_the_points(swept, t
     done = cli("report", f"results={out}", "notebook=false")
     assert done.returncode == 0, done.stderr[-2000:]
     (line,) = warnings_of(done)
-    assert line.startswith(f"vggt_bench: warning: results.parquet is unreadable (") and line.endswith(
+    assert line.startswith("vggt_bench: warning: results.parquet is unreadable (") and line.endswith(
         f"in {out}; rebuilt results.parquet and results.csv from its 2 points"), line
     assert len(pd.read_parquet(out / "results.parquet")) == 2 and len(pd.read_csv(out / "results.csv")) == 2
     assert (out / "figures" / "scaling_wall.png").exists()

@@ -48,7 +48,7 @@ TEXT_COLUMNS = [
     "point_id", "experiment", "arch", "device", "part", "inputs", "gpu_name", "driver", "torch_version",
     "cuda_version", "cudnn_version", "python_version", "cpu", "git_commit", "host", "timestamp", "checkpoint",
     "status", "message", "peak_source", "tag", "profiler", "range", "domain", "impl", "noise_reason", "claim_note", "gpu_uuid",
-    "attention_ran", "upstream_source",
+    "attention_ran", "upstream_source", "latency_ms_samples", "former_point_id",
     "profile_status", "profile_message", "stage", "source",
 ] + [k for k, t in _KNOB_TYPE.items() if t == "str"]
 FLOAT_KNOBS = [k for k, t in _KNOB_TYPE.items() if t == "float"]

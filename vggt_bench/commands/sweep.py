@@ -26,6 +26,7 @@ from ..analysis.tidy import missing, read_grid
 from ..core import claims
 from ..core.config import approx_label
 from ..core.errors import UserError, fail
+from ..core.migrate import migrate
 from ..core.results import ResultStore, new_run_dir
 from ..launch import launchers, progress
 from ..launch.progress import say
@@ -47,9 +48,12 @@ APPROX_SUMMARY_COLUMNS = ["kv_keep", "merge_ratio", "global_sparsity", "approx_l
 
 
 def open_store(out: str) -> ResultStore:
+    """The results store of ``out``, writable, its points in the current format (``core.migrate``:
+    a directory written by an older version resumes)."""
     store = ResultStore(out)
     try:
         store.ensure_writable()
+        migrate(out)
     except OSError as exc:
         fail(f"cannot write results to out={out} ({exc}); choose a writable directory with out=PATH")
     return store
@@ -145,8 +149,12 @@ def _measure_job(cfg: DictConfig, point, how: Method, profiler: str, store: Resu
 def _as_other_rank(cfg: DictConfig, point, how) -> dict:
     """A rank other than 0 under torchrun/srun: take part in the context-parallel points (and skip
     those rank 0 skips as measured); one-rank points are rank 0's alone."""
-    if point.execution.context_parallel == 1 or (bool(cfg.resume) and ResultStore(cfg.out).is_done(point.point_id)):
+    if point.execution.context_parallel == 1:
         return {}
+    if bool(cfg.resume) and os.path.isdir(str(cfg.out)):
+        migrate(str(cfg.out))  # as rank 0 does before deciding to skip: both see the points' current ids
+        if ResultStore(cfg.out).is_done(point.point_id):
+            return {}
     return run_point(point, dataclasses.replace(how, reference_dir=None), cfg.experiment)  # rank 0 keeps the outputs
 
 

@@ -13,7 +13,6 @@ import datetime
 import errno
 import fcntl
 import glob
-import hashlib
 import io
 import json
 import math
@@ -25,15 +24,10 @@ from typing import Iterable, Optional
 import pandas as pd
 
 from .errors import UserError, one_line
-from .schema import KNOBS, RESULT_COLUMNS
+from .schema import RESULT_COLUMNS
+from .store_format import FORMAT_VERSION, upgrade_table
 
 DONE = ("ok", "oom", "unavailable")  # statuses a resumed sweep does not measure again
-
-
-def point_id(knobs: dict) -> str:
-    """Stable id of a configuration: a hash of its knob values."""
-    canonical = json.dumps({k: knobs.get(k) for k in KNOBS}, sort_keys=True, default=str)
-    return hashlib.sha1(canonical.encode()).hexdigest()[:16]
 
 
 _HELD_HERE: set = set()  # results directories whose lock this process holds right now
@@ -156,6 +150,7 @@ class ResultStore:
     def add(self, row: dict) -> None:
         """Persist one point (replacing an earlier row of the same point) and rebuild the tables."""
         clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+        clean["format_version"] = FORMAT_VERSION
         payload = json.dumps(clean, indent=1, default=str).encode()
         atomic_write(os.path.join(self.points_dir, f"{row['point_id']}.json"), lambda f: f.write(payload))
         self.rebuild()
@@ -269,7 +264,8 @@ def _warm_tables() -> None:
 
 
 def load_results(directory: str) -> pd.DataFrame:
-    """The results table of a results directory: Parquet if present, else CSV. A table that is
+    """The results table of a results directory: Parquet if present, else CSV, its rows of older store
+    formats upgraded (``store_format.upgrade_table``; the files are left as they are). A table that is
     missing or cannot be read (a truncated copy, a crash mid-write elsewhere) is rebuilt from the
     directory's points, said in one line on stderr; with no points to rebuild it from, an unreadable
     table raises UserError naming the fix, a missing one FileNotFoundError."""
@@ -279,13 +275,14 @@ def load_results(directory: str) -> pd.DataFrame:
         if not os.path.exists(path):
             continue
         try:
-            return reader(path)
+            frame = reader(path)
         except Exception as exc:  # pyarrow's and pandas' errors for a damaged file share no base class
             unreadable.append(f"{name} is unreadable ({one_line(exc, 160)})")
             break  # the points, when there are any, are the record: rebuild from them, not from the CSV
+        return upgrade_table(frame)
     store = ResultStore(directory)
     if glob.glob(os.path.join(store.points_dir, "*.json")):
-        return _rebuilt(store, unreadable[0] if unreadable else "there is no results table")
+        return upgrade_table(_rebuilt(store, unreadable[0] if unreadable else "there is no results table"))
     if unreadable:
         csv = os.path.join(directory, "results.csv")
         if unreadable[0].startswith("results.parquet") and os.path.exists(csv):
@@ -296,7 +293,7 @@ def load_results(directory: str) -> pd.DataFrame:
             else:
                 _say(f"{unreadable[0]} in {directory}, which has no points to rebuild it from: read results.csv "
                      f"instead")
-                return frame
+                return upgrade_table(frame)
         raise UserError(f"{', '.join(unreadable)} in {directory}, and there are no points in {store.points_dir} "
                         f"to rebuild it from: rerun the sweep with out={directory} to measure them again")
     raise FileNotFoundError(f"no results.parquet or results.csv in {directory} (run a sweep with out={directory} first)")
