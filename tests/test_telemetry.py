@@ -506,3 +506,49 @@ def test_the_report_says_cpu_timings_back_no_claim():
     said = [line for line in findings(rows("cpu"))[0].lines if "timed on the CPU" in line]
     assert len(said) == 1 and said[0].startswith("2 point(s) were timed on the CPU") and "back no claim" in said[0]
     assert not any("timed on the CPU" in line for line in findings(rows("cuda"))[0].lines)
+
+
+def _proc(pid, mib):
+    return types.SimpleNamespace(pid=pid, usedGpuMemory=None if mib is None else mib * 2**20)
+
+
+@pytest.mark.parametrize("listed, processes, others", [
+    # this process alone, by its own pid
+    (lambda me: [_proc(me, 900)], 1.0, ""),
+    # a second process on the card (the 2026-12-07 regression check: a killed sweep's child still running)
+    (lambda me: [_proc(me, 900), _proc(2087, 22142)], 2.0, "2087:22142MiB"),
+    # in a container NVML lists the host's pids: one process is this one; two are this one and another
+    (lambda me: [_proc(91234, 900)], 1.0, ""),
+    (lambda me: [_proc(91234, 900), _proc(91300, None)], 2.0, "91234:900MiB,91300:?MiB"),
+    # NVML sees no process at all (not even this one): unknown, never "alone"
+    (lambda me: [], math.nan, ""),
+])
+def test_other_processes_on_the_gpu_make_a_steady_timing_noisy(monkeypatch, fresh_nvml, listed, processes, others):
+    """A regression check on an H100 ran beside a sweep left running on the card: its 8-frame point took
+    205.8 ms against 92.6 ms alone, with p90/p10 1.02, and nothing flagged it. The process list now does."""
+    fake = _fake_nvml(reasons=0)
+    fake.nvmlDeviceGetComputeRunningProcesses = lambda h: listed(os.getpid())
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(telemetry, "_torch_uuid", lambda index: None)
+    snap = telemetry.gpu_snapshot("cuda:0")
+    alone = telemetry.GpuSnapshot(uuid=snap.uuid, processes=1.0)
+    cols = telemetry.columns(alone, snap, telemetry.CpuShares(other=0.0, own=0.5, seconds=1.0), threads=4, load_1m=0.5)
+    assert (cols["gpu_processes"], cols["gpu_other_processes"]) == (1.0 if math.isnan(processes) else processes, others)
+    noisy, reason = noise.classify(_row(**cols))
+    if processes > 1:
+        assert noisy and reason == f"1 other process on the GPU ({others})"
+    else:
+        assert (noisy, reason) == (False, "")
+    # the same columns on a CPU row (no GPU to share) and on an old table without them judge nothing
+    assert noise.classify(_row(gpu_processes=3.0, gpu_other_processes="1:1MiB,2:2MiB", device="cpu"))[1] == ""
+    assert noise.classify(_row(gpu_processes=3.0, gpu_other_processes="1:1MiB,2:2MiB")) == (
+        True, "2 other processes on the GPU (1:1MiB,2:2MiB)")
+
+
+def test_without_a_process_list_the_gpu_processes_are_unknown(monkeypatch, fresh_nvml):
+    fake = _fake_nvml(reasons=0)  # no nvmlDeviceGetComputeRunningProcesses, as in old bindings
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.setattr(telemetry, "_torch_uuid", lambda index: None)
+    snap = telemetry.gpu_snapshot("cuda:0")
+    assert math.isnan(snap.processes) and snap.others == []

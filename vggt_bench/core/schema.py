@@ -102,6 +102,8 @@ MEASUREMENTS = [
     "power_w_start", "power_w_end",              # board power (W)
     "temp_c_start", "temp_c_end",                # GPU temperature (C)
     "throttle_reasons",  # NVML clock-event reasons at start or end, comma-separated ("" none)
+    "gpu_processes",     # processes with a context on the GPU, this one included (the most at start or end)
+    "gpu_other_processes",  # the others as "pid:MiB" ("" none); a second process makes the row noisy
     "gpu_telemetry_note",  # why the GPU fields are empty ("" when read)
     "cpu_threads",       # torch.get_num_threads()
     "cpu_cores",         # os.cpu_count()

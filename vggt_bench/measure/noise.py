@@ -21,6 +21,9 @@ A row is noisy when any of these holds (each adds a short phrase with its number
   load this process cannot explain (load - ``cpu_self_share`` x usable cores) is more than
   a quarter of the cores -- the load average includes this process's own threads, which on
   a small machine fill every core without anyone else running;
+* another process held a context on the GPU at the start or end of the timed section
+  (``gpu_processes`` > 1): it shares the SMs and memory bandwidth, and the timing it leaves is
+  steady but wrong (a narrow spread does not show it);
 * the GPU's clocks were pulled down (non-benign clock-event reasons at the start or end of
   the timed section: ``hw_slowdown``, thermal slowdowns, power brake ...; ``gpu_idle``,
   ``applications_clocks_setting`` and the software power cap ``sw_power_cap`` are benign:
@@ -129,6 +132,11 @@ def reasons(row, thresholds: Thresholds = DEFAULT) -> list:
     share = _num(row, "cpu_other_share")
     if share > t.other_share:
         out.append(f"other processes took {share:.0%} of the CPU")
+    processes = _num(row, "gpu_processes")
+    if processes > 1 and _on_gpu(row):
+        others = _text(row, "gpu_other_processes")
+        n = int(processes) - 1
+        out.append(f"{n} other process{'es' if n != 1 else ''} on the GPU" + (f" ({others})" if others else ""))
     throttled = real_throttling(_text(row, "throttle_reasons"), t.benign_throttle)
     if throttled:
         out.append(f"GPU throttled: {', '.join(throttled)}")
