@@ -15,6 +15,10 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+# The installed package, not the checkout's vggt_bench/ on the path through the working directory: where
+# it is installed as a wheel (the GPU machine), the checkout's copy lacks the data packages the wheel maps
+# in (vggt_bench.experiments) and every sweep stopped at its first override. Python >= 3.11.
+export PYTHONSAFEPATH=1
 FAIL_ABOVE=${FAIL_ABOVE:-0.05}
 # VGGT-1B's aggregator at upstream's precision and frame size, fused, SDPA; 3 untimed and 10 timed forwards a
 # point (a bootstrap interval needs the samples); about two minutes on an H100.
