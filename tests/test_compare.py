@@ -191,6 +191,17 @@ def test_the_command_writes_the_table_and_figure_and_gates(slower_by_half, tmp_p
     assert "gate: no point slower by more than 60% beyond doubt" in capsys.readouterr().out
 
 
+def test_a_noisy_point_past_the_gate_fails_it_and_says_why(tmp_path, capsys):
+    """The first regression check on an H100 (2026-12-07) ran beside a process left on the GPU: 1.39x
+    slower, flagged noisy, and the gate's line named the point without saying it was noisy."""
+    reason = "1 other process on the GPU (2087:22142MiB)"
+    base = write(tmp_path / "a", table(row(point(2), draws(40, 92.0))))
+    cand = write(tmp_path / "b", table(row(point(2), draws(41, 128.0), noisy=True, noise_reason=reason)))
+    assert command.main(compare_cfg(baseline=base, candidate=cand, fail_above=0.05)) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith(f"; noisy, candidate: {reason}: measure again on a quiet machine)")
+
+
 def test_bad_inputs_are_one_line_each_and_exit_2(slower_by_half, tmp_path, capsys):
     base, cand = slower_by_half
     assert command.main(compare_cfg(baseline=str(tmp_path / "nowhere"), candidate=cand)) == 2

@@ -156,9 +156,12 @@ def _run(cfg) -> int:
     if failing.empty:
         print(f"gate: no point slower by more than {float(fail_above):.0%} beyond doubt")
         return 0
-    named = [f"{r['label']} ({r['ratio']:.3f}x" + (f", interval {r['ci_low']:.3f}-{r['ci_high']:.3f})"
-                                                  if not pd.isna(r["ci_low"]) else ", medians only)")
-             for _, r in failing.iterrows()]
+    # a noisy point still fails the gate (something on the machine or in the run is wrong), and says why:
+    # on 2026-12-07 a process left on the GPU made a check 1.39x slower, steady and flagged noisy
+    named = [f"{r['label']} ({r['ratio']:.3f}x" + (f", interval {r['ci_low']:.3f}-{r['ci_high']:.3f}"
+                                                  if not pd.isna(r["ci_low"]) else ", medians only")
+             + (f"; noisy, {r['noise_reason']}: measure again on a quiet machine" if r["verdict"] == "noisy" else "")
+             + ")" for _, r in failing.iterrows()]
     print(f"vggt_bench: compare: {len(named)} point(s) slower by more than {float(fail_above):.0%} beyond doubt: "
           f"{'; '.join(named)}", file=sys.stderr)
     return EXIT_GATE
