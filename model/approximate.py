@@ -38,7 +38,6 @@ computes the same function (tests) but is not fast.
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -50,7 +49,7 @@ import torch.nn.functional as F
 from . import partial_attention
 from .config import ExecutionConfig
 from .layers import attention_dtype, linear_rows, row_chunks
-from .nvtx import OFF, Ranges
+from .nvtx import Ranges
 
 BLOCK = 128           # flex attention's block: query and key blocks of the block masks
 MERGE_CELL = 2        # FastVGGT: one destination per 2 x 2 patch cell of the other frames
