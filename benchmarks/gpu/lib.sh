@@ -6,7 +6,10 @@ run() { local name=$1 limit=$2; shift 2
   [ "$left" -lt "$limit" ] && limit=$left
   if [ "$limit" -lt 20 ]; then echo "=== $name: skipped, ${left}s left before the deadline"; return 0; fi
   echo "=== $name $(date +%T) (limit ${limit}s): $*" | cut -c1-400; local t0=$SECONDS
-  timeout "$limit" "$@" >> "$W/logs/$name.log" 2>&1; local rc=$?
+  # --foreground: in the caller's process group, so killing a queue's group (kill -- -PID) stops its running
+  # point too (without it timeout makes a group of its own: on 2026-12-07 a point outlived its killed queue
+  # and shared the GPU with the regression check that followed)
+  timeout --foreground "$limit" "$@" >> "$W/logs/$name.log" 2>&1; local rc=$?
   grep -E "^(ok|oom|error|unava|skip|failed) |NOISY|Error|error:|Traceback" "$W/logs/$name.log" | tail -n 8
   echo "=== $name rc=$rc $((SECONDS-t0))s"; }
 # The tables, figures and logs (no traces, no drift reference outputs) into $OUT as one archive.
