@@ -331,7 +331,22 @@ def test_regress_refuses_in_one_line_without_a_baseline_for_this_gpu_kind(regres
     no_gpu = regress(REGRESS_BASELINES=str(tmp_path))  # nvidia-smi sees no GPU
     assert no_gpu.returncode == 2 and len(no_gpu.stderr.strip().splitlines()) == 1
     assert "no NVIDIA GPU visible" in no_gpu.stderr
-    assert not (Path(ROOT) / "reports" / "baselines" / "h100-80gb-hbm3").exists()  # none is committed
+
+def test_the_committed_baselines_hold_the_grid_regress_sh_measures():
+    """Each committed baseline is what regress.sh's fixed grid measures on its GPU kind: its frames, with
+    every timed call kept (the bootstrap needs them), on a GPU whose name gives the folder's kind."""
+    from vggt_bench.core.results import load_results
+
+    root = Path(ROOT) / "reports" / "baselines"
+    kinds = sorted(p.name for p in root.iterdir() if p.is_dir())
+    assert "h100-80gb-hbm3" in kinds
+    for kind in kinds:
+        table = load_results(str(root / kind))
+        assert sorted(table["frames"]) == [1, 8, 32] and set(table["status"]) == {"ok"}, kind
+        assert (table["repeats"] == 10).all() and table["latency_ms_samples"].map(lambda s: len(json.loads(s))).eq(10).all()
+        names = {n.lower().replace("nvidia ", "").replace(" ", "-") for n in table["gpu_name"]}
+        assert names == {kind}, (kind, names)
+        assert f"`{kind}`" in (root / "README.md").read_text(), f"reports/baselines/README.md has no line for {kind}"
 
 
 def test_regress_fails_on_a_regression_beyond_5_percent(regress, tmp_path):
