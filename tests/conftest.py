@@ -1,6 +1,30 @@
+"""Running the command line from tests.
+
+``run_cli(*args)`` runs ``python -m vggt_bench ARGS`` in this process (``vggt_bench.cli.main``), as a user
+types it from the repository root: stdout and stderr captured at the file descriptors (so C-level
+output and child processes' output land there too), SystemExit and uncaught exceptions turned into a
+returncode (a traceback on stderr, exit 1, as Python does), and the state a fresh interpreter would
+start from set up around it and put back afterwards (see ``_InProcess``). It saves a torch import
+per call (3-5 s on the 2-core CI machine) and is the default.
+
+``run_cli_subprocess(*args)`` / ``cli_process(*args)`` start a real process. Use them where the
+process is the point: exit codes and signals as a shell sees them (Ctrl-C, SIGKILL), Slurm jobs,
+torchrun/srun ranks, what a fresh interpreter imports. ``VGGT_TESTS_SUBPROCESS=1`` sends every
+``run_cli`` through a subprocess too (to tell an in-process artefact from a real failure).
+"""
+
+import contextlib
+import faulthandler
+import io
+import logging
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import time
+import traceback
+import warnings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -11,13 +35,239 @@ def _cli(args):
     return [sys.executable, "-m", "vggt_bench", *args], env
 
 
-def run_cli(*args, timeout=300):
-    """`python -m vggt_bench ARGS` from the repository root, as a user types it."""
-    command, env = _cli(args)
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+def run_cli_subprocess(*args, timeout=300, cwd=ROOT, env=None):
+    """`python -m vggt_bench ARGS` in a process of its own, from the repository root (or ``cwd``), with
+    this environment (or ``env``) and the repository on PYTHONPATH."""
+    command, default_env = _cli(args)
+    if env is not None:
+        env = dict(env, PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""))
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env or default_env)
 
 
 def cli_process(*args, **popen):
-    """The same, started in the background."""
+    """`python -m vggt_bench ARGS` in a process of its own, started in the background."""
     command, env = _cli(args)
     return subprocess.Popen(command, cwd=ROOT, env=env, **popen)
+
+
+def run_cli(*args, timeout=300, cwd=ROOT, env=None):
+    """`python -m vggt_bench ARGS` from the repository root (or ``cwd``), as a user types it, run in this
+    process, with this environment (or ``env``, as subprocess takes it) and the repository on PYTHONPATH.
+
+    Returns a CompletedProcess (args, returncode, stdout, stderr) like ``run_cli_subprocess``. A run
+    past ``timeout`` fails the test (TimeoutExpired); one that hangs there dumps every thread's stack
+    and ends the test process, as a killed subprocess would end its test."""
+    if os.environ.get("VGGT_TESTS_SUBPROCESS"):
+        return run_cli_subprocess(*args, timeout=timeout, cwd=cwd, env=env)
+    command = [sys.executable, "-m", "vggt_bench", *args]
+    with _InProcess(cwd, env) as run:
+        start = time.monotonic()
+        faulthandler.dump_traceback_later(timeout + 60, exit=True, file=run.stderr_before)
+        try:
+            returncode = run(list(args))
+        finally:
+            faulthandler.cancel_dump_traceback_later()
+    stdout, stderr = run.output()
+    if time.monotonic() - start > timeout:
+        raise subprocess.TimeoutExpired(command, timeout, stdout, stderr)
+    return subprocess.CompletedProcess(command, returncode, stdout, stderr)
+
+
+# A fresh interpreter's warning filters (`python -W`/PYTHONWARNINGS aside): pytest's own (which record
+# warnings instead of printing them, and turn some on) must not decide what a run prints on stderr.
+_FRESH_FILTERS = [("default", DeprecationWarning, "__main__"), ("ignore", DeprecationWarning, None),
+                  ("ignore", PendingDeprecationWarning, None), ("ignore", ImportWarning, None),
+                  ("ignore", ResourceWarning, None)]
+_SIGNALS = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGALRM", "SIGUSR1", "SIGUSR2", "SIGHUP")
+            if hasattr(signal, name)]
+
+
+class _InProcess:
+    """One CLI run in this process, between a fresh interpreter's state and this one's.
+
+    The CLI and the libraries it drives leave global state behind that a process of its own would
+    take with it; each item here is put back after the run (and, where a fresh process starts
+    without it, cleared before): the file descriptors 1 and 2 and sys.stdout/stderr; sys.argv (the
+    CLI sets it for Hydra), sys.path (upstream's checkout is put on it), the current directory and
+    the environment; signal handlers (the CLI's SIGINT handler ends the process with os._exit);
+    Hydra's singletons (GlobalHydra, HydraConfig, JobRuntime: the commands ask HydraConfig whether
+    they run under `run` or `sweep`); logging (Hydra's dictConfig replaces root's handlers, adds
+    a file handler and disables every existing logger); warning filters; the model cache and the
+    drift references (a fresh process builds its model and reference; a later test in this one
+    must not find the run's); torch's thread count, RNG, TF32 and determinism flags, and dynamo's compiled code.
+    """
+
+    def __init__(self, cwd=ROOT, env=None):
+        self.cwd, self.env = cwd, env
+
+    def __enter__(self):
+        import torch
+
+        from vggt_bench.launch import progress
+        from vggt_bench.measure import build, drift, run
+
+        self._files = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        self._saved_fds = [os.dup(1), os.dup(2)]
+        self.stderr_before = self._saved_fds[1]
+        self._saved_streams = sys.stdout, sys.stderr
+        os.dup2(self._files[0].fileno(), 1)
+        os.dup2(self._files[1].fileno(), 2)
+        # On the descriptors themselves, never closed: a handler a library made during the run keeps
+        # sys.stderr as it was then, and writes where stderr is when it next logs, as in a process.
+        sys.stdout = open(1, "w", encoding="utf-8", buffering=1, closefd=False)
+        sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", buffering=1, closefd=False)
+
+        self._argv, self._path, self._cwd = list(sys.argv), list(sys.path), os.getcwd()
+        self._environ = dict(os.environ)
+        if self.env is not None:
+            os.environ.clear()
+            os.environ.update(self.env)
+        os.environ["PYTHONPATH"] = ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
+        os.chdir(self.cwd)
+        self._handlers = {sig: signal.getsignal(sig) for sig in _SIGNALS}
+
+        self._hydra = self._take_hydra()
+        self._logging = _logging_state()
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.resetwarnings()
+        for action, category, module in _FRESH_FILTERS:
+            warnings.filterwarnings(action, category=category, module=module or "")
+        warnings.showwarning = warnings._showwarning_orig
+
+        self._model = build.MODELS.key, build.MODELS.model
+        build.MODELS.key = build.MODELS.model = None
+        self._eager = dict(drift._EAGER)
+        drift._EAGER.clear()
+        self._stop_after_row = run._STOP_AFTER_ROW
+        self._progress = progress._BAR, progress._PROGRESS
+        self._torch = (torch.get_num_threads(), torch.random.get_rng_state(),
+                       torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+                       torch.get_float32_matmul_precision(), torch.are_deterministic_algorithms_enabled(),
+                       torch.is_deterministic_algorithms_warn_only_enabled())
+        return self
+
+    def __call__(self, argv):
+        from vggt_bench import cli
+
+        try:
+            code = cli.main(argv)
+        except SystemExit as exc:
+            code = exc.code
+        except KeyboardInterrupt:
+            raise
+        except BaseException:  # what Python does with an uncaught exception: the traceback, exit 1
+            traceback.print_exc()
+            code = 1
+        if code is None:
+            return 0
+        if not isinstance(code, int):
+            print(code, file=sys.stderr)
+            return 1
+        return code
+
+    def __exit__(self, *exc):
+        import torch
+
+        from vggt_bench.launch import progress
+        from vggt_bench.measure import build, drift, run
+
+        build.MODELS.key, build.MODELS.model = self._model
+        drift._EAGER.clear()
+        drift._EAGER.update(self._eager)
+        run._STOP_AFTER_ROW = self._stop_after_row
+        progress._BAR, progress._PROGRESS = self._progress
+        threads, rng, tf32_matmul, tf32_cudnn, precision, deterministic, warn_only = self._torch
+        torch.set_num_threads(threads)
+        torch.random.set_rng_state(rng)
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32_matmul, tf32_cudnn
+        torch.set_float32_matmul_precision(precision)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        if "torch._dynamo" in sys.modules:
+            torch._dynamo.reset()
+
+        self._warnings.__exit__(None, None, None)
+        _restore_logging(self._logging)
+        self._put_back_hydra(self._hydra)
+        for sig, handler in self._handlers.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        os.chdir(self._cwd)
+        os.environ.clear()
+        os.environ.update(self._environ)
+        sys.argv[:], sys.path[:] = self._argv, self._path
+
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        sys.stdout, sys.stderr = self._saved_streams
+        os.dup2(self._saved_fds[0], 1)
+        os.dup2(self._saved_fds[1], 2)
+        for fd in self._saved_fds:
+            os.close(fd)
+        return False
+
+    def output(self):
+        """(stdout, stderr) as `subprocess.run(..., text=True)` reads them: universal newlines."""
+        texts = []
+        for f in self._files:
+            f.seek(0)
+            texts.append(io.TextIOWrapper(io.BytesIO(f.read()), encoding="utf-8", errors="replace").read())
+            f.close()
+        return tuple(texts)
+
+    # ---- Hydra ----------------------------------------------------------------------------------
+    @staticmethod
+    def _take_hydra():
+        """Hydra's per-run singletons, taken out (a fresh process has none); put back afterwards."""
+        from hydra.core.global_hydra import GlobalHydra
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.core.singleton import Singleton
+        from hydra.core.utils import JobRuntime
+
+        return {cls: Singleton._instances.pop(cls) for cls in (GlobalHydra, HydraConfig, JobRuntime)
+                if cls in Singleton._instances}
+
+    @staticmethod
+    def _put_back_hydra(saved):
+        from hydra.core.global_hydra import GlobalHydra
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.core.singleton import Singleton
+        from hydra.core.utils import JobRuntime
+
+        for cls in (GlobalHydra, HydraConfig, JobRuntime):
+            Singleton._instances.pop(cls, None)
+        Singleton._instances.update(saved)
+
+
+def _logging_state():
+    manager = logging.Logger.manager
+    loggers = [logging.root] + [l for l in manager.loggerDict.values() if isinstance(l, logging.Logger)]
+    return manager.disable, [(l, l.level, list(l.handlers), list(l.filters), l.propagate, l.disabled)
+                             for l in loggers]
+
+
+def _restore_logging(state):
+    """Every logger that existed before the run as it was; the handlers the run gave them are closed
+    (Hydra's file handler holds the run's log file open). Loggers the run created (importing their
+    library) stay as the import made them, not as the run left them: enabled (Hydra's dictConfig
+    disables every logger that exists when it runs, which in a process of its own are only those of
+    that run) and without the filters the harness gives them (launchers.OnceSacctWarning, once per
+    process)."""
+    disable, loggers = state
+    before = {id(logger) for logger, *_ in loggers}
+    for logger, level, handlers, filters, propagate, disabled in loggers:
+        for handler in logger.handlers:
+            if handler not in handlers:
+                with contextlib.suppress(Exception):
+                    handler.close()
+        logger.setLevel(level)
+        logger.handlers[:] = handlers
+        logger.filters[:] = filters
+        logger.propagate, logger.disabled = propagate, disabled
+    for logger in logging.Logger.manager.loggerDict.values():
+        if isinstance(logger, logging.Logger) and id(logger) not in before:
+            logger.disabled = False
+            logger.filters[:] = [f for f in logger.filters if not type(f).__module__.startswith("vggt_bench")]
+    logging.disable(disable)

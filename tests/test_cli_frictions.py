@@ -133,9 +133,7 @@ def test_verify_on_a_non_checkpoint_never_suggests_unsafe_loading(tmp_path):
 
 
 def test_the_default_out_is_a_new_run_and_latest_points_at_it(tmp_path):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    done = subprocess.run([sys.executable, "-m", "vggt_bench", "run", "experiment=smoke", "frames=1"], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=300)
+    done = cli("run", "experiment=smoke", "frames=1", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     latest = tmp_path / "reports" / "runs" / "latest"
     assert latest.is_symlink() and (latest / "results.parquet").exists()
