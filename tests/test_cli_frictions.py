@@ -135,10 +135,36 @@ def test_verify_on_a_non_checkpoint_never_suggests_unsafe_loading(tmp_path):
 def test_the_default_out_is_a_new_run_and_latest_points_at_it(tmp_path):
     done = cli("run", "experiment=smoke", "frames=1", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
-    latest = tmp_path / "reports" / "runs" / "latest"
+    latest = tmp_path / "reports" / "runs" / "latest-run"
     assert latest.is_symlink() and (latest / "results.parquet").exists()
-    assert f"results go to reports/runs/{os.readlink(latest)}" in done.stdout
+    assert f"results go to reports/runs/{os.readlink(latest)} (reports/runs/latest-run points at it)" in done.stdout
     assert "row: " in done.stdout and "results.parquet" in done.stdout  # `run` says where its row went
+
+
+def test_latest_is_the_latest_sweep_whatever_ran_after_it(tmp_path):
+    # 2026-12-07: `profile` and `run` without out= moved reports/runs/latest, so the README's
+    # `report results=reports/runs/latest` rendered a single run, not the sweep
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    tiny = ["experiment=smoke", "measure.warmup=0", "measure.repeats=1"]
+    for args in (["sweep", *tiny, "frames=1", "model.frame_exec=fused", "report=false"], ["run", *tiny, "frames=2"],
+                 ["profile", "profiler=torch", "model.arch=small", "inputs.height=56", "inputs.width=84", "frames=1",
+                  "iterations=1", "measure.warmup=0"]):
+        done = subprocess.run([sys.executable, "-m", "vggt_bench", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    runs = tmp_path / "reports" / "runs"
+    targets = {name: os.readlink(runs / name) for name in ("latest", "latest-run", "latest-profile")}
+    assert len(set(targets.values())) == 3, targets
+    report = subprocess.run([sys.executable, "-m", "vggt_bench", "report", "results=reports/runs/latest",
+                             "notebook=false"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert list(load_results(str(runs / "latest"))["frames"]) == [1]  # the sweep's point, not the run's
+
+
+def test_help_shows_the_out_a_command_really_writes_to():
+    # 2026-12-07: `sweep --help` showed `out: reports/runs/latest` while results went to a new folder
+    done = cli("sweep", "--help")
+    assert done.returncode == 0 and "out: reports/runs/<timestamp>" in done.stdout, done.stdout[-2000:]
 
 
 def test_results_files_are_as_readable_as_the_users_other_files(tmp_path):
@@ -194,3 +220,25 @@ def test_hydras_inspection_flags_print_the_configuration_and_run_nothing(flags, 
     else:
         assert "frames: 4" in done.stdout
     assert not (tmp_path / "out" / "points").exists() and not (tmp_path / "out" / "results.csv").exists()
+
+
+def test_without_a_terminal_there_is_no_bar_and_each_point_is_one_line(tmp_path):
+    # 2026-12-07: in a log file the bar's redraws interleaved with the points' lines
+    done = cli("sweep", "experiment=smoke", "frames=1,2", "model.frame_exec=fused", "measure.warmup=0",
+               "measure.repeats=1", "report=false", f"out={tmp_path}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "\r" not in done.stdout + done.stderr and "point/s" not in done.stderr, done.stderr[-2000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("ok ")]
+    assert [line.split(":")[0] for line in lines] == ["ok    small S=1 fused k=0 sdpa fp32 aggregator",
+                                                      "ok    small S=2 fused k=0 sdpa fp32 aggregator"]
+
+
+def test_the_sweeps_first_line_names_each_axis_and_where_it_comes_from(tmp_path):
+    # 2026-12-07: `sweep frames=4,8 model.frame_exec=fused` also swept the default preset's prune_depth: 0,4,
+    # and the screen said only "4 points"
+    done = cli("sweep", "frames=4,8", "model.frame_exec=fused", "measure.warmup=0", "measure.repeats=1",
+               "report=false", f"out={tmp_path}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[0] == (
+        f"vggt_bench sweep: 4 points (frames=4,8 from the command line x model.prune_depth=0,4 from "
+        f"experiment=default; pass experiment=adhoc for only yours) -> {tmp_path}")

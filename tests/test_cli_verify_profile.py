@@ -72,11 +72,32 @@ def test_verify_checkpoint_loads_strictly_or_lists_the_differences(tmp_path):
     bad["aggregator.register_token"] = torch.zeros(1, 2, 5, 128)
     torch.save(bad, tmp_path / "bad.pt")
     done = cli("verify", f"checkpoint={tmp_path / 'bad.pt'}", "arch=small")
-    assert done.returncode == 1
-    assert "missing: aggregator.camera_token" in done.stdout
-    assert "unexpected: aggregator.extra" in done.stdout
-    assert "shape: aggregator.register_token: checkpoint (1, 2, 5, 128) vs model (1, 2, 4, 128)" in done.stdout
+    assert one_line_error(done).endswith(f"{tmp_path / 'bad.pt'} does not load strictly into arch=small "
+                                         f"({len(state)} tensors): 1 missing, 1 unexpected, 1 mis-shaped; give a "
+                                         f"checkpoint of small (for vggt1b the official model.pt), or the arch= it "
+                                         f"was made for (vggt1b | small)")
+    assert done.stdout.splitlines() == [
+        "missing (1):", "  aggregator.camera_token", "unexpected (1):", "  aggregator.extra", "mis-shaped (1):",
+        "  aggregator.register_token: checkpoint (1, 2, 5, 128) vs model (1, 2, 4, 128)"]
     assert "checkpoint not found" in one_line_error(cli("verify", "checkpoint=/nope/model.pt"))
+
+
+def test_verify_on_a_checkpoint_of_another_model_is_a_short_summary_naming_the_fix(tmp_path):
+    # 2026-12-07: a safetensors of the wrong model printed 1,800 lines, the verdict on the last, exit 1
+    from safetensors.torch import save_file
+
+    with torch.device("meta"):
+        small = vggt_model.VGGT(vggt_model.VGGTConfig.small())
+    path = tmp_path / "small.safetensors"
+    save_file({k: torch.zeros(v.shape) for k, v in small.state_dict().items()}, str(path))
+    done = cli("verify", f"checkpoint={path}")  # arch=vggt1b, the default
+    line = one_line_error(done)
+    assert f"{path} does not load strictly into arch=vggt1b (" in line and line.endswith(
+        "mis-shaped; it loads strictly into arch=small: pass arch=small"), line
+    lines = done.stdout.splitlines()
+    assert len(lines) + 1 <= 20, done.stdout
+    assert [l.split(" (")[0] for l in lines if not l.startswith("  ")] == ["missing", "mis-shaped"]
+    assert lines[-1].startswith("  ... and ") and lines[-1].endswith(" more")
 
 
 def test_checkpoint_error_is_one_line_with_details():
@@ -93,6 +114,7 @@ def test_profile_torch_on_cpu_names_the_model_ranges(tmp_path):
     done = cli("profile", "profiler=torch", "part=full", "frames=2", "inputs.height=56", "inputs.width=84",
                "iterations=2", "measure.warmup=1", f"out={tmp_path}")
     assert done.returncode == 0, done.stderr[-2000:]
+    assert "USDT:" not in done.stdout + done.stderr, done.stderr  # 2026-12-07: Kineto's start/stop lines leaked
     (directory,) = [p for p in (tmp_path / "profiles").iterdir()]
     ranges = pd.read_csv(directory / "nvtx_ranges.csv").set_index("range")
     for name in ("vggt", "aggregator", "patch_embed", "frame_block", "global_block", "attention", "mlp",
@@ -122,3 +144,13 @@ def test_profile_analyze_reads_someone_elses_report(tmp_path):
     assert ranges.loc["Frame_Attention", "disagree"] and ranges.loc["Global_Attention", "disagree"]
     empty = cli("profile", f"analyze={NSYS}/vggt_20report_A40.sqlite.gz", f"out={tmp_path}")
     assert "no NVTX ranges and no GPU kernels" in one_line_error(empty, code=1)
+
+
+def test_only_kinetos_own_lines_are_dropped_from_stderr(capfd):
+    from vggt_bench.profiling.capture import without_kineto_chatter
+
+    with without_kineto_chatter():
+        os.write(2, b"USDT:2026-12-07 20:07:10 26361:26361 SyncActivityProfilerHandler.cpp:52] profiler_start\n")
+        os.write(2, b"STAGE:2026-12-07 20:07:10 26361:26361 SyncActivityProfilerHandler.cpp:51] Completed Stage\n")
+        os.write(2, b"a warning of our own\n")
+    assert capfd.readouterr().err == "a warning of our own\n"

@@ -18,6 +18,7 @@ from vggt_bench.analysis.approximations import conversion_table
 from vggt_bench.analysis.labels import device_label
 from vggt_bench.analysis.memory import memory_fit
 from vggt_bench.analysis.profiles import stage_times
+from vggt_bench.analysis.scaling import speedup_pairs
 from vggt_bench.analysis.tidy import load_tables, tidy_results
 from vggt_bench.analysis.upstream import impl_ratios
 from vggt_bench.report import common, notebook, plots, render
@@ -492,3 +493,105 @@ def test_the_h200_wall_is_the_memory_an_h200_reports():
     assert len(fits) and (fits["device_mem_gib"].round(2) == 139.80).all()
     assert ((fits["wall_frames_141"] / fits["wall_frames_device"] - 1).abs() < 1e-3).all(), fits[["wall_frames_141", "wall_frames_device"]]
     assert (fits["wall_frames_192"] > fits["wall_frames_141"]).all()
+
+
+
+def test_only_noisy_rows_conclude_nothing_in_figures_tables_or_summary():
+    # 2026-12-07, every row flagged noisy (two CPU hogs): the fused_speedup and conversion figures and the
+    # "Fused over sequential" table showed a 2.20x callout and cells from 0.04x to 27.45x, unmarked; the
+    # summary said "No configuration of the exact model ran (no ok rows)" although 28 ok rows ran
+    from matplotlib.colors import to_hex
+
+    table = synthetic_gpu_results().assign(noisy=True, noise_reason="other processes took 67% of the CPU")
+    (found,) = findings.findings(table)
+    text = " ".join(found.lines)
+    assert "no `ok` rows" not in text and "Fastest exact configuration" not in text
+    assert "Every exact point that ran (59 ok) has a noisy timing, so no configuration is ranked" in found.unranked
+    assert text.count("no speedup is concluded") == 2  # fusing, conversion
+    assert found.largest_ok["frames"] == 256 and found.first_oom["frames"] == 256  # what ran still ran
+    pairs = speedup_pairs(table)
+    assert len(pairs) and pairs["noisy"].all()
+    conv = conversion_table(table).dropna(subset=["speedup"])
+    assert len(conv) and conv["noisy"].all()
+    fig, _ = plots.fused_speedup(table)
+    (ax,) = fig.axes
+    assert not [t for t in ax.texts if t.get_text().endswith("×")]  # no callout
+    assert any(h.get_label().startswith("noisy") for h in ax.get_legend().legend_handles)
+    assert any("no speedup here is a conclusion" in t for t in texts(fig))
+    fig, _ = plots.conversion(table)
+    outlined = [p for ax in fig.axes for p in ax.patches if to_hex(p.get_edgecolor()) == common.NOISY_RED]
+    assert len(outlined) == len(conv) and any("none is a conclusion" in t for t in texts(fig))
+    fig, _ = plots.backends(table)
+    assert any("noisy timing" in t for t in texts(fig)) and any(t.endswith("(noisy)") for t in texts(fig))
+    # one noisy pair among trusted ones: ringed, and the callout moves to the largest trusted frame count
+    table = synthetic_gpu_results().assign(noisy=False)
+    table.loc[(table["frames"] == 256) & (table["attention"] == "sdpa_flash") & (table["impl"] == "ours")
+              & (table["prune_depth"] == 0), "noisy"] = True
+    pairs = speedup_pairs(table)
+    flash = pairs[(pairs["attention"] == "sdpa_flash") & (pairs["prune_depth"] == 0)].set_index("frames")
+    assert flash.loc[256.0, "noisy"] and not flash.loc[128.0, "noisy"]
+    fig, _ = plots.fused_speedup(table)
+    callouts = {t.get_text(): t.xy[0] for t in fig.axes[0].texts}
+    assert callouts.get(f"{flash.loc[128.0, 'speedup']:.2f}×") == 128
+
+
+def test_the_notebook_marks_noisy_speedups_and_says_why_nothing_is_ranked(tmp_path):
+    table = synthetic_gpu_results().assign(noisy=True, noise_reason="load 2.8 on 2 cores")
+    out = write_results(tmp_path / "noisy", table)
+    notebook.write(str(out))
+    text = notebook_text(out / "report.ipynb")
+    assert "Every pair below has a noisy timing: none of these speedups is a conclusion." in text
+    assert "no configuration of the exact model ran" not in text.lower()
+    assert "has a noisy timing, so no configuration is ranked" in text
+
+
+def test_the_sweeps_summary_marks_noisy_rows():
+    from vggt_bench.commands.sweep import summary
+
+    table = synthetic_gpu_results().head(4).assign(noisy=[True, False, False, False])
+    header, first = summary(table).splitlines()[:2]
+    assert header.split()[header.split().index("status") + 1] == "noisy"
+    assert "noisy" not in summary(table.assign(noisy=False)).splitlines()[0]
+
+
+def figure_problems(fig) -> list[str]:
+    """Axes whose visible tick labels repeat, and point labels (annotations) reaching outside their axes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Annotation
+
+    FigureCanvasAgg(fig).draw()
+    renderer = fig.canvas.get_renderer()
+    found = []
+    for ax in [a for a in fig.axes if a.axison]:
+        for axis, (lo, hi), i in ((ax.xaxis, sorted(ax.get_xlim()), 0), (ax.yaxis, sorted(ax.get_ylim()), 1)):
+            labels = [t.get_text() for t in axis.get_ticklabels()
+                      if t.get_text() and lo - 1e-12 <= t.get_position()[i] <= hi + 1e-12]
+            if len(labels) != len(set(labels)):
+                found.append(f"{ax.get_ylabel() or ax.get_title()}: {axis.axis_name} ticks {labels}")
+        box = ax.get_window_extent(renderer)
+        for text in [t for t in ax.texts if isinstance(t, Annotation) and t.get_text()]:
+            extent = text.get_window_extent(renderer)
+            if extent.x0 < box.x0 - 1 or extent.x1 > box.x1 + 1 or extent.y0 < box.y0 - 1 or extent.y1 > box.y1 + 1:
+                found.append(f"{ax.get_title()}: label {text.get_text()!r} outside the axes")
+    return found
+
+
+def test_every_figures_tick_labels_are_distinct_and_its_point_labels_inside_the_axes():
+    # 2026-12-07: the approximations figure's depth-drift ticks read "3e-06, 3e-06, 2e-06" (an axis under
+    # a decade falls back to linear ticks, written with one digit), and its point labels were clipped
+    from test_approximations import _row
+
+    drifts = [(4, 84_000.0, 2.1e-6), ("kv_keep", 60_000.0, 3.3e-6), ("kv_keep", 40_000.0, 4.6e-6),
+              ("merge_ratio", 20_000.0, 2.9e-6), ("global_sparsity", 9_000.0, 2.5e-6)]
+    rows = [_row(latency_ms_median=100_000.0)]
+    for i, (knob, ms, depth) in enumerate(drifts):
+        setting = {"prune_depth": knob} if knob == 4 else {knob: 0.25 if knob == "kv_keep" and i == 2 else 0.5}
+        rows.append(_row(**setting, latency_ms_median=ms, drift_pose_rel=0.03 + 0.01 * i, drift_depth_rel=depth))
+    tables = [pd.DataFrame(rows), synthetic_gpu_results(),
+              pd.read_parquet(REPO / "reports" / "h100-2026-11-24" / "pruning" / "results.parquet")]
+    problems = []
+    for table in tables:
+        for name, fn in plots.RESULT_FIGURES:
+            plot = fn(table, None) if name in ("scaling_wall", "memory") else fn(table)
+            problems += [f"{name}: {p}" for p in figure_problems(plot.figure)] if plot.figure else []
+    assert problems == []

@@ -4,6 +4,7 @@ Ctrl-C said in one line."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -17,10 +18,13 @@ COMMANDS = {
     "verify": ("verify", "check our model against a reference case (case=DIR) or a checkpoint (checkpoint=PATH)"),
     "profile": ("profile", "profile one configuration under profiler=torch|nsys, or analyze=PATH an existing trace "
                            "or a folder of a sweep's nsys reports"),
-    "report": ("report", "render figures and the report notebook from results=DIR"),
+    "report": ("report", "render figures and the report notebook from results=DIR (baseline=DIR: with A against B)"),
+    "compare": ("compare", "A against B: baseline=DIR candidate=DIR point by point, ratios with 95% intervals, "
+                           "verdicts, trace diffs; fail_above=0.05 gates (exit 1)"),
     "backends": (None, "list attention backends and whether each can run here"),
 }
-SCHEMAS = {"bench": "BenchConfig", "verify": "VerifyConfig", "profile": "ProfileConfig", "report": "ReportConfig"}
+SCHEMAS = {"bench": "BenchConfig", "verify": "VerifyConfig", "profile": "ProfileConfig", "report": "ReportConfig",
+           "compare": "CompareConfig"}
 
 USAGE = """usage: python -m vggt_bench <command> [key=value ...] [--help]
 
@@ -58,8 +62,19 @@ def _task(command: str):
             from .commands.report import main as report_main
 
             raise SystemExit(report_main(cfg))
+        elif command == "compare":
+            from .commands.compare import main as compare_main
+
+            raise SystemExit(compare_main(cfg))
 
     return task
+
+
+def as_list(override: str) -> str:
+    """``ignore=a,b`` (or ``ignore=a``) as Hydra reads a list, ``ignore=[a,b]``: to Hydra a bare comma
+    is a sweep, and one value is not a list."""
+    key, _, value = override.partition("=")
+    return override if value.startswith("[") else f"{key}=[{value}]"
 
 
 def _value(override: str) -> str:
@@ -159,6 +174,7 @@ def main(argv=None) -> int:
 
     config_name = COMMANDS[command][0]
     given, flags, problem = split_flags(rest, command)
+    given = [as_list(a) if command in ("compare", "report") and a.startswith("ignore=") else a for a in given]
     if problem is None and "--help" not in flags:
         problem = overrides.check(getattr(config, SCHEMAS[config_name]), given, command)
     inspect = bool({"--cfg", "-c", "--info", "-i"} & set(flags))  # shows the configuration, runs nothing
@@ -187,11 +203,14 @@ def main(argv=None) -> int:
         rest = ([] if named else [f"out={scratch}/out"]) + rest + [
             f"hydra.run.dir={scratch}/hydra", f"hydra.sweep.dir={scratch}/hydra"]
     if command in ("run", "sweep", "profile") and not any(a.startswith("out=") for a in rest):
-        from .commands.sweep import stamped_out
+        from .commands.sweep import LATEST, stamped_out
 
-        rest = stamped_out() + rest  # first: Hydra takes overrides before its own flags
-        print(f"vggt_bench: results go to {rest[0].split('=', 1)[1]} (reports/runs/latest points at it)", flush=True)
+        rest = stamped_out(command) + rest  # first: Hydra takes overrides before its own flags
+        print(f"vggt_bench: results go to {rest[0].split('=', 1)[1]} (reports/runs/{LATEST[command]} points at it)",
+              flush=True)
     out = next((_value(a) for a in reversed(rest) if a.startswith("out=")), None)
+    if command == "compare":
+        out = None  # it writes no points; it checks its own out= after reading both sides
     if out is not None:
         # Hydra writes its own logs under out/ before our code runs: check it first, in one line.
         from .core.results import unwritable
@@ -227,6 +246,10 @@ def leave_interrupted(out) -> None:
     an import lock the interrupted code held) must not keep the user's Ctrl-C from ending the run.
     Further Ctrl-Cs are ignored meanwhile: one message, one exit."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from .core import claims
+
+    with contextlib.suppress(Exception):  # a point left half-measured is free for the next sweep at once
+        claims.release_all()
     kept = _points_in(out) if out else 0
     where = f"{kept} point{'s' if kept != 1 else ''} kept in {out}" if out else "nothing was being written"
 

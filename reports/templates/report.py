@@ -12,6 +12,8 @@
 # %% tags=["parameters"]
 RESULTS_DIR = "reports/runs/latest"  # a results directory
 REFERENCE = "upstream_h100"          # published reference points on the scaling wall; None: none
+BASELINE_DIR = None                  # a results directory to compare against (report baseline=DIR); None: none
+IGNORE = []                          # columns left out of that match (report ignore=model.frame_exec)
 
 # %%
 import pandas as pd
@@ -42,6 +44,47 @@ else:
 
 # %%
 display(report.environment_table(results))
+
+# %% [markdown]
+# ## A against B
+#
+# With `report results=B baseline=A`: every point of this directory (B) against the same point of A, as
+# `python -m vggt_bench compare baseline=A candidate=B` prints it: both medians, the ratio B / A (above 1:
+# slower), its 95% interval (bootstrap over both sides' per-repeat samples) and the verdict (`same` within the
+# noise floor or where the interval holds 1; `noisy` where a row is flagged; `unmatched`: one side only).
+
+# %%
+from vggt_bench.analysis import compare
+from vggt_bench.core.errors import UserError
+from vggt_bench.core.results import load_results
+from vggt_bench.report.compare import compare_figure, stage_figure
+
+against = None
+if not BASELINE_DIR:
+    display(Markdown("No baseline given (`python -m vggt_bench report results=B baseline=A` adds this section)."))
+else:
+    try:
+        against = compare.compare_dirs(BASELINE_DIR, RESULTS_DIR, load_results(BASELINE_DIR), load_results(RESULTS_DIR),
+                                       IGNORE)
+    except UserError as exc:
+        display(Markdown(f"`{BASELINE_DIR}` against `{RESULTS_DIR}`: {exc}"))
+if against is not None:
+    ab = against.table
+    display(Markdown(f"**A** `{BASELINE_DIR}` against **B** `{RESULTS_DIR}`: {len(ab)} points, {compare.counts(ab)}."))
+    if against.environment.empty:
+        display(Markdown("Environments: no difference (GPU, driver, versions, host, commit, threads, clocks)."))
+    else:
+        display(Markdown("Environment differences (A, then B):"))
+        display(against.environment.set_index("field"))
+    display(ab[["label", "side", "baseline_ms", "candidate_ms", "ratio", "ci_low", "ci_high", "interval", "verdict",
+                "act_gib_ratio", "peak_rss_gib_ratio", "changed"]].round(4))
+    plot = compare_figure(ab, compare.NOISE_FLOOR)
+    if plot.figure is not None:
+        notebook.show(plot.figure)
+    if len(against.traces):
+        display(Markdown("Trace diffs (both sides profiled):\n\n" + "\n".join(
+            f"- {ab.loc[ab['point_id'] == pid, 'label'].iloc[0]}: {line}" for pid, line in against.traces.items())))
+        notebook.show(stage_figure(against.stages).figure)
 
 # %% [markdown]
 # ## Figures
@@ -81,7 +124,7 @@ for f, (label, rows) in zip(found, report.workloads(results)):
 # %%
 for f in found:
     if f.fastest.empty:
-        display(Markdown(f"**{f.workload}**: no configuration of the exact model ran."))
+        display(Markdown(f"**{f.workload}**: {f.unranked}"))
         continue
     table = f.fastest.assign(
         latency=f.fastest["latency_ms"].map(report.fmt_ms),
@@ -92,13 +135,19 @@ for f in found:
 
 # %% [markdown]
 # ### Fused over sequential, and global-to-frame conversion
+#
+# `noisy`: a timing on either side of the speedup is flagged noisy, so the speedup is no conclusion (the
+# summary leaves it out).
 
 # %%
 pairs = scaling.speedup_pairs(results)
 if pairs.empty:
     display(Markdown("No frame count was measured both fused and sequential."))
 else:
-    display(pairs[["frames", "attention", "prune_depth", "dtype", "latency_ms_slow", "latency_ms_fast", "speedup"]]
+    if pairs["noisy"].all():
+        display(Markdown("Every pair below has a noisy timing: none of these speedups is a conclusion."))
+    display(pairs[["frames", "attention", "prune_depth", "dtype", "latency_ms_slow", "latency_ms_fast", "speedup",
+                   "noisy"]]
             .astype({"frames": int, "prune_depth": int})
             .sort_values(["attention", "prune_depth", "frames"]).round(3).reset_index(drop=True))
 conversion = approximations.conversion_table(results)
@@ -106,7 +155,7 @@ if conversion.empty:
     display(Markdown("No global-to-frame conversion was measured (no `prune_depth > 0` points)."))
 else:
     display(conversion[["frames", "frame_exec", "attention", "prune_depth", "prune_weights", "status",
-                        "latency_ms", "latency_ms_k0", "speedup", "drift_rel"]]
+                        "latency_ms", "latency_ms_k0", "speedup", "noisy", "drift_rel"]]
             .astype({"frames": int, "prune_depth": int})
             .sort_values(["frame_exec", "attention", "frames", "prune_depth"]).round(4).reset_index(drop=True))
 

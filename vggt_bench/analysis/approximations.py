@@ -18,19 +18,22 @@ def conversion_table(results: pd.DataFrame) -> pd.DataFrame:
     points whose attention is exact (the other approximations: ``approximation_table``).
 
     Columns: the knobs, latency_ms (at k), latency_ms_k0, speedup (k=0 latency / k latency),
+    ``noisy`` (both ran and a timing of either is flagged noisy: the speedup is no conclusion),
     drift_rel, status (of the k point), status_k0.
     """
     frame = tidy_results(results)
     frame = frame[unapproximated(frame)]
     keys = [k for k in KNOBS if k not in ("prune_depth", "prune_weights")] + ["gpu_name"]
     base = frame[frame["prune_depth"] == 0].drop_duplicates(keys, keep="last")
-    base = base[keys + ["latency_ms_median", "status"]].rename(
-        columns={"latency_ms_median": "latency_ms_k0", "status": "status_k0"})
+    base = base[keys + ["latency_ms_median", "status", "noisy"]].rename(
+        columns={"latency_ms_median": "latency_ms_k0", "status": "status_k0", "noisy": "noisy_k0"})
     conv = frame[frame["prune_depth"] > 0].rename(columns={"latency_ms_median": "latency_ms"})
     table = conv.merge(base, on=keys, how="left")
     ok = (table["status"] == "ok") & (table["status_k0"] == "ok")
     table["speedup"] = np.where(ok, table["latency_ms_k0"] / table["latency_ms"], np.nan)
-    return table[KNOBS + ["gpu_name", "status", "status_k0", "latency_ms", "latency_ms_k0", "speedup", "drift_rel"]]
+    table["noisy"] = ok & (table["noisy"].fillna(False).astype(bool) | table["noisy_k0"].fillna(False).astype(bool))
+    return table[KNOBS + ["gpu_name", "status", "status_k0", "latency_ms", "latency_ms_k0", "speedup", "noisy",
+                          "drift_rel"]]
 
 
 # ---- approximations: speed against drift ------------------------------------------------------------

@@ -71,6 +71,7 @@ class Findings:
     conversion: Optional[dict] = None      # k, min, max, frames_min, frames_max, drift_min, drift_max
     approximation: Optional[dict] = None   # frames, setting, speedup (fastest at the largest S), and
                                            # within: approximations.best_within_yardstick (None: none qualifies)
+    unranked: str = ""                     # why ``fastest`` is empty, when it is
     lines: List[str] = field(default_factory=list)
 
     def markdown(self) -> str:
@@ -93,7 +94,10 @@ def _findings(label: str, rows: pd.DataFrame) -> Findings:
     # Conclusions come from trusted timings only: a noisy point is listed, never compared.
     noisy = rows[(rows["status"] == "ok") & rows["noisy"].fillna(False).astype(bool)]
     rows_all, rows = rows, rows.drop(noisy.index)
-    exact, _ = exact_rows(rows)
+    # the exact model is what ran at the smallest depth, noisy or not (its rows tell the wall, and why
+    # nothing is concluded); only its trusted rows are compared
+    exact_all, _ = exact_rows(rows_all)
+    exact = exact_all[~exact_all.index.isin(noisy.index)]
     ok = ok_rows(exact)
     lines = []
     status_text = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
@@ -124,8 +128,15 @@ def _findings(label: str, rows: pd.DataFrame) -> Findings:
                         "slowest_ms": float(at["latency_ms_median"].max()), "configurations": len(at)})
     fastest = pd.DataFrame(fastest, columns=["frames", "configuration", "latency_ms", "slowest_ms", "configurations"])
     found = Findings(workload=label, statuses=statuses, fastest=fastest, lines=lines)
-    if fastest.empty:
-        lines.append("No configuration of the exact model ran (no `ok` rows): nothing to rank.")
+    ran_noisy = len(ok_rows(exact_all))
+    if fastest.empty and ran_noisy:
+        found.unranked = (f"Every exact point that ran ({ran_noisy} ok) has a noisy timing, so no configuration is "
+                          f"ranked and nothing below is concluded from their latencies (why: the noisy points above); "
+                          f"rerun on an idle machine with measure.repeats=3 or more to rank them.")
+        lines.append(found.unranked)
+    elif fastest.empty:
+        found.unranked = "No configuration of the exact model ran (no `ok` rows): nothing to rank."
+        lines.append(found.unranked)
     else:
         runs = []
         for _, r in fastest.iterrows():
@@ -141,13 +152,14 @@ def _findings(label: str, rows: pd.DataFrame) -> Findings:
             + (f", {top['slowest_ms'] / top['latency_ms']:.2f}× faster than the slowest of "
                f"{int(top['configurations'])} configurations." if top["configurations"] > 1 else ".")
         )
-    # The wall.
-    tried = exact["frames"].dropna()
+    # The wall: what ran and what ran out of memory, whatever the noise in its timing.
+    tried = exact_all["frames"].dropna()
     found.largest_tried = int(tried.max()) if len(tried) else None
-    if len(ok):
-        s = int(ok["frames"].max())
-        found.largest_ok = {"frames": s, "configurations": _join_configs(ok[ok["frames"] == s])}
-    ooms = exact[exact["status"] == "oom"]
+    ran = ok_rows(exact_all)
+    if len(ran):
+        s = int(ran["frames"].max())
+        found.largest_ok = {"frames": s, "configurations": _join_configs(ran[ran["frames"] == s])}
+    ooms = exact_all[exact_all["status"] == "oom"]
     if len(ooms):
         s = int(ooms["frames"].min())
         found.first_oom = {"frames": s, "configurations": _join_configs(ooms[ooms["frames"] == s])}
@@ -178,6 +190,9 @@ def _findings(label: str, rows: pd.DataFrame) -> Findings:
             f"{fmt_x(lo['speedup'])} (S={int(lo['frames'])}, {lo['attention']}) to {fmt_x(hi['speedup'])} "
             f"(S={int(hi['frames'])}, {hi['attention']}); fused is faster in {faster} of {len(pairs)} pairs."
         )
+    elif len(speedup_pairs(exact_all)):
+        lines.append(f"Fusing: each of the {len(speedup_pairs(exact_all))} points measured both fused and "
+                     f"sequential has a noisy timing on one side or both, so no speedup is concluded.")
     else:
         lines.append("Fusing: no frame count was measured both fused and sequential (ok), so there is no speedup "
                      "to report.")
@@ -204,6 +219,9 @@ def _findings(label: str, rows: pd.DataFrame) -> Findings:
             f"k=0 is {speed}; "
             + drift_text + "."
         )
+    elif conversion_table(rows_all)["speedup"].notna().any():
+        lines.append("Global-to-frame conversion: measured, but every prune_depth > 0 point or its k=0 partner has a "
+                     "noisy timing, so no speedup is concluded.")
     else:
         lines.append("Global-to-frame conversion: not measured (no prune_depth > 0 point with an ok k=0 partner).")
     _approximation_line(rows, found, rows_all)

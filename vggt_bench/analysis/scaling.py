@@ -16,13 +16,19 @@ from .tidy import ok_rows, tidy_results
 def speedup_pairs(results: pd.DataFrame, slow: str = "sequential", fast: str = "fused") -> pd.DataFrame:
     """``speedup = latency(slow) / latency(fast)`` for every point measured both ways (ok rows),
     matched on every knob except frame_exec and frame_chunk. Columns: the knobs, latency_ms_slow,
-    latency_ms_fast, speedup."""
+    latency_ms_fast, speedup, ``noisy`` (a timing on either side is flagged noisy: the speedup is no
+    conclusion)."""
     ok = ok_rows(tidy_results(results))
+    ok = ok.assign(noisy=ok["noisy"].fillna(False).astype(bool))
     keys = [k for k in KNOBS if k not in ("frame_exec", "frame_chunk")] + ["gpu_name"]
-    a = ok[ok["frame_exec"] == slow].groupby(keys, dropna=False)["latency_ms_median"].median().rename("latency_ms_slow")
-    b = ok[ok["frame_exec"] == fast].groupby(keys, dropna=False)["latency_ms_median"].median().rename("latency_ms_fast")
-    pairs = pd.concat([a, b], axis=1, join="inner").reset_index()
+    sides = []
+    for exec_, name in ((slow, "slow"), (fast, "fast")):
+        grouped = ok[ok["frame_exec"] == exec_].groupby(keys, dropna=False)
+        sides.append(pd.concat([grouped["latency_ms_median"].median().rename(f"latency_ms_{name}"),
+                                grouped["noisy"].any().rename(f"noisy_{name}")], axis=1))
+    pairs = pd.concat(sides, axis=1, join="inner").reset_index()
     pairs["speedup"] = pairs["latency_ms_slow"] / pairs["latency_ms_fast"]
+    pairs["noisy"] = pairs.pop("noisy_slow").astype(bool) | pairs.pop("noisy_fast").astype(bool)
     return pairs
 
 

@@ -48,7 +48,7 @@ TEXT_COLUMNS = [
     "point_id", "experiment", "arch", "device", "part", "inputs", "gpu_name", "driver", "torch_version",
     "cuda_version", "cudnn_version", "python_version", "cpu", "git_commit", "host", "timestamp", "checkpoint",
     "status", "message", "peak_source", "tag", "profiler", "range", "domain", "impl", "noise_reason", "claim_note", "gpu_uuid",
-    "attention_ran", "upstream_source",
+    "attention_ran", "upstream_source", "latency_ms_samples", "former_point_id",
     "profile_status", "profile_message", "stage", "source",
 ] + [k for k, t in _KNOB_TYPE.items() if t == "str"]
 FLOAT_KNOBS = [k for k, t in _KNOB_TYPE.items() if t == "float"]
@@ -121,7 +121,8 @@ def tidy_results(frame: pd.DataFrame) -> pd.DataFrame:
     frame["context_parallel"] = frame["context_parallel"].fillna(1.0)  # tables from before it: one rank
     for col in list(APPROXIMATE_ATTENTION) + ["linear_precision"]:  # absent (older tables): those ran exact
         frame[col] = frame[col].fillna(EXACT_VALUE[col])
-    frame["linear_precision"] = frame["linear_precision"].replace("", EXACT_VALUE["linear_precision"])
+    for col in [c for c in EXACT_VALUE if _KNOB_TYPE[c] == "str"]:  # text knobs (linear_precision): "" when absent
+        frame[col] = frame[col].replace("", EXACT_VALUE[col])
     frame["approx_layers"] = frame["approx_layers"].replace("", "all")
     # older tables measured drift on the last layer's tokens only, as drift_rel (then against k=0)
     frame["drift_tokens_rel"] = frame["drift_tokens_rel"].fillna(frame["drift_rel"])

@@ -35,6 +35,7 @@ import torch
 
 from ..analysis.profiles import forwards_in, profile_grid
 from ..core.errors import UserError, fail, one_line
+from ..core.migrate import migrate
 from ..core.results import load_results
 from ..core.schema import KNOBS, POINT_RANGE_PREFIX
 from ..measure import build, env
@@ -287,10 +288,15 @@ def analyze_points(source: str, out: str, results: Optional[str] = None, nsys: O
         flag = f"results={results}" if results else f"out={out}"
         raise UserError(f"{flag} has no results.parquet or results.csv to join the points to; give results=<the out "
                         f"directory of the sweep that was captured>")
+    migrate(out)  # profiles of an older directory are named by their current ids before these join them
     rows = {r["point_id"]: r for r in timing.to_dict("records")} if len(timing) else {}
+    for r in list(rows.values()):  # captures made before the store's format 2 name the points by their former ids
+        if isinstance(r.get("former_point_id"), str) and r["former_point_id"]:
+            rows.setdefault(r["former_point_id"], r)
     written = []
     for pid, (path, tables) in found.items():
         row = rows.get(pid)
+        pid = row["point_id"] if row is not None else pid
         if row is None:
             log(f"note: point {pid} ({os.path.basename(path)}) is not in the results of {where}: its tables carry no knobs")
         if isinstance(tables, NoProfileData):

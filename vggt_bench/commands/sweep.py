@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, List
+from typing import Any, List, Tuple
 
 import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from ..analysis.tidy import missing, read_grid
+from ..core import claims
 from ..core.config import approx_label
 from ..core.errors import UserError, fail
+from ..core.migrate import migrate
 from ..core.results import ResultStore, new_run_dir
 from ..launch import launchers, progress
 from ..launch.progress import say
@@ -46,9 +48,12 @@ APPROX_SUMMARY_COLUMNS = ["kv_keep", "merge_ratio", "global_sparsity", "approx_l
 
 
 def open_store(out: str) -> ResultStore:
+    """The results store of ``out``, writable, its points in the current format (``core.migrate``:
+    a directory written by an older version resumes)."""
     store = ResultStore(out)
     try:
         store.ensure_writable()
+        migrate(out)
     except OSError as exc:
         fail(f"cannot write results to out={out} ({exc}); choose a writable directory with out=PATH")
     return store
@@ -83,7 +88,34 @@ def run_job(cfg: DictConfig) -> dict:
     if not ranks.writes_rows():  # another rank of torchrun/srun: measures with rank 0, writes nothing
         return _as_other_rank(cfg, point, how)
     store = open_store(cfg.out)
-    progress.job_started(point, cfg.experiment)
+    point_file = os.path.join(store.points_dir, f"{point.point_id}.json")
+    with progress.writes_into(cfg.out, point_file, f"the row of {_describe(point)}"):
+        progress.job_started(point, cfg.experiment)
+        # ranks of an external launch measure a context-parallel point together: rank 0 alone cannot
+        # decide to skip it, so such points are not claimed
+        if point.execution.context_parallel > 1 and ranks.launched() is not None:
+            return _measure_job(cfg, point, how, profiler, store)
+        if not _done(cfg, store, point.point_id, profiler):
+            holder, taken = claims.claim(cfg.out, point.point_id)
+            if holder is not None:
+                say(f"{'held':<5} {_describe(point)}: another sweep is measuring it ({claims.describe(holder)}); its "
+                    f"row lands in {cfg.out}")
+                return {}
+            if taken is not None:
+                say(f"{'claim':<5} {_describe(point)}: took it over from {claims.describe(taken)} ({taken['why']})")
+        try:
+            return _measure_job(cfg, point, how, profiler, store)
+        finally:
+            claims.release(cfg.out, point.point_id)
+
+
+def _done(cfg: DictConfig, store: ResultStore, pid: str, profiler: str) -> bool:
+    """Whether a resumed sweep has nothing left to do at point ``pid``: measured, and profiled if asked."""
+    return bool(cfg.resume) and store.is_done(pid) and (profiler == "none" or profile_done(cfg.out, pid, profiler))
+
+
+def _measure_job(cfg: DictConfig, point, how: Method, profiler: str, store: ResultStore) -> dict:
+    """Measure (and profile) the point, or skip what is already done: this process holds its claim."""
     pid = point.point_id
     measured = bool(cfg.resume) and store.is_done(pid)
     profiled = profiler == "none" or (bool(cfg.resume) and profile_done(cfg.out, pid, profiler))
@@ -117,8 +149,12 @@ def run_job(cfg: DictConfig) -> dict:
 def _as_other_rank(cfg: DictConfig, point, how) -> dict:
     """A rank other than 0 under torchrun/srun: take part in the context-parallel points (and skip
     those rank 0 skips as measured); one-rank points are rank 0's alone."""
-    if point.execution.context_parallel == 1 or (bool(cfg.resume) and ResultStore(cfg.out).is_done(point.point_id)):
+    if point.execution.context_parallel == 1:
         return {}
+    if bool(cfg.resume) and os.path.isdir(str(cfg.out)):
+        migrate(str(cfg.out))  # as rank 0 does before deciding to skip: both see the points' current ids
+        if ResultStore(cfg.out).is_done(point.point_id):
+            return {}
     return run_point(point, dataclasses.replace(how, reference_dir=None), cfg.experiment)  # rank 0 keeps the outputs
 
 
@@ -160,6 +196,8 @@ def summary(frame: pd.DataFrame) -> str:
         cols += [c for c in APPROX_SUMMARY_COLUMNS[4:] if c in frame.columns]
     if "context_parallel" in frame and (pd.to_numeric(frame["context_parallel"], errors="coerce") > 1).any():
         cols.insert(cols.index("status"), "context_parallel")  # ranks, where some points ran on several
+    if "noisy" in frame and frame["noisy"].map(lambda v: v is True or v == 1).any():
+        cols.insert(cols.index("status") + 1, "noisy")  # a noisy latency is listed, never a conclusion
     view = frame[cols].copy()
     for c in ("latency_ms_median", "peak_alloc_gib", "peak_rss_gib", "fps", "achieved_tflops", "drift_tokens_rel",
               "drift_pose_rel", "drift_depth_rel"):
@@ -169,22 +207,43 @@ def summary(frame: pd.DataFrame) -> str:
     return view.to_string(index=False)
 
 
-def grid_size(config: DictConfig) -> int:
-    """Number of jobs of a multirun: the product of the sweep lengths, command line over preset."""
+def grid_axes(config: DictConfig) -> List[Tuple[str, List[str], str]]:
+    """The axes of a multirun, ``[(key, values, source)]``: the preset's ``hydra.sweeper.params``
+    (source ``experiment=NAME``) with the command line's sweeps over them (source ``the command line``;
+    a single value there ends the preset's axis of that key)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     preset = config.hydra.sweeper.get("params")
-    params = dict(OmegaConf.to_container(preset, resolve=False)) if preset else {}
+    params = {k: (v, f"experiment={config.get('experiment')}")
+              for k, v in (OmegaConf.to_container(preset, resolve=False) if preset else {}).items()}
     for text in config.hydra.overrides.task:
         key, _, value = text.partition("=")
-        params[key.lstrip("+~")] = value
+        params[key.lstrip("+~")] = (value, "the command line")
     parser = OverridesParser.create()
-    overrides = parser.parse_overrides([f"{k}={v}" for k, v in params.items()])
-    total = 1
-    for o in overrides:
+    axes = []
+    for (key, (value, source)), o in zip(params.items(),
+                                         parser.parse_overrides([f"{k}={v}" for k, (v, _) in params.items()])):
         if o.is_sweep_override():
-            total *= len(list(o.sweep_string_iterator()))
+            axes.append((key, list(o.sweep_string_iterator()), source))
+    return axes
+
+
+def grid_size(config: DictConfig) -> int:
+    """Number of jobs of a multirun: the product of the sweep lengths, command line over preset."""
+    total = 1
+    for _, values, _ in grid_axes(config):
+        total *= len(values)
     return total
+
+
+def grid_line(axes: List[Tuple[str, List[str], str]]) -> str:
+    """``frames=4,8 from the command line x model.prune_depth=0,4 from experiment=default; pass
+    experiment=adhoc for only yours``: each axis and where it comes from."""
+    sources = list(dict.fromkeys(source for _, _, source in axes))
+    parts = [" x ".join(f"{key}={','.join(values)}" for key, values, s in axes if s == source) + f" from {source}"
+             for source in sorted(sources, key=lambda s: s != "the command line")]
+    hint = "; pass experiment=adhoc for only yours" if len(sources) > 1 else ""
+    return " x ".join(parts) + hint
 
 
 def preflight(config: DictConfig) -> None:
@@ -221,19 +280,22 @@ class SweepCallback(Callback):
         preflight(config)
         os.makedirs(config.out, exist_ok=True)
         try:
+            axes = grid_axes(config)
             total = grid_size(config)
         except Exception:  # the bar is a convenience; Hydra itself reports bad overrides
-            total = None
-        print(f"vggt_bench sweep: {total or '?'} points -> {config.out}", flush=True)
+            axes, total = [], None
+        grid = f" ({grid_line(axes)})" if axes else ""
+        print(f"vggt_bench sweep: {total or '?'} points{grid} -> {config.out}", flush=True)
         launchers.prepare(config)
-        progress.start_bar(total, str(config.hydra.sweep.dir))
+        progress.start_bar(total, str(config.hydra.sweep.dir), launchers.runs_elsewhere(config))
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         launchers.in_job()
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         if ranks.writes_rows():
-            progress.job_ended(config)
+            with progress.writes_into(config.out):
+                progress.job_ended(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         progress.end_progress()
@@ -242,19 +304,36 @@ class SweepCallback(Callback):
         store = ResultStore(config.out)
         if not os.path.isdir(store.points_dir):
             return
-        frame = store.rebuild()
-        print(f"\n{len(frame)} points in {os.path.join(config.out, 'results.parquet')} (and results.csv)")
-        print(summary(frame))
-        if config.get("profiler", "none") != "none":
-            print(profile_summary(config.out))
-        if config.get("report", True):
-            from ..report import render
-
-            written = render(config.out)
-            print(f"report: {len(written)} files in {config.out} (figures, report.ipynb, report.html)")
+        with progress.writes_into(config.out):
+            tables_and_report(config, store)
 
 
-def stamped_out() -> List[str]:
-    """``out=reports/runs/<timestamp>`` for a run that names none; ``reports/runs/latest`` is made
-    to point at it (the default the schema and ``--help`` name)."""
-    return [f"out={new_run_dir('reports/runs')}"]
+def tables_and_report(config: DictConfig, store: ResultStore) -> None:
+    """The end of a sweep: the tables rebuilt from every point, the summary, the report."""
+    frame = store.rebuild()
+    print(f"\n{len(frame)} points in {os.path.join(config.out, 'results.parquet')} (and results.csv)")
+    print(summary(frame))
+    others = claims.held_by_others(config.out)
+    if others:
+        holders = sorted({claims.describe({**h, "started": ""}) for h in others})
+        print(f"{len(others)} point{'s are' if len(others) != 1 else ' is'} still being measured by another sweep "
+              f"({'; '.join(holders)}): {'their rows land' if len(others) != 1 else 'its row lands'} in {config.out} "
+              f"as it finishes, and its own report covers them")
+    if config.get("profiler", "none") != "none":
+        print(profile_summary(config.out))
+    if config.get("report", True):
+        from ..report import render
+
+        written = render(config.out)
+        print(f"report: {len(written)} files in {config.out} (figures, report.ipynb, report.html)")
+
+
+# Where reports/runs/ points at the latest results of each command that names no out=: `latest` is
+# always a sweep's, so `report results=reports/runs/latest` renders the latest sweep.
+LATEST = {"sweep": "latest", "run": "latest-run", "profile": "latest-profile"}
+
+
+def stamped_out(command: str = "sweep") -> List[str]:
+    """``out=reports/runs/<timestamp>`` (the default the schema and ``--help`` name) for a command that
+    names none; ``reports/runs/<LATEST[command]>`` is made to point at it."""
+    return [f"out={new_run_dir('reports/runs', LATEST[command])}"]

@@ -231,21 +231,40 @@ def format_checks(checks: List[Check]) -> str:
     return "\n".join(lines)
 
 
-def verify_checkpoint(path: str, arch: str) -> int:
+ARCHS = ("vggt1b", "small")  # the architectures VGGTConfig.named builds
+SHOWN = 4  # names shown of each kind of difference: the summary stays under 20 lines
+
+
+def _meta_model(arch: str) -> vggt_model.VGGT:
+    """The architecture ``arch`` on the meta device: its names and shapes, no memory."""
     try:
         cfg = VGGTConfig.named(arch)
     except ConfigError as exc:
         raise UserError(str(exc))
     with torch.device("meta"):
-        net = vggt_model.VGGT(cfg)
+        return vggt_model.VGGT(cfg)
+
+
+def verify_checkpoint(path: str, arch: str) -> int:
+    """PASS when the checkpoint loads strictly into ``arch``; else a summary of the differences (their
+    counts and the first SHOWN names of each) and one line naming the fix (UserError, exit 2)."""
+    net = _meta_model(arch)
     state = vggt_model.checkpoint.read_state_dict(path)
     missing, unexpected, mismatched = vggt_model.checkpoint.compare(net, state)
     if missing or unexpected or mismatched:
-        for line in [f"missing: {k}" for k in missing] + [f"unexpected: {k}" for k in unexpected] + [f"shape: {m}" for m in mismatched]:
-            print("  " + line)
-        print(f"FAIL: {path} does not load strictly into {arch}: {len(missing)} missing, {len(unexpected)} unexpected, "
-              f"{len(mismatched)} shape mismatches")
-        return 1
+        for kind, names in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched)):
+            if names:
+                print(f"{kind} ({len(names)}):")
+                print("\n".join(f"  {name}" for name in names[:SHOWN]))
+                if len(names) > SHOWN:
+                    print(f"  ... and {len(names) - SHOWN} more")
+        fits = [other for other in ARCHS if other != arch and not any(vggt_model.checkpoint.compare(
+            _meta_model(other), state))]
+        fix = (f"it loads strictly into arch={fits[0]}: pass arch={fits[0]}" if fits else
+               f"give a checkpoint of {arch} (for vggt1b the official model.pt), or the arch= it was made for "
+               f"({' | '.join(ARCHS)})")
+        raise UserError(f"{path} does not load strictly into arch={arch} ({len(net.state_dict())} tensors): "
+                        f"{len(missing)} missing, {len(unexpected)} unexpected, {len(mismatched)} mis-shaped; {fix}")
     params = sum(t.numel() for t in state.values())
     dtypes = sorted({str(t.dtype).replace("torch.", "") for t in state.values()})
     print(f"PASS: {path} loads strictly into {arch}: {len(state)} tensors, {params:,} parameters ({', '.join(dtypes)})")

@@ -108,8 +108,10 @@ class BenchConfig:
     frames: int = setting(8, "S, frames per scene (>= 1)")
     device: str = setting("auto", "auto | cuda | cuda:N | cpu")
     part: str = setting("aggregator", "what is timed: aggregator (as upstream's table) | full (the whole model)")
-    out: str = setting("reports/runs/latest", "the results directory; without out= the CLI stamps a fresh "
-                                              "reports/runs/<timestamp>/ per sweep and points reports/runs/latest at it")
+    out: str = setting("reports/runs/<timestamp>", "the results directory; without out= each sweep, run and profile "
+                                                   "writes a new reports/runs/<timestamp>/, and reports/runs/latest "
+                                                   "points at the latest sweep's (latest-run, latest-profile: the "
+                                                   "others')")
     resume: bool = setting(True, "skip measured points on rerun: a point is its configuration, so a rerun with more "
                                  "measure.repeats skips it too, and its skip line names the kept and the asked counts; "
                                  "false measures again, replacing the row")
@@ -157,6 +159,24 @@ class ReportConfig:
     notebook: bool = setting(True, "write the report notebook (false: figures only)")
     execute: bool = setting(True, "execute the notebook and export report.html")
     reference: Optional[str] = setting("upstream_h100", "labelled reference points on the scaling wall; null: none")
+    baseline: Optional[str] = setting(None, "a results directory to compare results= against: the notebook's "
+                                            "section \"A against B\" (python -m vggt_bench compare); null: none")
+    ignore: List[str] = setting(None, "with baseline: fields left out of the match, as compare's ignore=",
+                                factory=list)
+
+
+@dataclass
+class CompareConfig:
+    baseline: Optional[str] = setting(None, "results directory A: a sweep's out, or a study under reports/")
+    candidate: Optional[str] = setting(None, "results directory B, compared against A (ratio = B / A)")
+    out: Optional[str] = setting(None, "where compare.parquet|csv and the figures go; null: <candidate>/compare/")
+    fail_above: Optional[float] = setting(None, "the gate: exit 1 when a point's ratio interval lies wholly above "
+                                                "1 + fail_above (0.05: slower by more than 5% beyond doubt); null: "
+                                                "no gate")
+    ignore: List[str] = setting(None, "fields left out of the match: model.frame_exec,model.dtype ... (a knob as "
+                                      "model.KNOB, frames, inputs.batch, ...)", factory=list)
+    noise_floor: float = setting(0.02, "a ratio within this of 1 is `same`, whatever its interval: two runs of the "
+                                       "same code differ by about this much (docs/compare.md)")
 
 
 def register() -> None:
@@ -165,4 +185,5 @@ def register() -> None:
     cs.store(name="verify_schema", node=VerifyConfig)
     cs.store(name="profile_schema", node=ProfileConfig)
     cs.store(name="report_schema", node=ReportConfig)
+    cs.store(name="compare_schema", node=CompareConfig)
 

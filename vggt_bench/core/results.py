@@ -9,27 +9,25 @@ files (atomically, under a file lock, so parallel launcher jobs can write at onc
 from __future__ import annotations
 
 import contextlib
+import datetime
+import errno
 import fcntl
 import glob
-import hashlib
 import io
 import json
 import math
 import os
+import sys
 import tempfile
 from typing import Iterable, Optional
 
 import pandas as pd
 
-from .schema import KNOBS, RESULT_COLUMNS
+from .errors import UserError, one_line
+from .schema import RESULT_COLUMNS
+from .store_format import FORMAT_VERSION, upgrade_table
 
 DONE = ("ok", "oom", "unavailable")  # statuses a resumed sweep does not measure again
-
-
-def point_id(knobs: dict) -> str:
-    """Stable id of a configuration: a hash of its knob values."""
-    canonical = json.dumps({k: knobs.get(k) for k in KNOBS}, sort_keys=True, default=str)
-    return hashlib.sha1(canonical.encode()).hexdigest()[:16]
 
 
 _HELD_HERE: set = set()  # results directories whose lock this process holds right now
@@ -62,9 +60,11 @@ def atomic_write(path: str, write) -> None:
             write(f)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are as readable as any file the user makes
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename != path:  # name the file meant, not its temporary
+            raise OSError(exc.errno, exc.strerror or str(exc), path) from exc
         raise
 
 
@@ -76,8 +76,6 @@ def _umask() -> int:
 
 def new_run_dir(root: str, link: str = "latest") -> str:
     """A fresh ``<root>/<timestamp>`` directory; ``<root>/<link>`` is (re)pointed at it."""
-    import datetime
-
     stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out = os.path.join(root, stamp)
     n = 1
@@ -97,12 +95,28 @@ def new_run_dir(root: str, link: str = "latest") -> str:
     return out
 
 
+# What a disk that fills up or turns read-only mid-sweep raises: said in one line (``lost_write``).
+LOST_WRITE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def lost_write(exc: OSError, out: str, unsaved: str = "") -> str:
+    """The line for a write into ``out`` that failed with one of LOST_WRITE: the path, why, what is
+    kept and how to go on. ``unsaved``: what the failed write would have kept (a point's row)."""
+    kept = len(glob.glob(os.path.join(out, "points", "*.json")))
+    lost = f" ({unsaved} was not written: the rerun measures it again)" if unsaved else ""
+    return (f"cannot write {exc.filename or out} ({exc.strerror or exc}); kept {kept} point{'s' if kept != 1 else ''} "
+            f"in {os.path.join(out, 'points')}{lost}; free space or restore write access, then rerun the same command "
+            f"to resume")
+
+
 def unwritable(path: str) -> Optional[str]:
     """None if directory ``path`` can be created and written, else the reason."""
     try:
         os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, ".write-test")
-        with open(probe, "w") as f:
+        # a probe of this call's own: two sweeps starting into one out (core/claims.py) each probe at once,
+        # and a shared name let one unlink the other's file ("No such file or directory": exit 2)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)
+        with os.fdopen(fd, "w") as f:
             f.write("ok")
         os.unlink(probe)
     except OSError as exc:
@@ -127,11 +141,7 @@ class ResultStore:
         return locked(self.out, wait)
 
     def existing(self, pid: str) -> Optional[dict]:
-        path = os.path.join(self.points_dir, f"{pid}.json")
-        if not os.path.exists(path):
-            return None
-        with open(path) as f:
-            return json.load(f)
+        return read_point(os.path.join(self.points_dir, f"{pid}.json"), self.out)
 
     def is_done(self, pid: str) -> bool:
         row = self.existing(pid)
@@ -140,14 +150,16 @@ class ResultStore:
     def add(self, row: dict) -> None:
         """Persist one point (replacing an earlier row of the same point) and rebuild the tables."""
         clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+        clean["format_version"] = FORMAT_VERSION
         payload = json.dumps(clean, indent=1, default=str).encode()
         atomic_write(os.path.join(self.points_dir, f"{row['point_id']}.json"), lambda f: f.write(payload))
         self.rebuild()
 
     def rows(self) -> Iterable[dict]:
         for path in sorted(glob.glob(os.path.join(self.points_dir, "*.json"))):
-            with open(path) as f:
-                yield json.load(f)
+            row = read_point(path, self.out)
+            if row is not None:
+                yield row
 
     def table(self) -> pd.DataFrame:
         frame = pd.DataFrame(list(self.rows()))
@@ -191,6 +203,54 @@ class ResultStore:
         atomic_write(os.path.join(self.out, "results.csv"), lambda f: f.write(frame.to_csv(index=False).encode()))
 
 
+# ---- reading a point: an unreadable one is set aside, never deleted -------------------------------
+CORRUPT_DIR = "corrupt"  # <out>/points/corrupt/: point files that could not be read, kept for a look
+
+
+def read_point(path: str, out: str = "") -> Optional[dict]:
+    """The row in ``points/<id>.json``; None when there is none, or when it cannot be read (a crash
+    mid-write on a filesystem without atomic renames, a disk error, a hand edit): then the file is
+    moved to ``points/corrupt/`` (``set_aside``), one warning line names it, and the point counts as
+    not measured, so the next sweep into ``out`` measures it again."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        row = json.loads(data)
+        if not isinstance(row, dict) or not isinstance(row.get("point_id"), str):
+            raise ValueError(f"not a point's row (a JSON object with a point_id), but {type(row).__name__}")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        set_aside(path, exc, out or os.path.dirname(os.path.dirname(path)))
+        return None
+    return row
+
+
+def set_aside(path: str, why: BaseException, out: str) -> Optional[str]:
+    """Move the unreadable point file ``path`` into ``points/corrupt/`` (under a new name when one of
+    that name is there already) and say so in one line on stderr; return where it went, or None when
+    it could not be moved (it is then left in place, skipped, and the line says so)."""
+    folder = os.path.join(os.path.dirname(path), CORRUPT_DIR)
+    name = os.path.basename(path)
+    target = os.path.join(folder, name)
+    reason = one_line(why, 160)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        if os.path.exists(target):
+            stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S.%f")
+            target = os.path.join(folder, f"{name[:-len('.json')]}.{stamp}.json")
+        os.replace(path, target)
+    except FileNotFoundError:
+        return None  # another reader set it aside first, and said so
+    except OSError as exc:
+        _say(f"{path} is unreadable ({reason}) and cannot be set aside ({exc.strerror or exc}): left in place and "
+             f"skipped; move it out of {os.path.dirname(path)} to measure its point again")
+        return None
+    _say(f"{path} is unreadable ({reason}); set aside to {target} (kept, not deleted): a sweep into {out} measures "
+         f"its point again")
+    return target
+
+
 def _warm_tables() -> None:
     """Build and write a one-row table in memory, with a value of each kind a row holds (text, float,
     int, bool, none), so that every lazy import on the table path (pandas' Arrow-backed strings,
@@ -204,9 +264,60 @@ def _warm_tables() -> None:
 
 
 def load_results(directory: str) -> pd.DataFrame:
-    """The results table of a results directory (Parquet if present, else CSV)."""
+    """The results table of a results directory: Parquet if present, else CSV, its rows of older store
+    formats upgraded (``store_format.upgrade_table``; the files are left as they are). A table that is
+    missing or cannot be read (a truncated copy, a crash mid-write elsewhere) is rebuilt from the
+    directory's points, said in one line on stderr; with no points to rebuild it from, an unreadable
+    table raises UserError naming the fix, a missing one FileNotFoundError."""
+    unreadable = []
     for name, reader in (("results.parquet", pd.read_parquet), ("results.csv", pd.read_csv)):
         path = os.path.join(directory, name)
-        if os.path.exists(path):
-            return reader(path)
+        if not os.path.exists(path):
+            continue
+        try:
+            frame = reader(path)
+        except Exception as exc:  # pyarrow's and pandas' errors for a damaged file share no base class
+            unreadable.append(f"{name} is unreadable ({one_line(exc, 160)})")
+            break  # the points, when there are any, are the record: rebuild from them, not from the CSV
+        return upgrade_table(frame)
+    store = ResultStore(directory)
+    if glob.glob(os.path.join(store.points_dir, "*.json")):
+        return upgrade_table(_rebuilt(store, unreadable[0] if unreadable else "there is no results table"))
+    if unreadable:
+        csv = os.path.join(directory, "results.csv")
+        if unreadable[0].startswith("results.parquet") and os.path.exists(csv):
+            try:
+                frame = pd.read_csv(csv)
+            except Exception:  # noqa: BLE001 - both tables damaged: the error below says so
+                unreadable.append("results.csv too")
+            else:
+                _say(f"{unreadable[0]} in {directory}, which has no points to rebuild it from: read results.csv "
+                     f"instead")
+                return upgrade_table(frame)
+        raise UserError(f"{', '.join(unreadable)} in {directory}, and there are no points in {store.points_dir} "
+                        f"to rebuild it from: rerun the sweep with out={directory} to measure them again")
     raise FileNotFoundError(f"no results.parquet or results.csv in {directory} (run a sweep with out={directory} first)")
+
+
+def _rebuilt(store: ResultStore, why: str) -> pd.DataFrame:
+    """The table built from ``store``'s points, written back where the directory can be written."""
+    try:
+        frame = store.rebuild()
+        kept = "rebuilt results.parquet and results.csv"
+    except OSError as exc:
+        frame = store.table()
+        kept = f"built the table in memory (not written: {exc.strerror or exc})"
+    _say(f"{why} in {store.out}; {kept} from its {len(frame)} point{'s' if len(frame) != 1 else ''}")
+    return frame
+
+
+_SAID: set = set()  # warnings said by this process: each once, however often the table is read
+
+
+def _say(text: str) -> None:
+    """One warning line on stderr (once per process), above a sweep's progress bar where one shows."""
+    from tqdm import tqdm
+
+    if text not in _SAID:
+        _SAID.add(text)
+        tqdm.write(f"vggt_bench: warning: {text}", file=sys.stderr)

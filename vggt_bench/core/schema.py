@@ -18,7 +18,14 @@ WORKLOAD = [
     "part",            # aggregator | full
     "query_points",    # tracks the track head follows (part=full)
     "inputs",          # synthetic | <image_dir>
+    "seed",            # model.seed: the random weights' seed (without a checkpoint)
+    "input_seed",      # inputs.seed: the synthetic frames' (and query points') seed
 ]
+# A workload field at its default, like an execution knob at ExecutionConfig's, stays out of the
+# point's id (core/identity.py): a field added later with its default here leaves every id as it was.
+# The others (arch, device, frames, height, width) are resolved from the machine and always enter it.
+WORKLOAD_DEFAULTS = {"impl": "ours", "batch": 1, "part": "aggregator", "query_points": 0, "inputs": "synthetic",
+                     "seed": 0, "input_seed": 0}
 # The model's execution knobs, in declaration order: one column each (vggt_model/config.py).
 EXECUTION = [f.name for f in knob_fields(ExecutionConfig)]
 KNOBS = WORKLOAD + EXECUTION
@@ -39,6 +46,7 @@ MEASUREMENTS = [
     "latency_ms_p90",
     "latency_ms_mean",
     "latency_ms_min",
+    "latency_ms_samples",  # JSON list of every timed call's latency (ms), in call order: what compare bootstraps
     "peak_alloc_gib",    # GPU: torch.cuda.max_memory_allocated; CPU: NaN
     "peak_reserved_gib", # GPU: torch.cuda.max_memory_reserved; CPU: NaN
     "static_gib",        # GPU memory allocated before the forward (weights, inputs)
@@ -104,7 +112,13 @@ MEASUREMENTS = [
     "cpu_window_s",      # wall seconds the CPU shares cover: the timed section, extended to >= 0.25 s
 ]
 
-RESULT_COLUMNS = ["point_id", "experiment"] + KNOBS + ENVIRONMENT + MEASUREMENTS
+# How the row is stored (core/store_format.py): tables and points written before format 2 are upgraded on read.
+STORE = [
+    "format_version",    # the results store's format the row was written in (FORMAT_VERSION; absent: 1)
+    "former_point_id",   # an upgraded row's id under its old format ("" when written in this one)
+]
+
+RESULT_COLUMNS = ["point_id", "experiment"] + KNOBS + ENVIRONMENT + MEASUREMENTS + STORE
 
 STATUSES = ("ok", "oom", "unavailable", "error")
 
@@ -179,6 +193,47 @@ PROFILE_GRID_COLUMNS = [
     "gap_median_us",    # median idle gap between consecutive GPU ops (microseconds)
     "gap_p90_us",
     "source",           # the trace the tables were read from
+]
+
+# `compare baseline=A candidate=B` (analysis/compare.py): <out>/compare.parquet|csv, one row per point
+# of either side; <out>/compare_stages.csv and compare_kernels.csv where both sides hold its profile.
+COMPARE_COLUMNS = [
+    "point_id",           # the candidate's id of the point (the baseline's for a point only it holds)
+    "label",              # S=8 · fused · sdpa · fp32: frames and the configuration (non-default knobs)
+    "side",               # both | baseline only | candidate only
+    "changed",            # the ignore= fields whose values differ: "model.frame_exec: fused -> sequential"
+    "baseline_point_id", "candidate_point_id",
+    "baseline_status", "candidate_status",  # ok | oom | unavailable | error ("" on the side without it)
+    "baseline_ms", "candidate_ms",          # median latency of each side
+    "ratio",              # candidate_ms / baseline_ms: above 1 the candidate is slower
+    "ci_low", "ci_high",  # 95% interval of the ratio, bootstrap over both sides' samples (NaN: none)
+    "interval",           # how the interval was made, or why there is none (medians only)
+    "baseline_samples", "candidate_samples",  # per-repeat latencies each side holds
+    "change",             # faster | slower | same: from the interval and the noise floor, noise flags aside
+    "verdict",            # faster | slower | same | noisy | not_run | unmatched
+    "baseline_noisy", "candidate_noisy",
+    "noise_reason",       # "baseline: ...; candidate: ..." for flagged rows
+    "act_gib_ratio", "peak_alloc_gib_ratio", "peak_rss_gib_ratio",  # candidate / baseline memory
+    *KNOBS,               # the point's fields (the candidate's, else the baseline's)
+]
+COMPARE_STAGE_COLUMNS = [
+    "point_id", "label", "frames",
+    "stage",              # patch_embed | frame_block | global_block | converted_block | heads | other | forward
+    "baseline_gpu_ms", "candidate_gpu_ms",  # GPU-projected time per forward (NaN: a CPU trace)
+    "baseline_cpu_ms", "candidate_cpu_ms",  # CPU time of the stage's ranges per forward
+    "baseline_kernels", "candidate_kernels",  # kernels launched in the stage per forward
+    "basis",              # gpu | cpu: the time delta_ms and share_of_change are on
+    "delta_ms",           # candidate - baseline, per forward
+    "delta_kernels",
+    "share_of_change",    # delta_ms / the forward's delta_ms
+]
+COMPARE_KERNEL_COLUMNS = [
+    "point_id", "label", "frames",
+    "kernel",             # kernel name (a CPU trace: the CPU operator, by self time)
+    "presence",           # both | added (the candidate's only) | removed (the baseline's only)
+    "baseline_calls", "candidate_calls",    # per forward
+    "baseline_ms", "candidate_ms",          # per forward
+    "delta_calls", "delta_ms",
 ]
 
 # Memory profile tables (``profile profiler=memory``), one set per ``<out>/profiles/<tag>/``;

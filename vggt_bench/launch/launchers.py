@@ -41,6 +41,7 @@ from typing import Dict, List, Optional, Sequence
 
 from submitit.slurm.slurm import SlurmInfoWatcher
 
+from ..core import claims
 from ..core.config import approx_label
 from ..core.errors import UserError, fail
 from ..core.results import ResultStore
@@ -68,11 +69,16 @@ _USER_ERROR = re.compile(r"^vggt_bench: error: (.*)$", re.MULTILINE)
 
 
 # ---- the sweep's process -----------------------------------------------------------------------
+def runs_elsewhere(config) -> bool:
+    """Whether a submitit launcher runs the sweep's jobs, each in a process of its own."""
+    return str(config.hydra.launcher.get("_target_", "")).startswith(PLUGIN + ".")
+
+
 def prepare(config) -> None:
     """At the start of a multirun: if a submitit launcher runs it, install what this module adds."""
-    target = str(config.hydra.launcher.get("_target_", ""))
-    if not target.startswith(PLUGIN + "."):
+    if not runs_elsewhere(config):
         return
+    target = str(config.hydra.launcher.get("_target_", ""))
     import importlib
 
     plugin = importlib.import_module(PLUGIN)
@@ -169,8 +175,10 @@ def _job_died(launcher, job, overrides: List[str], idx: int, exc: Optional[Excep
         row = dict(columns, status="error", message=message,
                    timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
         store = ResultStore(str(cfg.out))
-        store.ensure_writable()
-        store.add(row)
+        with progress.writes_into(str(cfg.out)):
+            store.ensure_writable()
+            store.add(row)
+            claims.release(str(cfg.out), row["point_id"], whoever=True)  # the job is gone: its claim with it
         tqdm.write(f"error {_describe(columns)}: {message}")
     progress.mark_done(job_dir)
     returned.return_value = columns

@@ -17,6 +17,7 @@ multirun, or when a launcher stops the sweep early).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -25,7 +26,8 @@ import sys
 import threading
 from typing import Any, Optional
 
-from ..core.results import atomic_write
+from ..core.errors import fail
+from ..core.results import LOST_WRITE, atomic_write, lost_write
 from ..measure.record import point_columns
 
 POINT_FILE = "vggt_point.json"
@@ -116,12 +118,39 @@ _BAR: Any = None
 _PROGRESS: Any = None
 
 
-def start_bar(total: Optional[int], sweep_dir: str) -> None:
-    """Show the sweep's progress bar (``total`` jobs, None: unknown), moved by a ``Progress``."""
+class Lines:
+    """The bar without a terminal, for jobs that run in other processes (submitit launchers), whose
+    own lines go to their logs: one line as each job ends."""
+
+    def __init__(self, total: Optional[int]):
+        self.n, self.total = 0, total
+
+    def update(self, ended: int) -> None:
+        for _ in range(ended):
+            self.n += 1
+            print(f"{self.n}/{self.total or '?'} points ended", flush=True)
+
+    @staticmethod
+    def write(text: str) -> None:
+        print(text, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+def start_bar(total: Optional[int], sweep_dir: str, jobs_elsewhere: bool = False) -> None:
+    """Show the sweep's progress (``total`` jobs, None: unknown), moved by a ``Progress``: a bar on a
+    terminal; without one (a log file, where the bar's redraws would interleave with the points'
+    lines) none where each job prints its own line here, else a line as each job ends (``Lines``)."""
     global _BAR, _PROGRESS
     from tqdm import tqdm
 
-    _BAR = tqdm(total=total, unit="point", dynamic_ncols=True, file=sys.stderr)
+    if sys.stderr.isatty():
+        _BAR = tqdm(total=total, unit="point", dynamic_ncols=True, file=sys.stderr)
+    elif jobs_elsewhere:
+        _BAR = Lines(total)
+    else:
+        return
     _PROGRESS = Progress(_BAR, sweep_dir).start()
 
 
@@ -142,3 +171,17 @@ def end_progress() -> None:
     if _BAR is not None:
         _BAR.close()
         _BAR = None
+
+
+@contextlib.contextmanager
+def writes_into(out: str, point_file: str = "", unsaved: str = ""):
+    """Writes into the results directory ``out``: one that fails as a full or read-only disk fails
+    (LOST_WRITE) closes the bar and ends the sweep with one line naming the path and what is kept,
+    exit 2. ``unsaved`` is said lost when the write that failed was ``point_file`` (a point's row)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in LOST_WRITE:
+            raise
+        end_progress()
+        fail(lost_write(exc, out, unsaved if point_file and exc.filename == point_file else ""))

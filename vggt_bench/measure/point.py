@@ -18,7 +18,7 @@ from vggt_model.inputs import IMAGE_EXTENSIONS
 
 from ..core.config import execution_config
 from ..core.errors import UserError, one_line
-from ..core.results import point_id
+from ..core.identity import point_id
 from ..core.schema import WORKLOAD
 from . import ranks, upstream
 

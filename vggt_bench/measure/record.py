@@ -13,6 +13,7 @@ measured parts: its row has none of their columns, as it never had.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ class Timing:
     latency_ms_p90: float
     latency_ms_mean: float
     latency_ms_min: float
+    latency_ms_samples: str  # JSON list of every timed call's latency (ms, to 0.1 us), in call order
     ci95_low_ms: float
     ci95_high_ms: float
     rel_ci95: float
@@ -49,7 +51,8 @@ class Timing:
         ``columns()``) and ``timing.cold_columns``."""
         return cls(warmup=warmup, repeats=len(times_ms), latency_ms_median=statistics.median(times_ms),
                    latency_ms_p10=percentile(times_ms, 0.1), latency_ms_p90=percentile(times_ms, 0.9),
-                   latency_ms_mean=statistics.fmean(times_ms), latency_ms_min=min(times_ms), **ci, **cold)
+                   latency_ms_mean=statistics.fmean(times_ms), latency_ms_min=min(times_ms),
+                   latency_ms_samples=json.dumps([round(float(t), 4) for t in times_ms]), **ci, **cold)
 
 
 @dataclass

@@ -19,12 +19,14 @@ range. What a sweep does with them for one point is ``commands.profile.profile_p
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
 import shlex
 import subprocess
 import sys
+import tempfile
 from typing import Callable, Dict, List, Optional
 
 import pandas as pd
@@ -102,6 +104,47 @@ def captured_forwards(fn: Callable[[], object], iterations: int, cuda: bool, ran
             torch.cuda.profiler.stop()
 
 
+# What the PyTorch profiler's Kineto writes straight to file descriptor 2 as it starts and stops
+# ("USDT:2026-12-07 20:07:10 26361:26361 SyncActivityProfilerHandler.cpp:52] profiler_start", and
+# STAGE lines), whatever KINETO_LOG_LEVEL says.
+KINETO_CHATTER = re.compile(r"^(USDT|STAGE):\d{4}-\d\d-\d\d ")
+
+
+@contextlib.contextmanager
+def without_kineto_chatter():
+    """Run the block with file descriptor 2 caught, then pass on every line of it but Kineto's
+    (KINETO_CHATTER): the lines come from C++, below Python's sys.stderr."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            lines = caught.read().decode(errors="replace").splitlines(keepends=True)
+            kept = "".join(line for line in lines if not KINETO_CHATTER.match(line))
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def quiet(profiler):
+    """``with quiet(torch.profiler.profile(...)) as prof``: the profiler, started and stopped without
+    Kineto's lines on the terminal; what runs inside the block writes to stderr as usual."""
+    with without_kineto_chatter():
+        profiler.__enter__()
+    try:
+        yield profiler
+    finally:
+        with without_kineto_chatter():
+            profiler.__exit__(None, None, None)
+
+
 def capture(cfg, point, mode: str, point_id: str, trace_path: Optional[str] = None) -> None:
     """Capture ``cfg.iterations`` forwards of ``point`` with its NVTX ranges on.
 
@@ -128,7 +171,7 @@ def capture(cfg, point, mode: str, point_id: str, trace_path: Optional[str] = No
         sync()
         if mode == "torch":
             activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
-            with torch.profiler.profile(activities=activities) as prof:
+            with quiet(torch.profiler.profile(activities=activities)) as prof:
                 captured_forwards(fn, int(cfg.iterations), False, point_range(point_id), sync)
             prof.export_chrome_trace(trace_path)
         elif mode == "bare":

@@ -134,6 +134,33 @@ def _current(directory: str) -> bool:
         return json.load(f).get("profile_status") == "ok"
 
 
+def point_profiles(out: str) -> Dict[str, str]:
+    """``{point_id: profile directory}`` of ``out``'s current profiles with tables, keyed by the
+    ``point_id`` their point.json names (the configuration as timed: a sweep's row, or the
+    configuration a ``profile`` run was given); profiles that name none (``analyze=``) are left out."""
+    found = {}
+    for meta_path in sorted(glob.glob(os.path.join(out, PROFILES, "*", POINT_FILE))):
+        directory = os.path.dirname(meta_path)
+        if not os.path.exists(os.path.join(directory, "nvtx_ranges.csv")) or not _current(directory):
+            continue
+        with open(meta_path) as f:
+            pid = json.load(f).get("point_id")
+        if pid:
+            found[str(pid)] = directory
+    return found
+
+
+def read_profile(directory: str) -> Tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """(point.json, nvtx_ranges, kernels) of one profile directory (an empty frame for a table it lacks)."""
+    with open(os.path.join(directory, POINT_FILE)) as f:
+        meta = json.load(f)
+    tables = []
+    for name in ("nvtx_ranges", "kernels"):
+        path = os.path.join(directory, f"{name}.csv")
+        tables.append(pd.read_csv(path) if os.path.exists(path) and os.path.getsize(path) else pd.DataFrame())
+    return meta, tables[0], tables[1]
+
+
 # ---- tables across profiles --------------------------------------------------------------------
 def per_iteration(ranges: pd.DataFrame, name: str, column: str, iterations: int) -> float:
     rows = ranges[ranges["range"] == name]

@@ -13,13 +13,16 @@ from matplotlib import colors as mcolors
 from matplotlib import ticker
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
 
 from ..analysis.approximations import (
     DRIFT_OUTPUTS, TECHNIQUE_ORDER, YARDSTICK_DEPTH, approximation_table, conversion_table, pareto_front,
 )
 from ..analysis.labels import FRAME_EXEC_ORDER, fmt_percent, one_context, order_exec
 from ..analysis.tidy import tidy_results
-from .common import Plot, footnote, mark_noisy, new_figure, side_legend, suptitle
+from .common import (
+    NOISY_RED, DistinctTicks, Plot, footnote, label_points, mark_noisy, new_figure, side_legend, suptitle,
+)
 
 
 def _most_measured_backend(table: pd.DataFrame, notes: List[str]) -> Tuple[pd.DataFrame, str]:
@@ -69,6 +72,7 @@ def conversion(results: pd.DataFrame) -> Plot:
         sub = table[table["frame_exec"] == exec_]
         grid = np.full((len(frames), len(depths)), np.nan)
         labels = [["" for _ in depths] for _ in frames]
+        noisy = []
         for _, row in sub.iterrows():
             i, j = frames.index(row["frames"]), depths.index(row["prune_depth"])
             if row["status"] != "ok":
@@ -78,7 +82,11 @@ def conversion(results: pd.DataFrame) -> Plot:
             else:
                 grid[i, j] = np.log2(row["speedup"])
                 labels[i][j] = f"{row['speedup']:.2f}×"
+                if row["noisy"]:
+                    noisy.append((i, j))
         image = _heatmap(ax, grid, labels, cmap, norm, frames, depths)
+        for i, j in noisy:  # outlined as the line figures ring them: a noisy timing, no conclusion
+            ax.add_patch(Rectangle((j - 0.46, i - 0.46), 0.92, 0.92, fill=False, edgecolor=NOISY_RED, lw=1.8))
         ax.set_title(f"speedup over k=0 ({exec_})", fontsize=10)
     bar = fig.colorbar(image, ax=axes[: len(execs)], shrink=0.9, pad=0.02)
     ticks = _speedup_ticks(span)
@@ -109,6 +117,11 @@ def conversion(results: pd.DataFrame) -> Plot:
             dbar.ax.yaxis.set_minor_formatter(ticker.NullFormatter())
             dbar.update_ticks()
     foot = [] if len(drift) else ["output drift not measured: sweep with measure.drift=true (experiment=pruning does)"]
+    timed = table[table["speedup"].notna()]
+    if len(timed) and timed["noisy"].all():
+        foot.insert(0, "every speedup has a noisy timing (red outline: this k's or its k=0's): none is a conclusion")
+    elif timed["noisy"].any():
+        foot.insert(0, "red outline: a noisy timing (this k's or its k=0's): not used for conclusions")
     suptitle(fig, "Global-to-frame conversion: first k global layers as frame attention", table,
               extra=f"attention {backend}")
     footnote(fig, foot)
@@ -188,6 +201,7 @@ def approximations(results: pd.DataFrame) -> Plot:
             ax.grid(True, which="major", alpha=0.3)
             sub = front[front["frames"] == frames_]
             drawn = sub[sub[col] > 0]
+            names = []  # (label, speedup, drift): written once the axis limits are set
             zero += [f"S={frames_} {row['setting']}" for _, row in sub[sub[col] == 0].iterrows()]
             for kind in kinds:
                 pts = drawn[drawn["technique"] == kind]
@@ -195,9 +209,7 @@ def approximations(results: pd.DataFrame) -> Plot:
                 ax.scatter(pts["speedup"], pts[col], s=30, marker=TECHNIQUE_MARKERS.get(base, "P"),
                            color=TECHNIQUE_COLORS.get(base, "#9467bd"), edgecolor="black" if " + " in kind else "none",
                            linewidth=0.8, zorder=3)
-                for _, row in pts.iterrows():
-                    ax.annotate(row["setting"].replace(f"{base}=", ""), (row["speedup"], row[col]), fontsize=6.5,
-                                xytext=(3, 2), textcoords="offset points", color="#333333")
+                names += [(row["setting"].replace(f"{base}=", ""), row["speedup"], row[col]) for _, row in pts.iterrows()]
             # against the fastest exact setting where that is another row than the point's exact one: hollow,
             # joined to the filled point (the honest speedup: what a user gains over the best exact run)
             other = drawn[drawn["speedup_fastest"].notna() & ((drawn["speedup_fastest"] - drawn["speedup"]).abs()
@@ -237,11 +249,12 @@ def approximations(results: pd.DataFrame) -> Plot:
                 lo, hi = float(drawn[col].min()), float(drawn[col].max())
                 decades = math.log10(hi / lo) if hi > lo else 0.0
                 ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades <= 2.6 else (1.0,)))
-                ax.yaxis.set_major_formatter(ticker.FuncFormatter(_drift_tick(lo)))
+                ax.yaxis.set_major_formatter(_drift_tick(lo))
                 ax.yaxis.set_minor_formatter(ticker.NullFormatter())
                 if decades < 0.3:  # a decade at least, so the axis carries a labelled tick
                     mid = math.sqrt(lo * hi)
                     ax.set_ylim(mid / 3.2, mid * 3.2)
+            label_points(ax, names)
             if r == 0:
                 ax.set_title(f"S = {frames_}", fontsize=10)
             if r == len(drifts) - 1:
@@ -268,13 +281,15 @@ def approximations(results: pd.DataFrame) -> Plot:
     return Plot(fig, "; ".join(n for n in notes if n))
 
 
-def _drift_tick(lowest: float):
+def _drift_tick(lowest: float) -> ticker.Formatter:
     """A tick formatter for one drift axis, in one notation for the whole axis: percent (two significant
     digits: 0.05%, 0.1%, 2%) when the axis's smallest drift is at least 1e-4, else scientific (rounding-level
-    drifts). A fixed switch at 1e-3 labelled one axis '0.0005, 0.1%, 0.2%' (the 2026-12-06 study's figure)."""
+    drifts), each with as many more digits as keep its ticks apart. A fixed switch at 1e-3 labelled one axis
+    '0.0005, 0.1%, 0.2%' (the 2026-12-06 study's figure); one digit of scientific labelled the linear ticks
+    a sub-decade axis falls back to '3e-06, 3e-06, 2e-06' (2026-12-07)."""
     if lowest >= 1e-4:
-        return lambda v, _: f"{v * 100:.2g}%"
-    return lambda v, _: f"{v:.0e}"
+        return DistinctTicks(lambda v, digits: f"{v * 100:.{digits}g}%", digits=2)
+    return DistinctTicks(lambda v, digits: f"{v:.{digits - 1}e}", digits=1)
 
 
 def _speedup_ticks(span: float) -> List[float]:

@@ -50,6 +50,37 @@ def plain_log(axis, lo: Optional[float] = None, hi: Optional[float] = None) -> N
     axis.set_minor_formatter(ticker.NullFormatter())
 
 
+class DistinctTicks(ticker.Formatter):
+    """Tick labels ``write(value, digits)`` with the fewest digits, from ``digits`` on, that tell every
+    tick of the axis apart (``2e-06, 2.5e-06, 3e-06``, never ``2e-06, 2e-06, 3e-06``)."""
+
+    def __init__(self, write, digits: int = 1, most: int = 6):
+        self.write, self.digits, self.most = write, digits, most
+
+    def __call__(self, x, pos=None) -> str:
+        return self.write(x, self.digits)
+
+    def format_ticks(self, values) -> List[str]:
+        labels = [self.write(v, self.digits) for v in values]
+        for digits in range(self.digits + 1, self.most + 1):
+            if len(set(labels)) == len(labels):
+                break
+            labels = [self.write(v, digits) for v in values]
+        return labels
+
+
+def label_points(ax, points, fontsize: float = 6.5) -> None:
+    """Write ``(text, x, y)`` beside each point, on the side that keeps it inside the axes: left of the
+    points in the right half, below those near the top. Call once the axis limits are set."""
+    to_axes = ax.transAxes.inverted()
+    for text, x, y in points:
+        fx, fy = to_axes.transform(ax.transData.transform((x, y)))
+        right, top = fx > 0.5, fy > 0.85
+        ax.annotate(text, (x, y), xytext=(-3 if right else 3, -3 if top else 2), textcoords="offset points",
+                    ha="right" if right else "left", va="top" if top else "bottom", fontsize=fontsize,
+                    color="#333333")
+
+
 def frames_axis(ax, frames) -> None:
     """Log x axis of frame counts, ticked at the measured counts when there are few."""
     frames = sorted({int(f) for f in frames if not missing(f)})
@@ -166,6 +197,9 @@ def line_colors(labels) -> dict:
     return colors
 
 
+NOISY_RED = "#d62728"  # how every figure marks a noisy timing: a ring, an outline
+
+
 def mark_noisy(ax, rows: pd.DataFrame, column: str, scale: float = 1.0, x: str = "frames",
                 label: str = "noisy (not used for conclusions)") -> list:
     """Hollow red rings on the points flagged noisy (``x`` against ``column``); the legend handle when
@@ -173,9 +207,9 @@ def mark_noisy(ax, rows: pd.DataFrame, column: str, scale: float = 1.0, x: str =
     noisy = rows[rows["noisy"].fillna(False).astype(bool)] if "noisy" in rows else rows.iloc[0:0]
     if noisy.empty:
         return []
-    ax.plot(noisy[x], noisy[column] * scale, ls="none", marker="o", ms=11, mfc="none", mec="#d62728", mew=1.4,
+    ax.plot(noisy[x], noisy[column] * scale, ls="none", marker="o", ms=11, mfc="none", mec=NOISY_RED, mew=1.4,
             zorder=5)
-    return [Line2D([], [], ls="none", marker="o", ms=9, mfc="none", mec="#d62728", mew=1.4, label=label)]
+    return [Line2D([], [], ls="none", marker="o", ms=9, mfc="none", mec=NOISY_RED, mew=1.4, label=label)]
 
 
 def save(fig: Figure, path_stem: str) -> List[str]:

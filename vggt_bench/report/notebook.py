@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import os
 import sys
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from ..core.resources import template
 
@@ -99,16 +99,20 @@ def read_percent(path: str):
     return nb
 
 
-def build(out_dir: str, reference: Optional[str] = "upstream_h100", path: Optional[str] = None):
+def build(out_dir: str, reference: Optional[str] = "upstream_h100", path: Optional[str] = None,
+          baseline: Optional[str] = None, ignore: Sequence[str] = ()):
     """The template at ``path`` (default: the installed ``report.py``) with this run's parameters injected after its
-    ``parameters`` cell."""
+    ``parameters`` cell (``baseline``: a results directory to compare against, or None, matched without the
+    ``ignore`` columns)."""
     import nbformat
 
     nb = read_percent(path or template("report.py"))
     params = (
         "# Parameters (injected by vggt_bench.report.notebook)\n"
         f"RESULTS_DIR = {os.path.abspath(out_dir)!r}\n"
-        f"REFERENCE = {reference!r}"
+        f"REFERENCE = {reference!r}\n"
+        f"BASELINE_DIR = {os.path.abspath(baseline) if baseline else None!r}\n"
+        f"IGNORE = {list(ignore)!r}"
     )
     cell = nbformat.v4.new_code_cell(params)
     cell.metadata["tags"] = ["injected-parameters"]
@@ -151,7 +155,7 @@ def error_outputs(nb) -> List[str]:
 
 
 def write(out_dir: str, reference: Optional[str] = "upstream_h100", execute: bool = True,
-          timeout: int = 600) -> List[str]:
+          timeout: int = 600, baseline: Optional[str] = None, ignore: Sequence[str] = ()) -> List[str]:
     """Write ``<out>/report.ipynb`` (executed unless ``execute=False``) and, when executed,
     ``<out>/report.html`` (code hidden; the .ipynb keeps it). Returns the paths written.
 
@@ -162,7 +166,7 @@ def write(out_dir: str, reference: Optional[str] = "upstream_h100", execute: boo
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
-    nb = build(out_dir, reference)
+    nb = build(out_dir, reference, baseline=baseline, ignore=ignore)
     nb_path, html_path = os.path.join(out_dir, NOTEBOOK), os.path.join(out_dir, HTML)
     failed_path = os.path.join(out_dir, FAILED_NOTEBOOK)
     for stale in (nb_path, html_path, failed_path):

@@ -19,8 +19,8 @@ from ..analysis.scaling import one_sided_notes, speedup_pairs
 from ..analysis.tidy import baseline_depth, exact_rows, ok_rows, tidy_results
 from . import reference as references
 from .common import (
-    FRAME_EXEC_LINE, FRAME_EXEC_MARKER, Plot, backend_colors, footnote, frames_axis, latency_unit, line_colors,
-    line_labels, mark_noisy, new_figure, plain_log, side_legend, suptitle,
+    FRAME_EXEC_LINE, FRAME_EXEC_MARKER, NOISY_RED, Plot, backend_colors, footnote, frames_axis, latency_unit,
+    line_colors, line_labels, mark_noisy, new_figure, plain_log, side_legend, suptitle,
 )
 
 
@@ -125,9 +125,12 @@ def fused_speedup(results: pd.DataFrame) -> Plot:
     for backend, series in pairs.groupby("attention"):
         series = series.sort_values("frames")
         ax.plot(series["frames"], series["speedup"], color=colors[backend], marker="o", ms=4, lw=1.6, label=backend)
-        last = series.iloc[-1]
-        ax.annotate(f"{last['speedup']:.2f}×", (last["frames"], last["speedup"]), xytext=(5, 0),
-                    textcoords="offset points", va="center", fontsize=8, color=colors[backend])
+        trusted = series[~series["noisy"]]
+        if len(trusted):  # the callout is a conclusion: at the largest frame count whose timings are trusted
+            last = trusted.iloc[-1]
+            ax.annotate(f"{last['speedup']:.2f}×", (last["frames"], last["speedup"]), xytext=(5, 0),
+                        textcoords="offset points", va="center", fontsize=8, color=colors[backend])
+    ringed = mark_noisy(ax, pairs, "speedup", label="noisy timing (no conclusion)")
     ax.axhline(1.0, color="black", ls=":", lw=1, label="1× (no gain)")
     frames_axis(ax, pairs["frames"])
     lo, hi = float(pairs["speedup"].min()), float(pairs["speedup"].max())
@@ -140,10 +143,15 @@ def fused_speedup(results: pd.DataFrame) -> Plot:
         ax.set_ylabel("speedup, sequential / fused latency (×)")
     ax.xaxis.set_tick_params(which="both")
     ax.set_xlim(right=ax.get_xlim()[1] * 1.35)  # room for the end labels
-    ax.legend(loc="best", fontsize=8.5, title="attention backend", title_fontsize=8.5)
+    handles, _ = ax.get_legend_handles_labels()
+    ax.legend(handles=handles + ringed, loc="best", fontsize=8.5, title="attention backend", title_fontsize=8.5)
     suptitle(fig, "What fusing frame attention buys: sequential / fused latency", rows)
-    only = one_sided_notes(rows)
-    footnote(fig, only)
+    foot = one_sided_notes(rows)
+    if pairs["noisy"].all():
+        foot.insert(0, "every pair has a noisy timing (ringed): no speedup here is a conclusion")
+    elif pairs["noisy"].any():
+        foot.insert(0, "ringed: a noisy timing on either side; labels give the largest frame count without one")
+    footnote(fig, foot)
     return Plot(fig, "; ".join(n for n in (note, depth_note) if n))
 
 
@@ -181,10 +189,12 @@ def backends(results: pd.DataFrame) -> Plot:
     peak = float(peak.iloc[0]) if len(peak) else math.nan
     source = ok.loc[ok["frames"] == frames, "peak_source"].iloc[0] if len(ok) else ""
     fig, (ax,), lax = new_figure(max(7.5, 1.1 * len(names) + 5.0), 4.8, legend=0.45 if len(names) > 2 else 0.8)
-    values = {}
+    values, noisy = {}, set()
     for b in names:
         s = at[(at["attention"] == b) & (at["status"] == "ok") & at["achieved_tflops"].notna()]
         values[b] = float(s["achieved_tflops"].median()) if len(s) else math.nan
+        if s["noisy"].fillna(False).astype(bool).any():
+            noisy.add(b)
     measured = [v for v in values.values() if not math.isnan(v)]
     # The peak line is drawn only where the bars reach a third of it; otherwise it would flatten
     # them, and the "% of peak" labels carry the comparison.
@@ -195,11 +205,13 @@ def backends(results: pd.DataFrame) -> Plot:
     for i, b in enumerate(names):
         v = values[b]
         if not math.isnan(v):
-            ax.bar(i, v, color=colors[b], width=0.65)
+            ax.bar(i, v, color=colors[b], width=0.65, **(dict(edgecolor=NOISY_RED, lw=2.0) if b in noisy else {}))
             label = f"{v:.3g}"
             frac = at.loc[(at["attention"] == b) & (at["status"] == "ok"), "frac_of_peak"].dropna()
             if len(frac):
                 label += f"\n{frac.median():.0%} of peak"
+            if b in noisy:
+                label += "\n(noisy)"
             ax.text(i, v + ymax * 0.01, label, ha="center", va="bottom", fontsize=8.5)
         else:
             statuses = set(at.loc[at["attention"] == b, "status"]) or set(rows.loc[rows["attention"] == b, "status"])
@@ -218,6 +230,8 @@ def backends(results: pd.DataFrame) -> Plot:
     ax.set_ylabel(f"achieved TFLOP/s ({part_name(ok)} FLOPs / median latency)")
     ax.set_xlabel("attention backend")
     handles = [Patch(color="#777777", label="measured")]
+    if noisy:
+        handles.append(Patch(facecolor="#777777", edgecolor=NOISY_RED, lw=2.0, label="noisy timing\n(no conclusion)"))
     if len(measured) < len(names):
         handles.append(Patch(facecolor="none", edgecolor="#888888", hatch="///",
                              label="no measurement\n(n/a, OOM, error)"))
@@ -284,7 +298,8 @@ def context_parallel(results: pd.DataFrame) -> Plot:
             if len(comm):
                 ax.plot(comm["frames"], comm["comm_ms"] * scale, color=color, ls="--", lw=1.1)
                 last = comm.iloc[-1]
-                ax.annotate(f"{fmt_percent(last['comm_ms'] / last['latency_ms_median'])} comm",
+                ax.annotate(f"{fmt_percent(last['comm_ms'] / last['latency_ms_median'])} comm"
+                            + (" (noisy)" if last["noisy"] else ""),
                             (last["frames"], last["comm_ms"] * scale), xytext=(0, 5), textcoords="offset points",
                             ha="right", va="bottom", fontsize=7.5, color=color)
             held = timed[timed["_peak"].notna()]

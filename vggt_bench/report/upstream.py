@@ -18,12 +18,13 @@ def upstream_ratio(results: pd.DataFrame) -> Plot:
         return Plot(None, "no point of upstream's code beside ours (sweep model.impl=ours,upstream)")
     fig, (ax, mem), lax = new_figure(12.0, 4.8, ncols=2, legend=0.45)
     colors = backend_colors(table["configuration"])
+    ringed: list = []
     for config, rows in table.groupby("configuration"):
         rows = rows.sort_values("frames")
         style = dict(color=colors[config], marker="o", ms=4, lw=1.5, ls="-" if rows["same_run"].all() else "--")
         ax.plot(rows["frames"], rows["speedup"], **style)
         mem.plot(rows["frames"], rows["memory_ratio"], **style)
-        mark_noisy(ax, rows.rename(columns={"speedup": "_y"}), "_y")
+        ringed = mark_noisy(ax, rows, "speedup", label="noisy timing (no conclusion)") or ringed
     for a in (ax, mem):
         a.axhline(1.0, color="black", ls=":", lw=1)
         frames_axis(a, table["frames"])
@@ -34,6 +35,7 @@ def upstream_ratio(results: pd.DataFrame) -> Plot:
     handles = [Line2D([], [], color=colors[c], lw=2, label=c) for c in sorted(colors)]
     if not table["same_run"].all():
         handles.append(Line2D([], [], color="black", ls="--", label="not the same GPU: context only"))
+    handles += ringed
     side_legend(lax, handles, title="ours (vs upstream's code)")
     suptitle(fig, "Ours against upstream's code, same run", tidy_results(results))
     return Plot(fig, "")
