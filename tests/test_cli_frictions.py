@@ -1,5 +1,6 @@
 """What a new user hit on 2026-11-25, each with the test that would have caught it."""
 
+import datetime
 import os
 import signal
 import stat
@@ -139,6 +140,22 @@ def test_the_default_out_is_a_new_run_and_latest_points_at_it(tmp_path):
     assert latest.is_symlink() and (latest / "results.parquet").exists()
     assert f"results go to reports/runs/{os.readlink(latest)} (reports/runs/latest-run points at it)" in done.stdout
     assert "row: " in done.stdout and "results.parquet" in done.stdout  # `run` says where its row went
+
+
+def test_two_runs_starting_in_one_second_get_a_folder_each(tmp_path, monkeypatch):
+    # new_run_dir looked for a free <timestamp> name, then made it: another process starting in the same
+    # second could make it in between, and this one died on FileExistsError. A check that says "free" for a
+    # folder that exists is that race, replayed.
+    from vggt_bench.core import results
+
+    first = results.new_run_dir(str(tmp_path))
+    real_exists = os.path.exists
+    monkeypatch.setattr(os.path, "exists", lambda path: False if str(path).startswith(first) else real_exists(path))
+    frozen = datetime.datetime.strptime(os.path.basename(first)[:19], "%Y-%m-%d_%H-%M-%S")
+    monkeypatch.setattr(results.datetime, "datetime", type("Frozen", (datetime.datetime,), {"now": lambda: frozen}))
+    second = results.new_run_dir(str(tmp_path))
+    assert second == first + "_2" and os.path.isdir(second)
+    assert os.readlink(tmp_path / "latest") == os.path.basename(second)
 
 
 def test_latest_is_the_latest_sweep_whatever_ran_after_it(tmp_path):
