@@ -147,6 +147,9 @@ class _InProcess:
                        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
                        torch.get_float32_matmul_precision(), torch.are_deterministic_algorithms_enabled(),
                        torch.is_deterministic_algorithms_warn_only_enabled())
+        # the threads a fresh interpreter starts with: OMP_NUM_THREADS of the run's environment (tests set
+        # it to 1 for steady CPU timings, the ranks' split of the cores skips it), else torch's default
+        torch.set_num_threads(_fresh_threads(os.environ))
         return self
 
     def __call__(self, argv):
@@ -239,6 +242,28 @@ class _InProcess:
         for cls in (GlobalHydra, HydraConfig, JobRuntime):
             Singleton._instances.pop(cls, None)
         Singleton._instances.update(saved)
+
+
+def _default_threads():
+    """torch's thread count in an interpreter started without OMP_NUM_THREADS (one per physical core)."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    done = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    return int(done.stdout)
+
+
+# read before any test can change this process's count; a subprocess tells it where OMP_NUM_THREADS is set
+_DEFAULT_THREADS = None if "OMP_NUM_THREADS" in os.environ else __import__("torch").get_num_threads()
+
+
+def _fresh_threads(environ):
+    global _DEFAULT_THREADS
+    value = environ.get("OMP_NUM_THREADS", "")
+    if value.strip().isdigit() and int(value) > 0:
+        return int(value)
+    if _DEFAULT_THREADS is None:
+        _DEFAULT_THREADS = _default_threads()
+    return _DEFAULT_THREADS
 
 
 def _logging_state():
