@@ -161,19 +161,16 @@ def test_two_runs_starting_in_one_second_get_a_folder_each(tmp_path, monkeypatch
 def test_latest_is_the_latest_sweep_whatever_ran_after_it(tmp_path):
     # 2026-12-07: `profile` and `run` without out= moved reports/runs/latest, so the README's
     # `report results=reports/runs/latest` rendered a single run, not the sweep
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     tiny = ["experiment=smoke", "measure.warmup=0", "measure.repeats=1"]
     for args in (["sweep", *tiny, "frames=1", "model.frame_exec=fused", "report=false"], ["run", *tiny, "frames=2"],
                  ["profile", "profiler=torch", "model.arch=small", "inputs.height=56", "inputs.width=84", "frames=1",
                   "iterations=1", "measure.warmup=0"]):
-        done = subprocess.run([sys.executable, "-m", "vggt_bench", *args], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=300)
+        done = cli(*args, cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-2000:]
     runs = tmp_path / "reports" / "runs"
     targets = {name: os.readlink(runs / name) for name in ("latest", "latest-run", "latest-profile")}
     assert len(set(targets.values())) == 3, targets
-    report = subprocess.run([sys.executable, "-m", "vggt_bench", "report", "results=reports/runs/latest",
-                             "notebook=false"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    report = cli("report", "results=reports/runs/latest", "notebook=false", cwd=tmp_path)
     assert report.returncode == 0, report.stderr[-2000:]
     assert list(load_results(str(runs / "latest"))["frames"]) == [1]  # the sweep's point, not the run's
 
