@@ -115,37 +115,29 @@ def test_a_truncated_table_without_points_is_one_line_naming_the_fix(swept, tmp_
     assert "read results.csv instead" in line, line
 
 
-FULL_DISK = """
-import errno, os, sys
-from vggt_bench.core import results
-real = results.atomic_write
-def fail(f):
-    raise OSError(errno.{code}, os.strerror(errno.{code}))
-def full(path, write):  # the disk fills up once a point is kept: every later write of {what} fails
-    if {what!r} in path and len(os.listdir({points!r})) >= 1:
-        write = fail
-    return real(path, write)
-results.atomic_write = full
-from vggt_bench.cli import main
-sys.exit(main({args!r}))
-"""
-
-
 @pytest.mark.parametrize("what, code", [("/points/", "ENOSPC"), ("results.parquet", "EROFS")])
 def test_a_disk_that_fills_up_or_turns_read_only_mid_sweep_is_one_line_and_exit_2(tmp_path, what, code):
     # 2026-12-07: losing write access mid-sweep (a remounted or full disk) was a traceback and exit 1
     import errno
-    import subprocess
-    import sys
 
-    from conftest import ROOT, _cli
+    from conftest import run_cli_in_process
+    from vggt_bench.core import results
 
     out = tmp_path / "out"
     args = ["sweep", *TINY, "frames=1,2", "model.frame_exec=fused", f"out={out}"]
-    _, env = _cli(args)
-    code_text = FULL_DISK.format(what=what, points=str(out / "points"), code=code, args=args)
-    done = subprocess.run([sys.executable, "-c", code_text], capture_output=True, text=True, timeout=300, cwd=ROOT,
-                          env=env)
+    real = results.atomic_write
+
+    def fail(f):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    def full(path, write):  # the disk fills up once a point is kept: every later write of `what` fails
+        if what in path and len(os.listdir(out / "points")) >= 1:
+            write = fail
+        return real(path, write)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(results, "atomic_write", full)
+        done = run_cli_in_process(*args)
     assert done.returncode == 2, (done.stdout, done.stderr[-3000:])
     assert "Traceback" not in done.stderr
     (line,) = done.stderr.strip().splitlines()

@@ -1,5 +1,6 @@
 """What a new user hit on 2026-11-25, each with the test that would have caught it."""
 
+import datetime
 import os
 import signal
 import stat
@@ -133,9 +134,7 @@ def test_verify_on_a_non_checkpoint_never_suggests_unsafe_loading(tmp_path):
 
 
 def test_the_default_out_is_a_new_run_and_latest_points_at_it(tmp_path):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    done = subprocess.run([sys.executable, "-m", "vggt_bench", "run", "experiment=smoke", "frames=1"], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=300)
+    done = cli("run", "experiment=smoke", "frames=1", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     latest = tmp_path / "reports" / "runs" / "latest-run"
     assert latest.is_symlink() and (latest / "results.parquet").exists()
@@ -143,22 +142,35 @@ def test_the_default_out_is_a_new_run_and_latest_points_at_it(tmp_path):
     assert "row: " in done.stdout and "results.parquet" in done.stdout  # `run` says where its row went
 
 
+def test_two_runs_starting_in_one_second_get_a_folder_each(tmp_path, monkeypatch):
+    # new_run_dir looked for a free <timestamp> name, then made it: another process starting in the same
+    # second could make it in between, and this one died on FileExistsError. A check that says "free" for a
+    # folder that exists is that race, replayed.
+    from vggt_bench.core import results
+
+    first = results.new_run_dir(str(tmp_path))
+    real_exists = os.path.exists
+    monkeypatch.setattr(os.path, "exists", lambda path: False if str(path).startswith(first) else real_exists(path))
+    frozen = datetime.datetime.strptime(os.path.basename(first)[:19], "%Y-%m-%d_%H-%M-%S")
+    monkeypatch.setattr(results.datetime, "datetime", type("Frozen", (datetime.datetime,), {"now": lambda: frozen}))
+    second = results.new_run_dir(str(tmp_path))
+    assert second == first + "_2" and os.path.isdir(second)
+    assert os.readlink(tmp_path / "latest") == os.path.basename(second)
+
+
 def test_latest_is_the_latest_sweep_whatever_ran_after_it(tmp_path):
     # 2026-12-07: `profile` and `run` without out= moved reports/runs/latest, so the README's
     # `report results=reports/runs/latest` rendered a single run, not the sweep
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     tiny = ["experiment=smoke", "measure.warmup=0", "measure.repeats=1"]
     for args in (["sweep", *tiny, "frames=1", "model.frame_exec=fused", "report=false"], ["run", *tiny, "frames=2"],
                  ["profile", "profiler=torch", "model.arch=small", "inputs.height=56", "inputs.width=84", "frames=1",
                   "iterations=1", "measure.warmup=0"]):
-        done = subprocess.run([sys.executable, "-m", "vggt_bench", *args], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=300)
+        done = cli(*args, cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-2000:]
     runs = tmp_path / "reports" / "runs"
     targets = {name: os.readlink(runs / name) for name in ("latest", "latest-run", "latest-profile")}
     assert len(set(targets.values())) == 3, targets
-    report = subprocess.run([sys.executable, "-m", "vggt_bench", "report", "results=reports/runs/latest",
-                             "notebook=false"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    report = cli("report", "results=reports/runs/latest", "notebook=false", cwd=tmp_path)
     assert report.returncode == 0, report.stderr[-2000:]
     assert list(load_results(str(runs / "latest"))["frames"]) == [1]  # the sweep's point, not the run's
 

@@ -313,10 +313,8 @@ def test_verify_with_more_ranks_than_frames_is_one_line():
 
 
 def test_a_launcher_with_another_number_of_ranks_is_one_line(tmp_path):
-    env = _external_env(RANK="0", WORLD_SIZE="4", LOCAL_RANK="0")
-    done = subprocess.run([sys.executable, "-m", "vggt_bench", "run", "experiment=smoke", "frames=4",
-                           "model.context_parallel=2", f"out={tmp_path}"], capture_output=True, text=True, timeout=300,
-                          cwd=ROOT, env=env)
+    done = cli("run", "experiment=smoke", "frames=4", "model.context_parallel=2", f"out={tmp_path}",
+               env=_external_env(RANK="0", WORLD_SIZE="4", LOCAL_RANK="0"))
     assert done.returncode == 2
     assert done.stderr.strip() == ("vggt_bench: error: model.context_parallel=2 but torchrun started 4 ranks; start 2 "
                                    "(torchrun --nproc-per-node / srun --ntasks) or set model.context_parallel=4")

@@ -4,13 +4,12 @@ the notebook's "One scene across GPUs" section (synthetic GPU tables; one real C
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
 
-from test_report import H100_GIB, REPO, _row, error_outputs, notebook_text, pngs, texts, write_results
+from conftest import run_cli
+from test_report import H100_GIB, _row, error_outputs, notebook_text, pngs, texts, write_results
 from vggt_bench.analysis.labels import fmt_percent
 from vggt_bench.analysis.memory import context_parallel_memory_fit, memory_fit
 from vggt_bench.analysis.scaling import context_parallel_speedup
@@ -147,11 +146,8 @@ def test_the_notebook_shows_the_speedup_and_the_walls(tmp_path):
 
 def test_a_cpu_sweep_on_1_and_2_ranks_renders_the_section(tmp_path):
     """Real rows: smoke points at 2 and 4 frames on one rank and on two (gloo), then the report."""
-    done = subprocess.run(
-        [sys.executable, "-m", "vggt_bench", "sweep", "experiment=smoke", f"out={tmp_path}", "frames=2,4",
-         "model.frame_exec=fused", "model.context_parallel=1,2"],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
-    )
+    done = run_cli("sweep", "experiment=smoke", f"out={tmp_path}", "frames=2,4", "model.frame_exec=fused",
+                   "model.context_parallel=1,2", timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     figures = pngs(str(p) for p in (tmp_path / "figures").glob("*.png"))
     assert "context_parallel" in figures

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import run_cli as cli
+from conftest import run_cli as cli, run_cli_subprocess
 from vggt_bench.measure import build, drift, run, timing
 from vggt_bench.measure.point import Point
 from vggt_bench.core.results import ResultStore, load_results
@@ -180,6 +180,17 @@ def test_unknown_command_and_help():
     for command in ("run", "verify", "profile", "report"):
         done = cli(command, "--help")
         assert done.returncode == 0 and "== Config ==" in done.stdout, command
+
+
+def test_exit_codes_and_one_line_errors_as_a_shell_sees_them(tmp_path):
+    """The process itself: `python -m vggt_bench` (__main__'s sys.exit, Hydra's exit inside the job) gives
+    the shell the codes the other tests read from the CLI run in process (conftest.run_cli)."""
+    assert run_cli_subprocess("--help").returncode == 0
+    bad = run_cli_subprocess("benchmark")
+    assert bad.returncode == 2 and bad.stderr.startswith("vggt_bench: error: unknown command 'benchmark'")
+    done = run_cli_subprocess("run", "experiment=smoke", "frames=0", f"out={tmp_path}")
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.strip().splitlines() == ["vggt_bench: error: frames must be >= 1, got frames=0"], done.stderr
 
 
 def test_grid_size_counts_preset_and_command_line():

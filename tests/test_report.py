@@ -6,13 +6,12 @@ from __future__ import annotations
 import math
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from conftest import run_cli
 from vggt_bench.commands.report import main as report_main
 from vggt_bench.analysis import findings
 from vggt_bench.analysis.approximations import conversion_table
@@ -189,11 +188,8 @@ def assert_files(paths) -> None:
 def cpu_sweep(tmp_path_factory):
     """The smoke sweep plus a converted layer with drift (8 points, ~10 s), rendered once."""
     out = tmp_path_factory.mktemp("cpu_sweep")
-    run = subprocess.run(
-        [sys.executable, "-m", "vggt_bench", "sweep", "experiment=smoke", f"out={out}", "report=false",
-         "model.prune_depth=0,2", "measure.drift=true"],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
-    )
+    run = run_cli("sweep", "experiment=smoke", f"out={out}", "report=false", "model.prune_depth=0,2",
+                  "measure.drift=true", timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     # The noise flags depend on how busy this machine is (and smoke times 2 repeats: flagged); these
     # tests are about the figures and the narrative's numbers, so the rows are taken as trusted here.
@@ -421,13 +417,11 @@ def test_cli_requires_results_and_renders_figures(tmp_path):
     cfg.results = str(tmp_path / "missing")
     assert report_main(cfg) == 2
     out = write_results(tmp_path / "gpu", synthetic_gpu_results())
-    run = subprocess.run([sys.executable, "-m", "vggt_bench", "report", f"results={out}", "notebook=false"],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    run = run_cli("report", f"results={out}", "notebook=false")
     assert run.returncode == 0, run.stderr
     assert (out / "figures" / "scaling_wall.png").stat().st_size > 0
     assert not (out / "report.ipynb").exists()
-    run = subprocess.run([sys.executable, "-m", "vggt_bench", "report"], cwd=REPO, capture_output=True, text=True,
-                         timeout=300)
+    run = run_cli("report")
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == [
         "vggt_bench: error: results=DIR is required: the directory a sweep wrote (with results.parquet)"]

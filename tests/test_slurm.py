@@ -3,6 +3,9 @@
 The time-limit sweep starts first, in the background: Slurm's smallest time limit is one minute
 and it looks for jobs past their limit every 30 s, so that sweep takes about 1.5 minutes; the
 other sweeps run meanwhile (the partition lets two jobs share a core).
+
+Each sweep runs in a process of its own (run_cli_subprocess): the driver keeps per-process state
+(submitit's job watcher, the one notice that job states come from squeue) that these tests count.
 """
 
 import glob
@@ -13,7 +16,7 @@ import subprocess
 import pandas as pd
 import pytest
 
-from conftest import ROOT, cli_process, run_cli
+from conftest import ROOT, cli_process, run_cli_subprocess
 from vggt_bench.core.results import load_results
 
 SCRIPT = os.path.join(ROOT, "scripts", "local_slurm.sh")
@@ -88,7 +91,7 @@ def slurm_jobs(out):
 
 
 def test_sweep_point_by_point_with_the_cpu_preset(slurm, tmp_path):
-    done = run_cli("sweep", "experiment=smoke", "hydra/launcher=slurm_cpu", f"hydra.launcher.partition={slurm}",
+    done = run_cli_subprocess("sweep", "experiment=smoke", "hydra/launcher=slurm_cpu", f"hydra.launcher.partition={slurm}",
                    f"out={tmp_path}", "report=false", timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     table = load_results(str(tmp_path))
@@ -108,7 +111,7 @@ def _job_times(array_id):
 
 def test_whole_grid_at_once_then_resume_skips_it(slurm, tmp_path):
     args = sweep_args(slurm, tmp_path, "hydra.sweeper.max_batch_size=null")
-    done = run_cli(*args, timeout=600)
+    done = run_cli_subprocess(*args, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     check_quiet_and_counted(done, 4)
     jobs = slurm_jobs(tmp_path)
@@ -124,7 +127,7 @@ def test_whole_grid_at_once_then_resume_skips_it(slurm, tmp_path):
     assert sorted(os.listdir(tmp_path / "points")) == sorted(f"{p}.json" for p in parquet["point_id"])
 
     before = {p: os.path.getmtime(tmp_path / "points" / p) for p in os.listdir(tmp_path / "points")}
-    again = run_cli(*args, timeout=600)
+    again = run_cli_subprocess(*args, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     check_quiet_and_counted(again, 4)
     rerun = set(slurm_jobs(tmp_path)) - set(jobs)
@@ -138,7 +141,7 @@ def test_whole_grid_at_once_then_resume_skips_it(slurm, tmp_path):
 def test_a_job_that_dies_is_an_error_row_and_the_sweep_goes_on(slurm, tmp_path):
     # The first job's batch script fails before Python starts (as on a broken node); the second runs.
     once = tmp_path / "failed-once"
-    done = run_cli(*sweep_args(slurm, tmp_path / "out", "frames=1",
+    done = run_cli_subprocess(*sweep_args(slurm, tmp_path / "out", "frames=1",
                                f"hydra.launcher.setup=['mkdir {once} 2>/dev/null && exit 3 || true']"), timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     check_quiet_and_counted(done, 2)
@@ -151,7 +154,7 @@ def test_a_job_that_dies_is_an_error_row_and_the_sweep_goes_on(slurm, tmp_path):
 
 
 def test_bad_value_inside_a_job_stops_the_sweep_in_one_line(slurm, tmp_path):
-    done = run_cli(*sweep_args(slurm, tmp_path, "frames=1", "model.frame_exec=fused", "model.attention=flashy"),
+    done = run_cli_subprocess(*sweep_args(slurm, tmp_path, "frames=1", "model.frame_exec=fused", "model.attention=flashy"),
                    timeout=600)
     assert done.returncode == 2, (done.stdout[-2000:], done.stderr[-2000:])
     last = done.stderr.strip().splitlines()[-1]

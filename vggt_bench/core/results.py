@@ -77,12 +77,15 @@ def _umask() -> int:
 def new_run_dir(root: str, link: str = "latest") -> str:
     """A fresh ``<root>/<timestamp>`` directory; ``<root>/<link>`` is (re)pointed at it."""
     stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    out = os.path.join(root, stamp)
-    n = 1
-    while os.path.exists(out):  # two runs in one second
-        n += 1
-        out = os.path.join(root, f"{stamp}_{n}")
-    os.makedirs(out)
+    os.makedirs(root, exist_ok=True)
+    out, n = os.path.join(root, stamp), 1
+    while True:  # two runs in one second, possibly two processes at once: the one that makes it owns it
+        try:
+            os.mkdir(out)
+            break
+        except FileExistsError:
+            n += 1
+            out = os.path.join(root, f"{stamp}_{n}")
     tmp = os.path.join(root, f".{link}.{os.getpid()}")
     with contextlib.suppress(OSError):
         os.unlink(tmp)
