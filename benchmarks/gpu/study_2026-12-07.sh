@@ -14,7 +14,8 @@ DEADLINE=${DEADLINE:-$(( $(date +%s) + 580 ))}
 # 1,000 frames) with 65,536-token chunks (8,192-token chunks leave FlashAttention-4's last wave of 132 SMs
 # mostly empty: 672 tiles of 192 queries x 16 heads per call), eager. The approximations run on the same.
 FAST="model.dtype=bf16 model.attention=sdpa_cudnn model.global_attention=flash_attn4 model.memory_plan=lean model.token_chunk=65536"
-A="python3 -m vggt_bench sweep report=false experiment=approximations out=$W/approx $FAST model.approx_kernel=dense"
+# EXTRA: overrides added to every sweep (EXTRA=model.compile=default: the next lease's compiled pair)
+A="python3 -m vggt_bench sweep report=false experiment=approximations out=$W/approx $FAST model.approx_kernel=dense ${EXTRA:-}"
 for stage in "$@"; do
   case $stage in
     env)     # what this machine is
@@ -34,7 +35,7 @@ for stage in "$@"; do
     queue)   # the long points, one process each, the exact point of a frame count first (every drift and
              # speedup of that frame count is against it); QUEUE overrides: frames:approx:warmup:repeats
       cp "$SELF" "$W/queue.sh"; cp "$(dirname "$SELF")/lib.sh" "$W/lib.sh"
-      setsid nohup env DEADLINE=$(( $(date +%s) + 4000 )) VGGT_REPO="$R" QUEUE="${QUEUE:-}" bash "$W/queue.sh" run-queue \
+      setsid nohup env DEADLINE=$(( $(date +%s) + 4000 )) VGGT_REPO="$R" QUEUE="${QUEUE:-}" EXTRA="${EXTRA:-}" bash "$W/queue.sh" run-queue \
         > "$W/logs/queue.out" 2>&1 < /dev/null &
       echo "queue started: pid $!" ;;
     run-queue)
