@@ -272,6 +272,11 @@ def load_results(directory: str) -> pd.DataFrame:
     missing or cannot be read (a truncated copy, a crash mid-write elsewhere) is rebuilt from the
     directory's points, said in one line on stderr; with no points to rebuild it from, an unreadable
     table raises UserError naming the fix, a missing one FileNotFoundError."""
+    return upgrade_table(_read_table(directory))
+
+
+def _read_table(directory: str) -> pd.DataFrame:
+    """``load_results``' table as the directory holds it (older formats not yet upgraded)."""
     unreadable = []
     for name, reader in (("results.parquet", pd.read_parquet), ("results.csv", pd.read_csv)):
         path = os.path.join(directory, name)
@@ -282,10 +287,10 @@ def load_results(directory: str) -> pd.DataFrame:
         except Exception as exc:  # pyarrow's and pandas' errors for a damaged file share no base class
             unreadable.append(f"{name} is unreadable ({one_line(exc, 160)})")
             break  # the points, when there are any, are the record: rebuild from them, not from the CSV
-        return upgrade_table(frame)
+        return frame
     store = ResultStore(directory)
     if glob.glob(os.path.join(store.points_dir, "*.json")):
-        return upgrade_table(_rebuilt(store, unreadable[0] if unreadable else "there is no results table"))
+        return _rebuilt(store, unreadable[0] if unreadable else "there is no results table")
     if unreadable:
         csv = os.path.join(directory, "results.csv")
         if unreadable[0].startswith("results.parquet") and os.path.exists(csv):
@@ -296,7 +301,7 @@ def load_results(directory: str) -> pd.DataFrame:
             else:
                 _say(f"{unreadable[0]} in {directory}, which has no points to rebuild it from: read results.csv "
                      f"instead")
-                return upgrade_table(frame)
+                return frame
         raise UserError(f"{', '.join(unreadable)} in {directory}, and there are no points in {store.points_dir} "
                         f"to rebuild it from: rerun the sweep with out={directory} to measure them again")
     raise FileNotFoundError(f"no results.parquet or results.csv in {directory} (run a sweep with out={directory} first)")
