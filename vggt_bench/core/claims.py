@@ -42,6 +42,12 @@ def _mine() -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
+def _is_mine(held: Optional[dict]) -> bool:
+    """Whether the claim ``held`` names this process."""
+    mine = _mine()
+    return held is not None and held.get("host") == mine["host"] and held.get("pid") == mine["pid"]
+
+
 def _read(path: str) -> Optional[dict]:
     """The claim at ``path`` with its age in seconds (``age_s``), or None when there is none. A claim
     that cannot be read (cut short) counts as stale: it holds no one."""
@@ -94,7 +100,7 @@ def claim(out: str, point_id: str) -> Tuple[Optional[dict], Optional[dict]]:
     mine = _mine()
     with locked(out):
         held = _read(path)
-        ours = held is not None and held.get("host") == mine["host"] and held.get("pid") == mine["pid"]
+        ours = _is_mine(held)
         why = None if held is None or ours else stale(held)
         if held is not None and not ours and why is None:
             return held, None
@@ -116,8 +122,7 @@ def release(out: str, point_id: str, whoever: bool = False) -> None:
     # inside it (flock would wait on itself). Only a claim naming this process goes, and no other
     # process takes over the claim of a live one.
     held = _read(path)
-    mine = _mine()
-    if held is not None and (whoever or (held.get("host") == mine["host"] and held.get("pid") == mine["pid"])):
+    if held is not None and (whoever or _is_mine(held)):
         with contextlib.suppress(OSError):
             os.unlink(path)
 
@@ -132,11 +137,10 @@ def release_all() -> None:
 def held_by_others(out: str) -> List[dict]:
     """The live claims in ``out`` of processes other than this one (each with its ``point_id``)."""
     folder = os.path.join(out, CLAIMS_DIR)
-    mine = _mine()
     found = []
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
         held = _read(os.path.join(folder, name)) if name.endswith(".json") else None
-        if held is None or (held.get("host") == mine["host"] and held.get("pid") == mine["pid"]) or stale(held):
+        if held is None or _is_mine(held) or stale(held):
             continue
         found.append(dict(held, point_id=name[: -len(".json")]))
     return found
