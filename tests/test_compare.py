@@ -215,7 +215,10 @@ def test_bad_inputs_are_one_line_each_and_exit_2(slower_by_half, tmp_path, capsy
     corrupt.mkdir()
     (corrupt / "results.parquet").write_bytes(b"PAR1 this is not a parquet file")
     assert command.main(compare_cfg(baseline=str(corrupt), candidate=cand)) == 2
-    assert f"baseline={corrupt}: its results table cannot be read (" in one_error_line(capsys)
+    said = one_error_line(capsys)
+    assert f"baseline={corrupt}: its results table cannot be read (" in said
+    # the fix load_results names, whole: cut at 160 characters it was lost mid-path
+    assert said.endswith(f"rerun the sweep with out={corrupt} to measure them again)"), said
     other = write(tmp_path / "other", table(row(point(2, attention="eager"), draws(34, 100.0))))
     assert command.main(compare_cfg(baseline=base, candidate=other)) == 2
     assert "they differ in model.attention (sdpa against eager)" in one_error_line(capsys)

@@ -40,6 +40,8 @@ def read_side(flag: str, directory) -> pd.DataFrame:
         table = load_results(directory)
     except FileNotFoundError:
         raise UserError(f"{flag}={directory} holds no results.parquet or results.csv (the out= of a sweep holds them)")
+    except UserError as exc:  # load_results: a damaged table and no points to rebuild it from; its line has the fix
+        raise UserError(f"{flag}={directory}: its results table cannot be read ({exc})")
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid, pandas' ParserError, UnicodeDecodeError: ValueErrors
         raise UserError(f"{flag}={directory}: its results table cannot be read ({one_line(exc, 160)}): a damaged "
                         f"table, or not one a sweep wrote")
