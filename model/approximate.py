@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from . import partial_attention
 from .config import ExecutionConfig
-from .layers import attention_dtype, linear_rows, row_chunks
+from .layers import attention_dtype, row_chunks
 from .nvtx import Ranges
 
 BLOCK = 128           # flex attention's block: query and key blocks of the block masks
@@ -95,13 +95,16 @@ def _projections(block, x: torch.Tensor, rope, rows: int, keep_normed: bool):
     whole = None
     for part in row_chunks(N, rows):
         n = part.stop - part.start
-        h = block.norm1(x[:, part])
-        q, k, v = attn.qkv(h).view(B, n, 3, H, D).unbind(2)
-        q, k = attn.q_norm(q), attn.k_norm(k)
-        if rope is not None:
-            q, k = rope.apply(q), rope.apply(k)
-        q, k, v = q.to(attention_dtype(q)), k.to(attention_dtype(k)), v.to(attention_dtype(v))
-        h = h if keep_normed else None
+        if keep_normed:
+            h = block.norm1(x[:, part])
+            q, k, v = attn.qkv(h).view(B, n, 3, H, D).unbind(2)
+            q, k = attn.q_norm(q), attn.k_norm(k)
+            if rope is not None:
+                q, k = rope.apply(q), rope.apply(k)
+            q, k, v = q.to(attention_dtype(q)), k.to(attention_dtype(k)), v.to(attention_dtype(v))
+        else:  # through the block's call: compiled with it under model.compile
+            q, k, v = block(x[:, part], None, rope, mode="qkv")
+            h = None
         if n == N:
             return q, k, v, h
         if whole is None:
@@ -130,7 +133,6 @@ def global_layer(block, x: torch.Tensor, attend, rope, ranges: Ranges, execution
         if dense is not None:
             return _subsampled_layer(block, x, rope, ranges, layout, execution.kv_keep, dense, inplace, rows)
     B, N, C = x.shape
-    attn = block.attn
     step = rows if inplace else 0
     with ranges("attention"):
         # handed over in a list, never bound here: each technique drops Q, K, V (and the normalised input)
@@ -142,18 +144,12 @@ def global_layer(block, x: torch.Tensor, attend, rope, ranges: Ranges, execution
             o = _merged(given, layout, execution.merge_ratio, attend)
         else:
             o = _block_sparse(given, layout, execution.global_sparsity, attend)
-        if inplace:
-            out = x
-            for part in row_chunks(N, step):
-                n = part.stop - part.start
-                out[:, part].add_(block.ls1(attn.proj(o[:, :, part].transpose(1, 2).reshape(B, n, C))))
-        else:
-            out = x + block.ls1(attn.proj(o.transpose(1, 2).reshape(B, N, C)))
-        del o
-    with ranges("mlp"):
-        for part in row_chunks(N, rows if inplace else 0):
-            xc = out[:, part]
-            xc.add_(block.ls2(block.mlp.forward_inplace_act(block.norm2(xc))))
+    out = x if inplace else x.clone()
+    # projection, residual and MLP a chunk at a time through the block's call (compiled with it under
+    # model.compile)
+    for part in row_chunks(N, step):
+        block(out[:, part], None, None, ranges, mode="finish", attended=o[:, :, part].transpose(1, 2))
+    del o
     return out
 
 
@@ -405,14 +401,8 @@ class _Pools:
 
 def _queries(block, x: torch.Tensor, rope) -> torch.Tensor:
     """``q [B, n, H, D]`` of ``x [B, n, C]`` (qk-norm, RoPE, the attention kernel's dtype): the Q rows of
-    the block's QKV projection alone."""
-    attn = block.attn
-    B, n, C = x.shape
-    q = linear_rows(attn.qkv, block.norm1(x), slice(0, C)).view(B, n, attn.num_heads, attn.head_dim)
-    q = attn.q_norm(q)
-    if rope is not None:
-        q = rope.apply(q)
-    return q.to(attention_dtype(q))
+    the block's QKV projection alone, through the block's call (compiled with it under model.compile)."""
+    return block(x, None, rope, mode="q")
 
 
 def subsampled_attention_dense(q, k, v, layout: Layout, keep: float, kernel=None) -> torch.Tensor:
@@ -489,17 +479,10 @@ def _subsampled_layer(block, x: torch.Tensor, rope, ranges: Ranges, layout: Layo
             del q
         for frames in row_chunks(chunk.stop - chunk.start, step):
             part = slice(tokens.start + frames.start * P, tokens.start + frames.stop * P)
-            n = part.stop - part.start
-            with ranges("attention"):
-                y = block.ls1(attn.proj(own[:, part].reshape(B, n, C)))
-                if inplace:
-                    out[:, part].add_(y)
-                else:
-                    torch.add(x[:, part], y, out=out[:, part])
-                del y
-            with ranges("mlp"):
-                xc = out[:, part]
-                xc.add_(block.ls2(block.mlp.forward_inplace_act(block.norm2(xc))))
+            if not inplace:
+                out[:, part] = x[:, part]
+            # projection, residual and MLP through the block's call (compiled with it under model.compile)
+            block(out[:, part], None, None, ranges, mode="finish", attended=own[:, part])
     return out
 
 

@@ -7,6 +7,8 @@ import torch
 from .config import COMPILE_MODES, PRECISIONS, ConfigError
 from .vggt import VGGT
 
+BLOCK_RECOMPILES = 64  # compiled entries of Block.forward kept per process (see apply_compile)
+
 
 def set_precision(model: VGGT, precision: str, tf32: bool = False) -> VGGT:
     """``fp32``; ``bf16_autocast`` (upstream's way: fp32 weights, bf16 autocast in the aggregator
@@ -39,6 +41,10 @@ def apply_compile(model: VGGT, mode: str) -> VGGT:
         raise ConfigError(f"unknown compile mode {mode!r}; choose one of {list(COMPILE_MODES)}")
     if mode == "off":
         return model
+    # Every block shares Block.forward's code object, whose compiled entries dynamo caps at its recompile
+    # limit (8 by default), past which it silently runs eager: each mode (frame blocks, the lean plan's
+    # chunks, an approximation's qkv / q / finish parts) and each chunk length is an entry of its own.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, BLOCK_RECOMPILES)
     blocks = list(model.aggregator.frame_blocks) + list(model.aggregator.global_blocks)
     if hasattr(model.aggregator.patch_embed, "blocks"):
         blocks += list(model.aggregator.patch_embed.blocks)

@@ -170,8 +170,8 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), bias=ffn_bias)
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
 
-    def forward(self, x, attend, rope: Optional[Rope2D] = None, ranges: Ranges = OFF, mode: str = "return",
-                rows: int = 0):
+    def forward(self, x, attend=None, rope: Optional[Rope2D] = None, ranges: Ranges = OFF, mode: str = "return",
+                rows: int = 0, attended: Optional[torch.Tensor] = None):
         """``x [B, N, C]`` -> the block's output, computed one of three ways (the same function):
 
         ``return`` (upstream's way): a new tensor; ``x`` is left as it was.
@@ -180,7 +180,16 @@ class Block(nn.Module):
             values of all N tokens first (pass 1, in the dtype the attention kernel receives them in),
             then per chunk its queries, attention, projection and MLP (pass 2). Only K and V are ever
             whole; ``rows`` must be a multiple of the RoPE table's tokens per frame.
+
+        Or the block's per-token parts around an attention computed elsewhere (``vggt_model.approximate``),
+        through the same call so that ``model.compile`` (which compiles ``forward``) covers them too:
+        ``qkv`` / ``q``: ``(q, k, v)`` / ``q`` of ``x`` (``project``); ``finish``: ``x`` with the attention
+        output ``attended`` added through the projection, then the MLP, in place (``finish``).
         """
+        if mode == "qkv" or mode == "q":
+            return self.project(x, rope, keys=mode == "qkv")
+        if mode == "finish":
+            return self.finish(x, attended, ranges)
         if mode == "return":
             with ranges("attention"):
                 x = x + self.ls1(self.attn(self.norm1(x), attend, rope))
@@ -194,6 +203,33 @@ class Block(nn.Module):
                 x.add_(self.ls2(self.mlp.forward_inplace_act(self.norm2(x))))
             return x
         return self._chunked(x, attend, rope, ranges, rows)
+
+    def project(self, x: torch.Tensor, rope: Optional[Rope2D], keys: bool = True):
+        """``(q, k, v)`` (``keys``) or ``q`` ``[B, n, H, D]`` of ``x [B, n, C]``: norm1, the QKV projection
+        (the Q rows alone without ``keys``), qk-norm, RoPE, in the dtype the attention kernel receives."""
+        attn = self.attn
+        B, n, C = x.shape
+        H, D = attn.num_heads, attn.head_dim
+        h = self.norm1(x)
+        if not keys:
+            q = attn.q_norm(linear_rows(attn.qkv, h, slice(0, C)).view(B, n, H, D))
+            q = rope.apply(q) if rope is not None else q
+            return q.to(attention_dtype(q))
+        q, k, v = attn.qkv(h).view(B, n, 3, H, D).unbind(2)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        if rope is not None:
+            q, k = rope.apply(q), rope.apply(k)
+        return q.to(attention_dtype(q)), k.to(attention_dtype(k)), v.to(attention_dtype(v))
+
+    def finish(self, x: torch.Tensor, o: torch.Tensor, ranges: Ranges = OFF) -> torch.Tensor:
+        """``x [B, n, C]`` in place: ``x += ls1(proj(o))`` for the attention output ``o [B, n, H, D]``
+        (token-major), then ``x += ls2(mlp(norm2 x))``; returns ``x``."""
+        B, n, C = x.shape
+        with ranges("attention"):
+            x.add_(self.ls1(self.attn.proj(o.reshape(B, n, C))))
+        with ranges("mlp"):
+            x.add_(self.ls2(self.mlp.forward_inplace_act(self.norm2(x))))
+        return x
 
     def _chunked(self, x, attend, rope, ranges, rows):
         attn = self.attn
