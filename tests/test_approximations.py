@@ -342,7 +342,7 @@ def test_bad_values_are_one_line(values, message):
      "vggt_bench: error: model.merge_ratio=0.5 and model.global_sparsity=0.5 cannot run together: each replaces "
      "the global layers' attention; sweep them as separate points (each combines with model.prune_depth)"),
     (["approx=kv_keep_5"], "vggt_bench: error: unknown approx 'kv_keep_5'; did you mean kv_keep_50? (choose one of "
-                           "['exact', 'fp8', 'kv_keep_05', 'kv_keep_05_fp8', 'kv_keep_10', 'kv_keep_10_fp8', "
+                           "['exact', 'fp8', 'kv_keep_02', 'kv_keep_03', 'kv_keep_05', 'kv_keep_05_fp8', 'kv_keep_10', 'kv_keep_10_fp8', "
                            "'kv_keep_25', 'kv_keep_50', 'merge_30', 'merge_50', 'merge_65', 'prune2_kv_keep_05_fp8', "
                            "'prune2_kv_keep_10_fp8', 'prune4', 'sparse_50', 'sparse_75', 'sparse_90'])"),
 ])
