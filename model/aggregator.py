@@ -60,7 +60,7 @@ class Aggregator(nn.Module):
         self.attend = None  # set by configure(): frame layers and the patch embed
         self.attend_global = None  # set by configure(): global layers
         self.context = None  # set by configure() for context_parallel > 1 (model.context_parallel)
-        self.approx_kernel = None  # set by configure() when kv_keep is on: how it runs (approximate.KernelChoice)
+        self.approx_kernel = None  # set by configure() for kv_keep, global_sparsity (approximate.KernelChoice)
         self._rope_cache = {}
         self.grid = (0, 0)  # the patch grid of the current forward (rows, cols): approximations read it
 

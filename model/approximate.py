@@ -30,7 +30,12 @@ Tokens of the global sequence ``[B, N = S*P, C]``: per frame the camera and regi
     key (kept blocks, as the paper's "sink" tokens). Per head, each query block scores every patch key
     block by its mean-pooled query against the block's mean-pooled key and keeps the top
     ``int((1 - global_sparsity) * blocks)``, always including the blocks of its own frame(s); the
-    others are skipped by a flex-attention ``BlockMask`` built with ``BlockMask.from_kv_blocks``.
+    others are skipped. Each query block's key blocks are one compact list (``block_lists``: the kept
+    blocks, then the camera/register blocks, ascending), run by ``model.approx_kernel``: ``flex``, a
+    flex-attention ``BlockMask`` (``BlockMask.from_kv_blocks``, the lists padded to every key block);
+    ``dense``, FlashAttention-4's block-sparse forward on the compact lists and the token-major Q, K, V
+    where it runs, else the eager kernel on the same lists (``partial_attention``, fp32 scores: the CPU's
+    path); ``auto``, both timed at the first layer, the faster kept.
 
 On the GPU flex attention is compiled (``vggt_model.attention``); on the CPU it runs unfused, which
 computes the same function (tests) but is not fast.
@@ -124,14 +129,17 @@ def global_layer(block, x: torch.Tensor, attend, rope, ranges: Ranges, execution
     ``inplace``: the result is written into ``x`` (the lean and offload plans) and every per-token step
     (norm, QKV projection, output projection, MLP) runs over chunks of ``rows`` tokens, as the exact
     lean plan does: only Q, K, V (and for merging the normalised input) are ever whole. Otherwise a new
-    tensor is returned and ``x`` is left as it was. ``kernel``: how K/V subsampling runs
-    (``model.approx_kernel``; None: flex attention).
+    tensor is returned and ``x`` is left as it was. ``kernel``: how K/V subsampling and block sparsity
+    run (``model.approx_kernel``; None: flex attention).
     """
     technique = execution.approximations()[0]
     if technique == "kv_keep" and kernel is not None:
         dense = kernel.for_subsampling(block, x, rope, layout, execution.kv_keep, rows if inplace else 0)
         if dense is not None:
             return _subsampled_layer(block, x, rope, ranges, layout, execution.kv_keep, dense, inplace, rows)
+    sparse = None  # block sparsity's kernel (a partial_attention kernel), None for flex attention
+    if technique == "global_sparsity" and kernel is not None:
+        sparse = kernel.for_sparsity(block, x, rope, layout, execution.global_sparsity, rows if inplace else 0)
     B, N, C = x.shape
     step = rows if inplace else 0
     with ranges("attention"):
@@ -143,7 +151,7 @@ def global_layer(block, x: torch.Tensor, attend, rope, ranges: Ranges, execution
         elif technique == "merge_ratio":
             o = _merged(given, layout, execution.merge_ratio, attend)
         else:
-            o = _block_sparse(given, layout, execution.global_sparsity, attend)
+            o = _block_sparse(given, layout, execution.global_sparsity, attend, sparse)
     out = x if inplace else x.clone()
     # projection, residual and MLP a chunk at a time through the block's call (compiled with it under
     # model.compile)
@@ -487,14 +495,16 @@ def _subsampled_layer(block, x: torch.Tensor, rope, ranges: Ranges, layout: Layo
 
 
 class KernelChoice:
-    """How K/V subsampling runs (``model.approx_kernel``), one per configured model.
+    """How K/V subsampling and block sparsity run (``model.approx_kernel``), one per configured model.
 
-    ``flex``: flex attention over every key with a block mask and score_mod (``subsampled_attention``).
-    ``dense``: three merged dense parts (``_subsampled_layer``) on the fastest ``partial_attention``
-    kernel here (FlashAttention-4 on Hopper/Blackwell, else PyTorch ops). ``auto``: at the first layer of
-    a layout and dtype, both are timed on the layer's own projections of its first ``AUTO_FRAMES``
-    frames (one untimed call, then ``AUTO_REPEATS`` timed ones: CUDA events on a GPU, a wall clock on the
-    CPU) and the faster is kept. ``label()`` says what ran; ``timings`` what auto measured.
+    ``flex``: flex attention over every key with a block mask (and for K/V subsampling a score_mod:
+    ``subsampled_attention``, ``block_sparse_attention``). ``dense``: on the fastest ``partial_attention``
+    kernel here (FlashAttention-4 on Hopper/Blackwell, else PyTorch ops), K/V subsampling as three merged
+    dense parts (``_subsampled_layer``), block sparsity as the kernel's block-sparse call on the compact
+    block lists. ``auto``: at the first layer of a layout and dtype, both are timed on the layer's own
+    projections of its first ``AUTO_FRAMES`` frames (one untimed call, then ``AUTO_REPEATS`` timed ones:
+    CUDA events on a GPU, a wall clock on the CPU) and the faster is kept. ``label()`` says what ran;
+    ``timings`` what auto measured.
     """
 
     def __init__(self, choice: str, device, dtype: torch.dtype, head_dim: int):
@@ -510,24 +520,52 @@ class KernelChoice:
     def for_subsampling(self, block, x, rope, layout: Layout, keep: float, rows: int = 0):
         """The ``partial_attention`` kernel to run this layer's K/V subsampling on, or None for flex;
         ``rows``: the tokens per chunk of the layer's per-token work (auto projects in such chunks)."""
+        return self._pick((layout, keep, x.dtype), lambda: self._measure(block, x, rope, layout, keep, rows))
+
+    def for_sparsity(self, block, x, rope, layout: Layout, sparsity: float, rows: int = 0):
+        """The ``partial_attention`` kernel whose ``block_sparse`` runs this layer's block-sparse attention,
+        or None for flex; ``rows`` as ``for_subsampling``'s."""
+        return self._pick(("global_sparsity", layout, sparsity, x.dtype),
+                          lambda: self._measure_sparsity(block, x, rope, layout, sparsity, rows))
+
+    def _pick(self, key, measure):
         pick = self.choice
         if pick == "auto":
-            key = (layout, keep, x.dtype)
             if key not in self.chosen:
-                self.chosen[key] = self._measure(block, x, rope, layout, keep, rows)
+                self.chosen[key] = measure()
             pick = self.chosen[key]
         self.used.add(pick)
         return self.dense if pick == "dense" else None
 
-    def _measure(self, block, x, rope, layout: Layout, keep: float, rows: int) -> str:
-        import statistics
-        import time
-
+    @staticmethod
+    def _first_frames(block, x, rope, layout: Layout, rows: int):
+        """Q, K, V of the first batch item's first ``AUTO_FRAMES`` frames, and their layout."""
         frames = min(layout.frames, AUTO_FRAMES)
         small = Layout(frames, layout.tokens, layout.specials, layout.rows, layout.cols)
         q, k, v, _ = _projections(block, x[:1, : small.length], rope, rows, keep_normed=False)
+        return q, k, v, small
+
+    def _measure(self, block, x, rope, layout: Layout, keep: float, rows: int) -> str:
+        q, k, v, small = self._first_frames(block, x, rope, layout, rows)
         runs = {"flex": lambda: subsampled_attention(q, k, v, small, keep),
                 "dense": lambda: subsampled_attention_dense(q, k, v, small, keep, self.dense)}
+        return self._faster(runs, q, k)
+
+    def _measure_sparsity(self, block, x, rope, layout: Layout, sparsity: float, rows: int) -> str:
+        q, k, v, small = self._first_frames(block, x, rope, layout, rows)
+
+        def specials(q, k, v):  # the camera/register queries' dense part, the same work for both kernels
+            return F.scaled_dot_product_attention(q, k, v)
+
+        runs = {"flex": lambda: block_sparse_attention(q, k, v, small, sparsity, specials),
+                "dense": lambda: block_sparse_attention(q, k, v, small, sparsity, specials, self.dense)}
+        return self._faster(runs, q, k)
+
+    def _faster(self, runs: dict, q, k) -> str:
+        """Time each of ``runs`` (``{"flex" or "dense": call}``), record the medians, name the faster."""
+        import statistics
+        import time
+
         results = {}
         for name, run in runs.items():
             run()
@@ -596,49 +634,72 @@ def _block_means(t: torch.Tensor, blocks: int) -> torch.Tensor:
 
 
 def block_selection(q_patch, k_patch, plan: SparsePlan, sparsity: float) -> torch.Tensor:
-    """``[B, H, q_blocks, n]`` indices of the patch key blocks each query block keeps, by mean-pooled
-    scores, own-frame blocks first (forced)."""
+    """``[B, H, q_blocks, n]`` int32 indices (in no order) of the patch key blocks each query block keeps, by
+    mean-pooled scores, own-frame blocks forced. Scored a chunk of query blocks at a time (about
+    SIM_ELEMENTS scores): never the ``[B, H, q_blocks, scored]`` matrix whole (2 GB at 800 frames)."""
     n = kept_blocks(plan.scored, sparsity, plan.own_max)
     q_mean = _block_means(q_patch, plan.q_blocks)
     k_mean = _block_means(k_patch[:, : plan.scored * BLOCK], plan.scored)
-    scores = torch.einsum("bqhd,bkhd->bhqk", q_mean, k_mean)
-    scores.masked_fill_(plan.own[None, None], float("inf"))
-    return scores.topk(n, dim=-1, sorted=False).indices.to(torch.int32)
+    B, _, H, _ = q_mean.shape
+    selected = torch.empty((B, H, plan.q_blocks, n), dtype=torch.int32, device=q_patch.device)
+    for part in row_chunks(plan.q_blocks, _rows_per_chunk(B * H * plan.scored)):
+        scores = torch.einsum("bqhd,bkhd->bhqk", q_mean[:, part], k_mean)
+        scores.masked_fill_(plan.own[None, None, part], float("inf"))
+        selected[:, :, part] = scores.topk(n, dim=-1, sorted=False).indices
+        del scores
+    return selected
 
 
-def sparse_block_mask(selected: torch.Tensor, plan: SparsePlan, with_mask_mod: bool):
-    """The BlockMask of the selected blocks (plus the always-kept camera/register blocks), every one
-    of them visible whole. ``with_mask_mod``: also say it element-wise (the CPU's unfused flex reads
-    only the mask_mod; the GPU kernel only the block lists)."""
+def block_lists(selected: torch.Tensor, plan: SparsePlan):
+    """The key blocks each query block attends, as compact block lists (flex's ``BlockMask`` pads them;
+    FlashAttention-4 takes them as they are): ``(counts [B, H, q_blocks], indices [B, H, q_blocks, W])``
+    int32, ``W = n + sinks``: a query block's ``n`` selected patch key blocks, ascending, then the
+    camera/register ("sink") blocks ``scored .. kv_blocks - 1`` (always kept, above every patch block), so
+    each list is ascending and ends with the last, possibly partial, key block; every count is ``W``."""
+    B, H, nq, n = selected.shape
+    width = n + len(plan.sinks)
+    indices = torch.empty((B, H, nq, width), dtype=torch.int32, device=selected.device)
+    indices[..., n:] = plan.sinks
+    for part in row_chunks(nq, _rows_per_chunk(B * H * max(1, n))):  # sorted a chunk at a time (int64 temporaries)
+        indices[:, :, part, :n] = torch.sort(selected[:, :, part], dim=-1).values
+    counts = torch.full((B, H, nq), width, dtype=torch.int32, device=selected.device)
+    return counts, indices
+
+
+def sparse_block_mask(lists, plan: SparsePlan, with_mask_mod: bool):
+    """The BlockMask of ``block_lists``' lists, every listed block visible whole: the indices padded with
+    zeros to every key block (``[B, H, q_blocks, kv_blocks]``). ``with_mask_mod``: also say it element-wise
+    (the CPU's unfused flex reads only the mask_mod; the GPU kernel only the block lists)."""
     from torch.nn.attention.flex_attention import BlockMask
 
-    B, H, nq, n = selected.shape
-    sinks = plan.sinks.view(1, 1, 1, -1).expand(B, H, nq, -1)
-    chosen = torch.cat((selected, sinks), dim=-1)
-    full_idx = torch.zeros(B, H, nq, plan.kv_blocks, dtype=torch.int32, device=selected.device)
-    full_idx[..., : chosen.shape[-1]] = torch.sort(chosen, dim=-1).values
-    full_num = torch.full((B, H, nq), chosen.shape[-1], dtype=torch.int32, device=selected.device)
-    kv_num = torch.zeros(B, H, nq, dtype=torch.int32, device=selected.device)
-    kv_idx = torch.zeros(B, H, nq, 1, dtype=torch.int32, device=selected.device)
+    counts, indices = lists
+    B, H, nq, width = indices.shape
+    full_idx = torch.zeros(B, H, nq, plan.kv_blocks, dtype=torch.int32, device=indices.device)
+    full_idx[..., :width] = indices
+    kv_num = torch.zeros(B, H, nq, dtype=torch.int32, device=indices.device)
+    kv_idx = torch.zeros(B, H, nq, 1, dtype=torch.int32, device=indices.device)
     mask_mod = None
     if with_mask_mod:
-        table = torch.zeros(B, H, nq, plan.kv_blocks, dtype=torch.bool, device=selected.device)
-        table.scatter_(-1, chosen.long(), True)
+        table = torch.zeros(B, H, nq, plan.kv_blocks, dtype=torch.bool, device=indices.device)
+        table.scatter_(-1, indices.long(), True)  # every entry is listed: each count is the full width
 
-        def mask_mod(b, h, q_idx, kv_idx):
+        def listed(b, h, q_idx, kv_idx):
             return table[b, h, q_idx // BLOCK, kv_idx // BLOCK]
 
-    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=BLOCK, mask_mod=mask_mod,
+        mask_mod = listed
+    return BlockMask.from_kv_blocks(kv_num, kv_idx, counts, full_idx, BLOCK_SIZE=BLOCK, mask_mod=mask_mod,
                                     seq_lengths=(plan.n_patch, plan.length), compute_q_blocks=False)
 
 
-def block_sparse_attention(q, k, v, layout: Layout, sparsity: float, attend) -> torch.Tensor:
-    """``q, k, v [B, N, H, D]`` (token-major) -> ``[B, H, N, D]``: block-sparse global attention."""
-    return _block_sparse([q, k, v], layout, sparsity, attend)
+def block_sparse_attention(q, k, v, layout: Layout, sparsity: float, attend, kernel=None) -> torch.Tensor:
+    """``q, k, v [B, N, H, D]`` (token-major) -> ``[B, H, N, D]``: block-sparse global attention; the patch
+    queries on ``kernel.block_sparse`` (a ``partial_attention`` kernel), or flex attention when None."""
+    return _block_sparse([q, k, v], layout, sparsity, attend, kernel)
 
 
-def _block_sparse(given: list, layout: Layout, sparsity: float, attend) -> torch.Tensor:
-    """block_sparse_attention on ``given = [q, k, v]`` (taken): each is freed once reordered."""
+def _block_sparse(given: list, layout: Layout, sparsity: float, attend, kernel=None) -> torch.Tensor:
+    """block_sparse_attention on ``given = [q, k, v]`` (taken): each is freed once reordered, the block
+    selection once its lists exist, the lists (and flex's mask) and the reordered Q, K, V once attended."""
     q, k, v = _take(given)[:3]
     plan = _plan(SparsePlan, layout, 0.0, q.device)
     B, N, H, D = q.shape
@@ -653,14 +714,21 @@ def _block_sparse(given: list, layout: Layout, sparsity: float, attend) -> torch
     del k
     v_cat = v[:, order]
     del v
-    selected = block_selection(q_patch, k_cat, plan, sparsity)
-    mask = sparse_block_mask(selected, plan, with_mask_mod=not q_patch.is_cuda)
-    o_patch = _flex(q_patch.transpose(1, 2), k_cat.transpose(1, 2), v_cat.transpose(1, 2), mask)
-    del q_patch, k_cat, v_cat, selected, mask
-    out = o_patch.new_empty((B, H, N, D))  # made once the inputs are gone
-    out[:, :, plan.patch_idx] = o_patch
-    out[:, :, specials] = o_specials
-    return out
+    lists = block_lists(block_selection(q_patch, k_cat, plan, sparsity), plan)
+    if kernel is None:
+        mask = sparse_block_mask(lists, plan, with_mask_mod=not q_patch.is_cuda)
+        del lists
+        o_patch = _flex(q_patch.transpose(1, 2), k_cat.transpose(1, 2), v_cat.transpose(1, 2), mask).transpose(1, 2)
+        del mask
+    else:  # token-major in and out: no transposed copies, no padded index
+        o_patch = kernel.block_sparse(q_patch, k_cat, v_cat, *lists, BLOCK)
+        del lists
+    del q_patch, k_cat, v_cat
+    out = o_patch.new_empty((B, N, H, D))  # made once the inputs are gone; token-major, as the projection reads it
+    out[:, plan.patch_idx] = o_patch
+    del o_patch
+    out[:, specials] = o_specials.transpose(1, 2)
+    return out.transpose(1, 2)
 
 
 # ---- merge_ratio: FastVGGT's token merging ----------------------------------------------------------

@@ -438,13 +438,16 @@ class ExecutionConfig:
     global_sparsity: float = knob(0.0, minimum=0.0, maximum=1.0, open_max=True, fidelity=APPROX, exact=0.0,
                                   help="fraction of the 128-token key blocks each query block of patch tokens skips in "
                                        "global attention, chosen by mean-pooled Q.K scores (own frame and "
-                                       "camera/register blocks always kept; flex attention block mask), as Faster "
-                                       "VGGT (arXiv 2509.07120); 0: exact")
+                                       "camera/register blocks always kept; run as model.approx_kernel says), as "
+                                       "Faster VGGT (arXiv 2509.07120); 0: exact")
     approx_kernel: str = knob("auto", choices=APPROX_KERNELS, fidelity=APPROX,
-                              help="how kv_keep runs: flex (flex attention, block mask and score_mod over every key), "
-                                   "dense (own frame, the other frames' kept tokens and their mean tokens as three "
-                                   "dense attentions merged by log-sum-exp, on FlashAttention-4 where it runs), or "
-                                   "auto (both timed at the first layer, the faster kept); the same function")
+                              help="how kv_keep and global_sparsity run: flex (flex attention with a block mask; "
+                                   "for kv_keep a score_mod over every key), dense (kv_keep: own frame, the other "
+                                   "frames' kept tokens and their mean tokens as three dense attentions merged by "
+                                   "log-sum-exp; global_sparsity: FlashAttention-4's block-sparse forward on each "
+                                   "query block's compact list of key blocks; each on FlashAttention-4 where it "
+                                   "runs, else PyTorch ops), or auto (both timed at the first layer, the faster "
+                                   "kept); the same function")
     linear_precision: str = knob("bf16", choices=LINEAR_PRECISIONS, fidelity=APPROX, exact="bf16",
                                  help="the transformer blocks' linear layers: bf16, or fp8 (e4m3 with a scale per "
                                       "token and per output channel, torch._scaled_mm; needs model.dtype=bf16 and a "

@@ -19,6 +19,15 @@ Kernels (``KERNELS``): ``flash_attn4`` (FlashAttention-4's CuTe kernels on Hoppe
 ``seqused_k`` as their length, ``return_lse``) and ``eager`` (PyTorch ops, fp32 scores; any device,
 for the CPU and for tests). Outputs are token-major ``[F, Lq, H, D]`` in ``q``'s dtype; ``lse`` is
 ``[F, H, Lq]`` float32, natural log, with the default scale ``1/sqrt(D)``.
+
+Each kernel also runs block-sparse attention (``block_sparse``, for ``model.global_sparsity``), which is
+not a part to merge: ``q [B, Lq, H, D]`` against ``k, v [B, Lk, H, D]``, where query block ``m`` (of
+``block`` tokens) of batch item ``b`` and head ``h`` attends to the whole key blocks
+``indices[b, h, m, :counts[b, h, m]]`` (``counts [B, H, M]``, ``indices [B, H, M, W]`` int32, each list
+ascending; ``W`` may be less than the number of key blocks). Keys past ``Lk`` in the last block do not
+exist. Returns the output ``[B, Lq, H, D]`` alone. On FlashAttention-4 this is ``flash_attn_func`` with
+``block_sparse_tensors`` (every listed block "full": no mask_mod); the eager kernel computes the same
+function from the same lists, so CPU tests prove the lists.
 """
 
 from __future__ import annotations
@@ -51,6 +60,43 @@ def _eager_windows(q, k_pool, v_pool, starts, length):
     return _eager(q, k_pool[index], v_pool[index])
 
 
+def _eager_block_sparse(q, k, v, counts, indices, block: int):
+    """Block-sparse reference in fp32 (see the module's docstring): every score computed, the keys outside
+    a query block's listed blocks (and past ``Lk``) masked out; a chunk of query blocks at a time. A row
+    that sees no key gives zeros."""
+    B, Lq, H, D = q.shape
+    Lk = k.shape[1]
+    M, W = indices.shape[-2:]
+    kv_blocks = -(-Lk // block)
+    counts = counts.expand(B, H, M)
+    indices = indices.expand(B, H, M, W)
+    out = q.new_empty((B, Lq, H, v.shape[-1]))
+    step = max(1, EAGER_SCORES // max(1, H * block * Lk))  # query blocks per chunk
+    listed = torch.arange(W, device=q.device)
+    for b in range(B):
+        kb, vb = k[b].float(), v[b].float()
+        for start in range(0, M, step):
+            blocks = slice(start, min(start + step, M))
+            rows = slice(blocks.start * block, min(blocks.stop * block, Lq))
+            if rows.start >= rows.stop:
+                break
+            # the listed key blocks of each query block (entries past its count ignored), as a key mask
+            chosen = torch.where(listed < counts[b, :, blocks, None], indices[b, :, blocks].long(), kv_blocks)
+            seen = torch.zeros(H, chosen.shape[1], kv_blocks + 1, dtype=torch.bool, device=q.device)
+            seen.scatter_(-1, chosen, True)
+            keys = seen[..., :kv_blocks].repeat_interleave(block, dim=-1)[..., :Lk]  # [H, m, Lk]
+            n = rows.stop - rows.start
+            visible = keys.repeat_interleave(block, dim=1)[:, :n]  # [H, rows, Lk]
+            scores = torch.einsum("qhd,khd->hqk", q[b, rows].float(), kb) * D ** -0.5
+            scores.masked_fill_(~visible, float("-inf"))
+            del visible
+            lse = torch.logsumexp(scores, dim=-1, keepdim=True)
+            weights = torch.exp(scores - torch.where(torch.isfinite(lse), lse, 0.0))
+            out[b, rows] = torch.einsum("hqk,khd->qhd", weights, vb).to(out.dtype)
+            del scores, weights
+    return out
+
+
 @functools.lru_cache(maxsize=None)
 def _fa4():
     """FlashAttention-4's entry points, or None when it is not installed or does not load here."""
@@ -66,6 +112,20 @@ def _fa4_attend(q, k, v):
     return out, lse
 
 
+def _fa4_block_sparse(q, k, v, counts, indices, block: int):
+    # every listed block is "full" (attended whole, no mask_mod), so the partially-masked lists are empty;
+    # the kernel takes the lists compact (it reads entries 0..count-1 only) and the tensors token-major.
+    # It walks each query tile's list from the last entry down and applies the sequence-length mask to the
+    # first block it processes: lists must be ascending, so the partial last key block is that one.
+    from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch
+
+    sparse = BlockSparseTensorsTorch(mask_block_cnt=torch.zeros_like(counts),
+                                     mask_block_idx=counts.new_zeros(counts.shape + (1,)),
+                                     full_block_cnt=counts, full_block_idx=indices, block_size=(block, block))
+    out, _ = _fa4()[0](q, k, v, causal=False, block_sparse_tensors=sparse, return_lse=False)
+    return out
+
+
 def _fa4_windows(q, k_pool, v_pool, starts, length):
     # cu_seqlens_k[f] is where item f's keys start in the pool, seqused_k[f] how many it uses: the
     # kernel reads both per item, so windows may overlap (the last entry only completes the shape)
@@ -78,10 +138,13 @@ def _fa4_windows(q, k_pool, v_pool, starts, length):
 
 class Kernel:
     """One way to run the parts: ``attend(q, k, v)`` and ``windows(q, k_pool, v_pool, starts, length)``,
-    each returning ``(out, lse)``; ``why_not(device, dtype, head_dim)`` is None where it runs, else why."""
+    each returning ``(out, lse)``; ``why_not(device, dtype, head_dim)`` is None where it runs, else why;
+    ``block_sparse(q, k, v, counts, indices, block)`` returns the output alone (None: not offered)."""
 
-    def __init__(self, name: str, attend: Callable, windows: Callable, why_not: Callable):
+    def __init__(self, name: str, attend: Callable, windows: Callable, why_not: Callable,
+                 block_sparse: Optional[Callable] = None):
         self.name, self.attend, self.windows, self.why_not = name, attend, windows, why_not
+        self.block_sparse = block_sparse
 
 
 def _fa4_why_not(device, dtype, head_dim) -> Optional[str]:
@@ -93,8 +156,8 @@ def _fa4_why_not(device, dtype, head_dim) -> Optional[str]:
 
 
 KERNELS = {
-    "flash_attn4": Kernel("flash_attn4", _fa4_attend, _fa4_windows, _fa4_why_not),
-    "eager": Kernel("eager", _eager, _eager_windows, lambda device, dtype, head_dim: None),
+    "flash_attn4": Kernel("flash_attn4", _fa4_attend, _fa4_windows, _fa4_why_not, _fa4_block_sparse),
+    "eager": Kernel("eager", _eager, _eager_windows, lambda device, dtype, head_dim: None, _eager_block_sparse),
 }
 
 

@@ -91,7 +91,7 @@ class VGGT(nn.Module):
         else:
             glob = self._site_backend(name, "global", [agg.head_dim])
         self.sites = {"frame": frame, "global": glob}
-        if execution.kv_keep != 1.0:  # how K/V subsampling runs, reported beside the backends
+        if execution.kv_keep != 1.0 or execution.global_sparsity != 0.0:  # how they run, beside the backends
             self.sites["approx"] = approximate.KernelChoice(execution.approx_kernel, self.device, self.compute_dtype,
                                                             agg.head_dim)
         self.aggregator.approx_kernel = self.sites.get("approx")

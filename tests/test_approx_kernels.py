@@ -1,8 +1,11 @@
-"""K/V subsampling on dense kernels (``model.approx_kernel``) and FP8 linear layers
+"""K/V subsampling and block sparsity on dense kernels (``model.approx_kernel``) and FP8 linear layers
 (``model.linear_precision``): each computes what it claims, against the flex path and the bf16 model."""
 
 import math
 import os
+import sys
+import types
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -163,6 +166,182 @@ def test_dense_kv_keep_holds_less_than_the_exact_lean_model(monkeypatch):
 
     exact, dense = peak(), peak(kv_keep=0.1, approx_kernel="dense")
     assert dense <= exact - 0.1, (dense, exact)
+
+
+# ---- block sparsity (global_sparsity) on its kernels -----------------------------------------------
+def _sdpa(q, k, v):
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+
+def _reordered(q, k, plan):
+    """The patch queries and the keys in the order block sparsity attends them (patches, then specials)."""
+    return q[:, plan.patch_idx], k[:, torch.cat((plan.patch_idx, plan.special_idx))]
+
+
+@pytest.mark.parametrize("B", [1, 2])
+def test_the_block_list_kernel_computes_the_flex_paths_function_in_fp32(B):
+    """The eager kernel on the compact block lists (what FlashAttention-4 is handed) against flex's padded
+    BlockMask, to 1e-5 in fp32, with a partial last query block and a partial last key block; it reads
+    exactly the listed entries: entries past a count change nothing, one entry fewer is another function."""
+    layout = A.Layout(frames=40, **GRID)
+    plan = A.SparsePlan(layout, None, "cpu")
+    assert plan.n_patch % A.BLOCK and plan.length % A.BLOCK  # both last blocks partial
+    q, k, v = _qkv(layout, B=B, H=3)
+    flex = A.block_sparse_attention(q, k, v, layout, 0.5, _sdpa)
+    eager = A.block_sparse_attention(q, k, v, layout, 0.5, _sdpa, PA.KERNELS["eager"])
+    assert eager.shape == flex.shape == (B, 3, layout.length, 8)
+    assert (eager - flex).abs().max() < 1e-5
+    assert (eager - _sdpa(*(t.transpose(1, 2) for t in (q, k, v)))).abs().max() > 1e-2  # blocks were skipped
+    q_patch, k_cat = _reordered(q, k, plan)
+    v_cat = _reordered(q, v, plan)[1]
+    counts, indices = A.block_lists(A.block_selection(q_patch, k_cat, plan, 0.5), plan)
+    assert indices.shape[-1] < plan.kv_blocks
+    out = PA.KERNELS["eager"].block_sparse(q_patch, k_cat, v_cat, counts, indices, A.BLOCK)
+    assert out.shape == q_patch.shape
+    assert (out - flex[:, :, plan.patch_idx].transpose(1, 2)).abs().max() < 1e-5
+    junk = torch.randint(0, plan.kv_blocks, indices.shape[:-1] + (3,), dtype=torch.int32)
+    wider = PA.KERNELS["eager"].block_sparse(q_patch, k_cat, v_cat, counts, torch.cat((indices, junk), -1), A.BLOCK)
+    assert torch.equal(wider, out)
+    fewer = PA.KERNELS["eager"].block_sparse(q_patch, k_cat, v_cat, counts - 1, indices, A.BLOCK)
+    assert (fewer - out).abs().max() > 1e-3  # without its last listed block (the partial key block)
+
+
+def test_the_model_with_block_sparsity_on_each_kernel_computes_the_same_and_reports_which_ran():
+    net, images = _small(frames=24)
+    flex = _last(net, images, global_sparsity=0.75, approx_kernel="flex", memory_plan="lean", token_chunk=100)
+    assert net.attention_report() == "frame=sdpa global=sdpa approx=flex"
+    dense = _last(net, images, global_sparsity=0.75, approx_kernel="dense", memory_plan="lean", token_chunk=100)
+    # FlashAttention-4 does not run on the CPU: the eager kernel on the same lists, and the label says so
+    assert net.attention_report() == "frame=sdpa global=sdpa approx=dense(eager)"
+    assert (dense - flex).abs().max() / flex.abs().max() < 1e-5
+    auto = _last(net, images, global_sparsity=0.75, memory_plan="lean", token_chunk=100)  # approx_kernel=auto
+    assert net.attention_report() in ("frame=sdpa global=sdpa approx=auto(flex)",
+                                      "frame=sdpa global=sdpa approx=auto(dense(eager))")
+    assert (auto - flex).abs().max() / flex.abs().max() < 1e-5
+    exact = _last(net, images, memory_plan="lean", token_chunk=100)
+    assert "approx" not in net.attention_report()
+    assert (dense - exact).abs().max() > 1e-3
+
+
+def test_without_flash_attention_4_block_sparsity_falls_back_to_the_eager_kernel():
+    assert PA._fa4_why_not("cpu", torch.bfloat16, 64)  # not installed here, or not on the CPU: the reason
+    assert PA.fastest("cpu", torch.bfloat16, 64) is PA.KERNELS["eager"]
+    choice = A.KernelChoice("dense", torch.device("cpu"), torch.bfloat16, 64)
+    assert choice.dense.block_sparse is PA._eager_block_sparse and choice.label() == "dense(not run yet)"
+
+
+def test_auto_times_both_block_sparse_kernels_once_per_layout_and_keeps_the_faster(monkeypatch):
+    import time
+
+    net, images = _small(frames=24)
+    calls = []
+    real = A.block_sparse_attention
+
+    def slow(which):
+        def run(q, k, v, layout, sparsity, attend, kernel=None):
+            calls.append("flex" if kernel is None else "dense")
+            if ("flex" if kernel is None else "dense") == which:
+                time.sleep(0.05)
+            return real(q, k, v, layout, sparsity, attend, kernel)
+        return run
+
+    monkeypatch.setattr(A, "block_sparse_attention", slow("flex"))
+    _last(net, images, global_sparsity=0.75)
+    choice = net.sites["approx"]
+    assert choice.label() == "auto(dense(eager))"
+    (shapes, timings), = choice.timings.items()  # measured once for the layout, for every layer after it
+    assert set(timings) == {"flex", "dense(eager)"} and timings["flex"] > timings["dense(eager)"]
+    # one untimed call and the timed ones each; the layers run _block_sparse, not this
+    assert sorted(calls) == ["dense"] * (1 + A.AUTO_REPEATS) + ["flex"] * (1 + A.AUTO_REPEATS)
+    assert shapes[0] == (1, A.AUTO_FRAMES * 45, 2, 64)  # the layer's own first AUTO_FRAMES frames
+    monkeypatch.setattr(A, "block_sparse_attention", slow("dense"))
+    _last(net, images, global_sparsity=0.75)  # a new configure: measured again
+    assert net.sites["approx"].label() == "auto(flex)"
+
+
+def _fake_flash_attn(monkeypatch, calls):
+    """FlashAttention-4's block-sparse entry point as the CPU can run it: it checks what it is handed as the
+    SM90 kernel needs it and computes the function with the eager kernel from exactly those lists."""
+
+    class BlockSparseTensorsTorch(NamedTuple):
+        mask_block_cnt: torch.Tensor
+        mask_block_idx: torch.Tensor
+        full_block_cnt: torch.Tensor = None
+        full_block_idx: torch.Tensor = None
+        cu_total_m_blocks: torch.Tensor = None
+        cu_block_idx_offsets: torch.Tensor = None
+        block_size: tuple = None
+
+    def flash_attn_func(q, k, v, causal=False, block_sparse_tensors=None, return_lse=False, **rest):
+        t = block_sparse_tensors
+        assert not rest and not causal and not return_lse and t.block_size == (A.BLOCK, A.BLOCK)
+        assert all(x.is_contiguous() for x in (q, k, v))
+        assert not t.mask_block_cnt.any() and t.mask_block_idx.shape == t.mask_block_cnt.shape + (1,)
+        for x in (t.mask_block_cnt, t.mask_block_idx, t.full_block_cnt, t.full_block_idx):
+            assert x.dtype == torch.int32
+        calls.append((q.shape, k.shape, t.full_block_cnt, t.full_block_idx))
+        return PA._eager_block_sparse(q, k, v, t.full_block_cnt, t.full_block_idx, t.block_size[1]), None
+
+    package, cute, sparsity = (types.ModuleType(n) for n in ("flash_attn", "flash_attn.cute",
+                                                              "flash_attn.cute.block_sparsity"))
+    sparsity.BlockSparseTensorsTorch = BlockSparseTensorsTorch
+    for module in (package, cute, sparsity):
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setattr(PA, "_fa4", lambda: (flash_attn_func, None))
+    monkeypatch.setattr(PA, "fastest", lambda *a: PA.KERNELS["flash_attn4"])
+
+
+def test_flash_attention_4_is_handed_token_major_tensors_and_the_compact_ascending_lists(monkeypatch):
+    calls = []
+    _fake_flash_attn(monkeypatch, calls)
+    net, images = _small(frames=24)
+    fa4 = _last(net, images, global_sparsity=0.75, approx_kernel="dense")
+    assert net.attention_report() == "frame=sdpa global=sdpa approx=dense(flash_attn4)"
+    flex = _last(net, images, global_sparsity=0.75, approx_kernel="flex")
+    assert (fa4 - flex).abs().max() / flex.abs().max() < 1e-5
+    assert len(calls) == net.config.aggregator.depth  # once per global layer
+    plan = A.SparsePlan(A.Layout(24, 45, 5, 5, 8), None, "cpu")
+    width = A.kept_blocks(plan.scored, 0.75, plan.own_max) + plan.kv_blocks - plan.scored
+    for q_shape, k_shape, counts, indices in calls:
+        assert q_shape == (1, plan.n_patch, 2, 64) and k_shape == (1, plan.length, 2, 64)  # [B, L, H, D]
+        assert indices.shape == (1, 2, plan.q_blocks, width) and width < plan.kv_blocks  # compact
+        assert bool((counts == width).all()) and bool((indices.diff(dim=-1) > 0).all())
+        assert bool((indices[..., -1] == plan.kv_blocks - 1).all())  # the partial last key block: first processed
+
+
+def test_dense_block_sparsity_holds_no_padded_index_nor_every_score(monkeypatch):
+    """At 800 frames the padded ``[B, H, q_blocks, kv_blocks]`` index flex's BlockMask takes and the
+    ``[B, H, q_blocks, scored]`` fp32 selection scores are each about 1.4 x one of Q, K, V (16 heads x ~5,550
+    blocks squared). Here, with 8-token blocks so that they weigh as much against Q, K, V, counted with the
+    live-tensor counter and the fused kernels stood in by their outputs: the dense kernel's path holds the
+    reordered Q, K, V, its output and the compact lists at most; flex's holds the padded index too."""
+    from vggt_bench.profiling.tensor_memory import LiveTensorMemory
+
+    monkeypatch.setattr(A, "BLOCK", 8)
+    monkeypatch.setattr(A, "_PLANS", {})
+    monkeypatch.setattr(A, "SIM_ELEMENTS", 4096)
+    def output(q, v, *rest):
+        return q.new_zeros(q.shape[:-1] + v.shape[-1:])
+
+    monkeypatch.setattr(A, "_flex", lambda q, k, v, block_mask, score_mod=None: output(q, v))
+    standin = PA.Kernel("standin", None, None, lambda *a: None, lambda q, k, v, *lists: output(q, v))
+    layout = A.Layout(frames=64, tokens=45, specials=5, rows=5, cols=8)
+    q, k, v = _qkv(layout, B=1, H=4, D=16)
+    plan = A.SparsePlan(layout, None, "cpu")
+    one = q.numel() * 4
+    padded = plan.q_blocks * plan.kv_blocks * 4 * 4  # [1, H, q_blocks, kv_blocks] int32
+    assert padded > 2 * one
+
+    def peak(kernel):
+        with torch.inference_mode(), LiveTensorMemory() as counter:
+            A.block_sparse_attention(q, k, v, layout, 0.9, _sdpa, kernel)
+        return counter.peak_bytes
+
+    width = A.kept_blocks(plan.scored, 0.9, plan.own_max) + plan.kv_blocks - plan.scored
+    lists = plan.q_blocks * width * 4 * 4
+    dense, flex = peak(standin), peak(None)
+    assert dense <= 4 * one + lists + 0.3 * one, (dense / one, lists / one)
+    assert flex > dense + padded, (flex / one, dense / one)
 
 
 # ---- FP8 linear layers -----------------------------------------------------------------------------

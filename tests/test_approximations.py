@@ -79,11 +79,12 @@ def small32():
     return net, images, _layers(net, images)
 
 
-# K/V subsampling on each of its kernels (approx_kernel=auto picks one of them by timing, which may pick
-# differently from run to run: each is deterministic, the choice is not)
+# K/V subsampling and block sparsity on each of their kernels (approx_kernel=auto picks one of them by
+# timing, which may pick differently from run to run: each is deterministic, the choice is not)
 MOVING = [dict(kv_keep=0.25, approx_kernel="flex"), dict(kv_keep=0.25, approx_kernel="dense"),
-          dict(merge_ratio=0.5), dict(global_sparsity=0.75)]
-MOVING_IDS = ["kv_keep-flex", "kv_keep-dense", "merge_ratio", "global_sparsity"]
+          dict(merge_ratio=0.5), dict(global_sparsity=0.75, approx_kernel="flex"),
+          dict(global_sparsity=0.75, approx_kernel="dense")]
+MOVING_IDS = ["kv_keep-flex", "kv_keep-dense", "merge_ratio", "global_sparsity-flex", "global_sparsity-dense"]
 
 
 @pytest.mark.parametrize("values", MOVING, ids=MOVING_IDS)
@@ -228,7 +229,7 @@ def test_block_sparse_attends_exactly_the_selected_blocks():
     assert (got - want).abs().max() < 1e-5
     assert (got - dense).abs().max() > 1e-2
     # the block lists (GPU) and the mask_mod (CPU) say the same
-    bm = A.sparse_block_mask(selected, plan, with_mask_mod=True)
+    bm = A.sparse_block_mask(A.block_lists(selected, plan), plan, with_mask_mod=True)
     table = torch.zeros(1, selected.shape[1], plan.q_blocks, plan.kv_blocks, dtype=torch.bool)
     for h in range(selected.shape[1]):
         for qb in range(plan.q_blocks):
@@ -239,6 +240,32 @@ def test_block_sparse_attends_exactly_the_selected_blocks():
 
 def _dense_backend(q, k, v):
     return F.scaled_dot_product_attention(q, k, v)
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.95], ids=["fraction", "own-frames"])
+def test_block_lists_are_compact_ascending_and_the_selected_blocks_plus_the_sinks(sparsity):
+    """One list per query block, as FlashAttention-4 reads it (entries 0..count-1) and flex pads it: the
+    selected patch key blocks (``int((1-s) x scored)``, or the own frames' span where that is more), then
+    every camera/register block, ascending, so the partial last key block is the last entry; no list as
+    wide as every key block."""
+    layout = A.Layout(frames=64, tokens=45, specials=5, rows=5, cols=8)
+    q, k, v = _qkv(layout, B=2, H=3)
+    plan = A.SparsePlan(layout, None, "cpu")
+    order = torch.cat((plan.patch_idx, plan.special_idx))
+    selected = A.block_selection(q[:, plan.patch_idx], k[:, order], plan, sparsity)
+    counts, indices = A.block_lists(selected, plan)
+    n = max(int((1 - sparsity) * plan.scored), plan.own_max)
+    assert (n == plan.own_max) == (sparsity == 0.95)
+    sinks = plan.kv_blocks - plan.scored
+    assert sinks == 3 and plan.length % A.BLOCK != 0  # the last key block is partial
+    width = n + sinks
+    assert indices.shape == (2, 3, plan.q_blocks, width) and width < plan.kv_blocks
+    assert indices.dtype == counts.dtype == torch.int32
+    assert torch.equal(counts, torch.full((2, 3, plan.q_blocks), width))
+    assert bool((indices.diff(dim=-1) > 0).all())  # strictly ascending
+    assert bool((indices[..., -1] == plan.kv_blocks - 1).all())
+    assert torch.equal(indices[..., n:], torch.arange(plan.scored, plan.kv_blocks).expand(2, 3, plan.q_blocks, -1))
+    assert torch.equal(indices[..., :n], torch.sort(selected, dim=-1).values)
 
 
 def test_merge_assignment_is_the_three_way_split_and_most_similar_destination():
@@ -842,8 +869,10 @@ def test_approximated_global_layers_hold_little_more_than_the_exact_lean_model(m
         return counter.peak_bytes / one
 
     exact = peak()
-    above = {name: peak(**{name: value}) - exact
-             for name, value in (("kv_keep", 0.1), ("global_sparsity", 0.9), ("merge_ratio", 0.65))}
+    # block sparsity on flex attention (the stand-in); its dense kernel: tests/test_approx_kernels.py
+    settings = {"kv_keep": dict(kv_keep=0.1), "global_sparsity": dict(global_sparsity=0.9, approx_kernel="flex"),
+                "merge_ratio": dict(merge_ratio=0.65)}
+    above = {name: peak(**values) - exact for name, values in settings.items()}
     # measured after: 2.49, 1.80, 2.83
     assert above["kv_keep"] < 2.7 and above["global_sparsity"] < 2.0 and above["merge_ratio"] < 3.1, above
 
@@ -873,7 +902,9 @@ def test_compiled_flex_traces_kv_keeps_mask_and_weight_as_the_gpu_runs_them():
     assert (compiled - eager).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("values", [dict(merge_ratio=0.5), dict(kv_keep=0.25), dict(global_sparsity=0.5)])
+@pytest.mark.parametrize("values", [dict(merge_ratio=0.5), dict(kv_keep=0.25),
+                                    dict(global_sparsity=0.5, approx_kernel="flex"),
+                                    dict(global_sparsity=0.5, approx_kernel="dense")])
 def test_chunked_matching_and_reduction_give_the_same_outputs_bit_for_bit(values, monkeypatch):
     """8532b65 made merging normalise, average frames, score candidates and reduce a chunk at a time (chunks
     of SIM_ELEMENTS), and every technique free Q, K, V early: the outputs with chunks forced tiny equal those

@@ -8,6 +8,16 @@ fp32 (the eager kernel on the bf16 inputs upcast). Then the FP8 linear layer aga
 shapes. Written for the H100 studies (docs/BENCHMARKS.md):
 
     python benchmarks/gpu/approx_kernels.py --frames 64,800,1000 --keep 0.1,0.05
+
+With ``--sparsity`` (e.g. ``0.9``), first, per frame count: one global layer's block-sparse attention
+(``global_sparsity``) on the same block lists through flex attention (``approx_kernel=flex``: the padded
+``BlockMask``) and through FlashAttention-4's block-sparse forward (``approx_kernel=dense``: the compact
+lists, token-major Q, K, V): the patch queries' kernel alone (ms, TFLOP/s counted over the key blocks each
+query block attends, the partial last key block at its length), the whole function (camera/register
+queries, reordering, block selection, lists, ms), and up to ``--check-frames`` each kernel's relative L2
+error against the eager block-list kernel in fp32 on the same lists. Check it at 64 frames first:
+
+    python benchmarks/gpu/approx_kernels.py --frames 64 --sparsity 0.9 --keep "" --linear-rows ""
 """
 
 from __future__ import annotations
@@ -76,6 +86,69 @@ def attention(frames: list, keeps: list, check: int, repeats: int, flex_frames: 
         torch.cuda.empty_cache()
 
 
+def sparse_flops(plan, counts, indices) -> int:
+    """QK^T and AV over the key blocks each query block attends: its rows x the keys of its listed blocks
+    (every block BLOCK keys but the last, which holds what is left of the sequence)."""
+    keys = torch.clamp(plan.length - torch.arange(plan.kv_blocks, device=indices.device) * A.BLOCK, max=A.BLOCK)
+    rows = torch.clamp(plan.n_patch - torch.arange(plan.q_blocks, device=indices.device) * A.BLOCK, max=A.BLOCK)
+    listed = torch.arange(indices.shape[-1], device=indices.device) < counts[..., None]
+    per_block = torch.where(listed, keys[indices.long()], 0).sum(-1)  # [B, H, q_blocks] keys attended
+    return int((per_block * rows).sum()) * 4 * D
+
+
+def _specials(q, k, v):
+    """The camera/register queries' dense part of block sparsity: the same for both kernels."""
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+
+def sparse_point(layout, plan, qkv, reordered, s: float, check: bool, repeats: int, with_flex: bool) -> str:
+    """One line of the block-sparsity table: ``qkv`` the layer's Q, K, V, ``reordered`` its patch queries and
+    its keys and values in block sparsity's order (patches, then specials), each ``[1, L, H, D]``."""
+    fa4, eager = PA.KERNELS["flash_attn4"], PA.KERNELS["eager"]
+    q_patch, k_cat, v_cat = reordered
+    counts, indices = A.block_lists(A.block_selection(q_patch, k_cat, plan, s), plan)
+    flops = sparse_flops(plan, counts, indices)
+    mask = A.sparse_block_mask((counts, indices), plan, with_mask_mod=False) if with_flex else None
+    qt, kt, vt = (t.transpose(1, 2) for t in reordered)
+
+    def run_flex():
+        return A._flex(qt, kt, vt, mask).transpose(1, 2)
+
+    def run_fa4():
+        return fa4.block_sparse(q_patch, k_cat, v_cat, counts, indices, A.BLOCK)
+
+    errors = ""
+    if check:
+        ref = eager.block_sparse(q_patch.float(), k_cat.float(), v_cat.float(), counts, indices, A.BLOCK)
+        errors = f"{rel(run_flex(), ref) if with_flex else float('nan'):.2e} {rel(run_fa4(), ref):.2e}"
+        del ref
+    nan = float("nan")
+    t_flex = timed(run_flex, repeats) if with_flex else nan
+    t_fa4 = timed(run_fa4, repeats)
+    w_flex = timed(lambda: A.block_sparse_attention(*qkv, layout, s, _specials), repeats) if with_flex else nan
+    w_fa4 = timed(lambda: A.block_sparse_attention(*qkv, layout, s, _specials, fa4), repeats)
+    return (f"{layout.frames:5d} {s:.3f} | {t_flex:9.2f} {flops / t_flex / 1e9:6.0f} | {t_fa4:9.2f} "
+            f"{flops / t_fa4 / 1e9:6.0f} | {w_flex:9.2f} | {w_fa4:9.2f} | {errors}")
+
+
+def sparsity(frames: list, sparsities: list, check: int, repeats: int, flex_frames: int):
+    print("frames sparsity | kernel: flex ms TFLOP/s | fa4 ms TFLOP/s | whole: flex ms | fa4 ms "
+          "| rel L2 vs fp32 eager: flex fa4", flush=True)
+    for S in frames:
+        layout = A.Layout(S, TOKENS, SPECIALS, ROWS, COLS)
+        plan = A.SparsePlan(layout, None, "cuda")
+        gen = torch.Generator(device="cuda").manual_seed(S)
+        qkv = [torch.randn(1, layout.length, H, D, device="cuda", dtype=torch.bfloat16, generator=gen)
+               for _ in range(3)]
+        order = torch.cat((plan.patch_idx, plan.special_idx))
+        reordered = [qkv[0][:, plan.patch_idx], qkv[1][:, order], qkv[2][:, order]]  # token-major, contiguous
+        for s in sparsities:
+            # compiling flex takes a minute per layout: compared up to flex_frames
+            print(sparse_point(layout, plan, qkv, reordered, s, S <= check, repeats, S <= flex_frames), flush=True)
+        del qkv, reordered
+        torch.cuda.empty_cache()
+
+
 def linears(rows: list, repeats: int):
     print("rows in->out | bf16 ms TFLOP/s | fp8 ms TFLOP/s | rel L2 of fp8 vs bf16")
     for M in rows:
@@ -101,10 +174,16 @@ def main():
     ap.add_argument("--flex-frames", type=int, default=800, help="compare with flex attention up to this many frames")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--linear-rows", default="8037,65536")
+    ap.add_argument("--sparsity", default="", help="global_sparsity values to time block sparsity at (empty: skip)")
     args = ap.parse_args()
     print(torch.cuda.get_device_name(), torch.__version__, flush=True)
-    attention([int(f) for f in args.frames.split(",")], [float(k) for k in args.keep.split(",")],
-              args.check_frames, args.repeats, args.flex_frames)
+    frames = [int(f) for f in args.frames.split(",")]
+    if args.sparsity:
+        sparsity(frames, [float(s) for s in args.sparsity.split(",")], args.check_frames, args.repeats,
+                 args.flex_frames)
+    if args.keep:
+        attention(frames, [float(k) for k in args.keep.split(",")], args.check_frames, args.repeats,
+                  args.flex_frames)
     if args.linear_rows:
         linears([int(m) for m in args.linear_rows.split(",")], args.repeats)
 
