@@ -35,7 +35,9 @@ Tokens of the global sequence ``[B, N = S*P, C]``: per frame the camera and regi
     flex-attention ``BlockMask`` (``BlockMask.from_kv_blocks``, the lists padded to every key block);
     ``dense``, FlashAttention-4's block-sparse forward on the compact lists and the token-major Q, K, V
     where it runs, else the eager kernel on the same lists (``partial_attention``, fp32 scores: the CPU's
-    path); ``auto``, both timed at the first layer, the faster kept.
+    path); ``auto``, both timed at the first layer, the faster kept. Under the lean and offload plans the
+    layer runs in two passes over chunks of frames (``_block_sparse_layer``), holding K and V whole as the
+    exact lean plan does and nothing else of every token.
 
 On the GPU flex attention is compiled (``vggt_model.attention``); on the CPU it runs unfused, which
 computes the same function (tests) but is not fast.
@@ -128,9 +130,10 @@ def global_layer(block, x: torch.Tensor, attend, rope, ranges: Ranges, execution
 
     ``inplace``: the result is written into ``x`` (the lean and offload plans) and every per-token step
     (norm, QKV projection, output projection, MLP) runs over chunks of ``rows`` tokens, as the exact
-    lean plan does: only Q, K, V (and for merging the normalised input) are ever whole. Otherwise a new
-    tensor is returned and ``x`` is left as it was. ``kernel``: how K/V subsampling and block sparsity
-    run (``model.approx_kernel``; None: flex attention).
+    lean plan does: only Q, K, V (and for merging the normalised input) are ever whole; block sparsity
+    (``_block_sparse_layer``) holds only K and V whole, as the exact lean plan. Otherwise a new tensor is
+    returned and ``x`` is left as it was. ``kernel``: how K/V subsampling and block sparsity run
+    (``model.approx_kernel``; None: flex attention).
     """
     technique = execution.approximations()[0]
     if technique == "kv_keep" and kernel is not None:
@@ -140,6 +143,8 @@ def global_layer(block, x: torch.Tensor, attend, rope, ranges: Ranges, execution
     sparse = None  # block sparsity's kernel (a partial_attention kernel), None for flex attention
     if technique == "global_sparsity" and kernel is not None:
         sparse = kernel.for_sparsity(block, x, rope, layout, execution.global_sparsity, rows if inplace else 0)
+    if technique == "global_sparsity" and inplace and rows > 0:  # the lean plans: two passes over chunks
+        return _block_sparse_layer(block, x, attend, rope, ranges, layout, execution.global_sparsity, sparse, rows)
     B, N, C = x.shape
     step = rows if inplace else 0
     with ranges("attention"):
@@ -642,12 +647,24 @@ def block_selection(q_patch, k_patch, plan: SparsePlan, sparsity: float) -> torc
     k_mean = _block_means(k_patch[:, : plan.scored * BLOCK], plan.scored)
     B, _, H, _ = q_mean.shape
     selected = torch.empty((B, H, plan.q_blocks, n), dtype=torch.int32, device=q_patch.device)
-    for part in row_chunks(plan.q_blocks, _rows_per_chunk(B * H * plan.scored)):
-        scores = torch.einsum("bqhd,bkhd->bhqk", q_mean[:, part], k_mean)
-        scores.masked_fill_(plan.own[None, None, part], float("inf"))
-        selected[:, :, part] = scores.topk(n, dim=-1, sorted=False).indices
-        del scores
+    for part, chosen in _chosen_blocks(q_mean, k_mean, plan, sparsity):
+        selected[:, :, part] = chosen
     return selected
+
+
+def _chosen_blocks(q_mean, k_mean, plan: SparsePlan, sparsity: float, first: int = 0):
+    """``(part, [B, H, m, n] int64)``, a chunk ``part`` of the query blocks at a time: the top ``n`` patch key
+    blocks (in no order) of each query block by its mean query (``q_mean [B, blocks, H, D]``, the means of
+    query blocks ``first ..``) against the mean keys ``k_mean [B, scored, H, D]``, own-frame blocks forced.
+    About SIM_ELEMENTS words at a time: the scores, the top-n indices and their sort (int64)."""
+    n = kept_blocks(plan.scored, sparsity, plan.own_max)
+    B, blocks, H, _ = q_mean.shape
+    for part in row_chunks(blocks, _rows_per_chunk(B * H * (plan.scored + 6 * n))):
+        scores = torch.einsum("bqhd,bkhd->bhqk", q_mean[:, part], k_mean)
+        scores.masked_fill_(plan.own[None, None, first + part.start: first + part.stop], float("inf"))
+        chosen = scores.topk(n, dim=-1, sorted=False).indices
+        del scores
+        yield part, chosen
 
 
 def block_lists(selected: torch.Tensor, plan: SparsePlan):
@@ -666,10 +683,27 @@ def block_lists(selected: torch.Tensor, plan: SparsePlan):
     return counts, indices
 
 
-def sparse_block_mask(lists, plan: SparsePlan, with_mask_mod: bool):
+def _block_lists_of(q_mean, k_mean, plan: SparsePlan, sparsity: float, first: int):
+    """``block_lists(block_selection(...))`` of the query blocks ``first .. first + blocks - 1`` alone, from
+    their means ``q_mean [B, blocks, H, D]`` and the patch key blocks' ``k_mean`` (fp32): each chunk's choice
+    sorted straight into the lists, so no ``[B, H, blocks, n]`` selection is whole beside them."""
+    B, blocks, H, _ = q_mean.shape
+    n = kept_blocks(plan.scored, sparsity, plan.own_max)
+    width = n + len(plan.sinks)
+    indices = torch.empty((B, H, blocks, width), dtype=torch.int32, device=q_mean.device)
+    indices[..., n:] = plan.sinks
+    for part, chosen in _chosen_blocks(q_mean, k_mean, plan, sparsity, first):
+        indices[:, :, part, :n] = torch.sort(chosen, dim=-1).values
+        del chosen
+    counts = torch.full((B, H, blocks), width, dtype=torch.int32, device=q_mean.device)
+    return counts, indices
+
+
+def sparse_block_mask(lists, plan: SparsePlan, with_mask_mod: bool, q_length: Optional[int] = None):
     """The BlockMask of ``block_lists``' lists, every listed block visible whole: the indices padded with
     zeros to every key block (``[B, H, q_blocks, kv_blocks]``). ``with_mask_mod``: also say it element-wise
-    (the CPU's unfused flex reads only the mask_mod; the GPU kernel only the block lists)."""
+    (the CPU's unfused flex reads only the mask_mod; the GPU kernel only the block lists). ``q_length``: the
+    patch queries attended (default all; fewer: the lists are those of their blocks, from a block boundary)."""
     from torch.nn.attention.flex_attention import BlockMask
 
     counts, indices = lists
@@ -688,7 +722,8 @@ def sparse_block_mask(lists, plan: SparsePlan, with_mask_mod: bool):
 
         mask_mod = listed
     return BlockMask.from_kv_blocks(kv_num, kv_idx, counts, full_idx, BLOCK_SIZE=BLOCK, mask_mod=mask_mod,
-                                    seq_lengths=(plan.n_patch, plan.length), compute_q_blocks=False)
+                                    seq_lengths=(plan.n_patch if q_length is None else q_length, plan.length),
+                                    compute_q_blocks=False)
 
 
 def block_sparse_attention(q, k, v, layout: Layout, sparsity: float, attend, kernel=None) -> torch.Tensor:
@@ -729,6 +764,136 @@ def _block_sparse(given: list, layout: Layout, sparsity: float, attend, kernel=N
     del o_patch
     out[:, specials] = o_specials.transpose(1, 2)
     return out.transpose(1, 2)
+
+
+def _patch_queries(carried, q: torch.Tensor, specials: int) -> torch.Tensor:
+    """The patch rows of ``q [B, F, P, H, D]`` (whole frames) in block order, after the ``carried`` rows
+    ``[B, c, H, D]`` that precede them there: ``[B, c + F * patches, H, D]``, one copy."""
+    B, F_, P, H, D = q.shape
+    c = carried.shape[1]
+    rows = q.new_empty((B, c + F_ * (P - specials), H, D))
+    rows[:, :c] = carried
+    rows[:, c:].view(B, F_, P - specials, H, D).copy_(q[:, :, specials:])
+    return rows
+
+
+def _frame_outputs(o_specials, o_patches, o, frames: slice, patches: int) -> torch.Tensor:
+    """The attention outputs of the pending frames ``frames`` (counted from the first pending one), token-major
+    in the original order ``[B, F * P, H, D]``: their camera/register outputs ``o_specials [B, pending, sp, H,
+    D]``; their patch outputs in block order, the first pending frame's first ones ``o_patches [B, have, H,
+    D]`` (``have < patches``), then ``o`` (from the first pending frame's patch ``have`` on)."""
+    B, _, sp, H, D = o_specials.shape
+    have = o_patches.shape[1]
+    out = o.new_empty((B, frames.stop - frames.start, sp + patches, H, D))
+    out[:, :, :sp] = o_specials[:, frames]
+    whole = frames.start  # the first frame whose patch outputs are all in o
+    if whole == 0:
+        out[:, 0, sp: sp + have] = o_patches
+        out[:, 0, sp + have:] = o[:, : patches - have]
+        whole = 1
+    rest = o[:, whole * patches - have: frames.stop * patches - have]
+    out[:, whole - frames.start:, sp:] = rest.view(B, frames.stop - whole, patches, H, D)
+    return out.view(B, -1, H, D)
+
+
+def _block_sparse_layer(block, x: torch.Tensor, attend, rope, ranges: Ranges, layout: Layout, sparsity: float,
+                        kernel, rows: int) -> torch.Tensor:
+    """Global block ``block`` with block-sparse attention, in place on ``x [B, N, C]``, in two passes over
+    chunks of whole frames: the function of ``_block_sparse`` (then the block's tail) in the exact lean
+    plan's memory, K and V whole plus a chunk's work (and the patch key blocks' means, 1/128 of K in fp32).
+
+    Pass 1, half a chunk of ``rows`` tokens at a time (it projects Q, K and V where the exact plan's first
+    pass projects K and V alone): K and V through the block's call, straight into the reordered whole
+    buffers (``SparsePlan``: every frame's patch tokens frame-major, then the camera/register tokens); Q is
+    dropped. Then the patch key blocks' means. Pass 2, a chunk of ``rows`` tokens at a time: Q through the
+    block's call; its camera/register queries attend every key densely (``attend``); its patch queries,
+    after those carried from the chunks before, run in whole query blocks of BLOCK (blocks span frames;
+    the last may be short, and runs with the last chunk) and the rows of a block the chunk ends inside are
+    carried on: the blocks' means, their selection and block lists (only theirs: the lists are never whole),
+    block-sparse attention against the whole reordered K, V (``kernel``: a ``partial_attention`` kernel,
+    None for flex attention). A frame is finished (projection, residual, MLP, through the block's call)
+    once all of its patch queries have attended; the one a carried block reaches into waits for the next
+    chunk. Nothing of every token is held but K and V.
+    """
+    B, N, C = x.shape
+    S, P, sp, hw = layout.frames, layout.tokens, layout.specials, layout.patches
+    plan = _plan(SparsePlan, layout, 0.0, x.device)
+    step = max(1, rows // P)  # frames per chunk
+    k_cat = v_cat = None
+    with ranges("attention"):
+        for frames in row_chunks(S, max(1, step // 2)):
+            F_ = frames.stop - frames.start
+            q, k, v = block(x[:, frames.start * P: frames.stop * P], None, rope, mode="qkv")
+            del q
+            H, D = k.shape[-2:]
+            if k_cat is None:
+                k_cat = k.new_empty((B, plan.length, H, D))
+                v_cat = v.new_empty((B, plan.length, H, D))
+            patches = slice(frames.start * hw, frames.stop * hw)
+            specials = slice(plan.n_patch + frames.start * sp, plan.n_patch + frames.stop * sp)
+            for whole, t in ((k_cat, k.view(B, F_, P, H, D)), (v_cat, v.view(B, F_, P, H, D))):
+                whole[:, patches].view(B, F_, hw, H, D).copy_(t[:, :, sp:])
+                whole[:, specials].view(B, F_, sp, H, D).copy_(t[:, :, :sp])
+            del k, v, t
+        k_mean = _block_means(k_cat[:, : plan.scored * BLOCK], plan.scored)
+    keys, values = k_cat.transpose(1, 2), v_cat.transpose(1, 2)
+    carried = None     # patch queries of the block the last chunk ended inside, [B, < BLOCK, H, D]
+    o_patches = None   # outputs of the first pending frame's attended patch queries, [B, < patches, H, D]
+    o_specials = None  # camera/register outputs of the pending frames, [B, frames, sp, H, D]
+    attended = 0       # patch queries attended, in block order (a multiple of BLOCK until the end)
+    first = 0          # the first pending frame (not finished)
+    for frames in row_chunks(S, step):
+        F_ = frames.stop - frames.start
+        last = frames.stop == S
+        with ranges("attention"):
+            q = block(x[:, frames.start * P: frames.stop * P], None, rope, mode="q")
+            H, D = q.shape[-2:]
+            q = q.view(B, F_, P, H, D)
+            if carried is None:
+                carried = o_patches = q.new_empty((B, 0, H, D))
+            o = attend(q[:, :, :sp].reshape(B, F_ * sp, H, D).transpose(1, 2), keys, values)
+            o = o.transpose(1, 2).view(B, F_, sp, H, D)
+            o_specials = o if o_specials is None else torch.cat((o_specials, o), dim=1)
+            q_rows = _patch_queries(carried, q, sp)
+            del q, o
+            blocks = -(-q_rows.shape[1] // BLOCK) if last else q_rows.shape[1] // BLOCK
+            done = min(q_rows.shape[1], blocks * BLOCK)
+            carried = q_rows[:, done:].clone()
+            q_rows = q_rows[:, :done].contiguous()  # a copy only where B > 1 and rows are carried
+            attended += done
+            if blocks:
+                lists = _block_lists_of(_block_means(q_rows, blocks), k_mean, plan, sparsity,
+                                        (attended - done) // BLOCK)
+                o = _sparse_rows(q_rows, k_cat, v_cat, *lists, plan, kernel)
+                del lists
+            else:
+                o = q_rows  # no rows
+            del q_rows
+        ready = S if last else attended // hw  # frames first .. ready - 1 have every output
+        count = ready - first
+        # their outputs in the original order, a chunk of frames each (the odd remainder first: the frame a
+        # carried block reached into), so that the chunk's patch outputs can go before any MLP runs
+        edges = [0] + list(range(count % step or step, count + 1, step)) if count else [0]
+        outs = [_frame_outputs(o_specials, o_patches, o, slice(a, b), hw) for a, b in zip(edges, edges[1:])]
+        have = o_patches.shape[1]
+        o_patches = o[:, count * hw - have:].clone() if count else torch.cat((o_patches, o), dim=1)
+        o_specials = o_specials[:, count:]
+        del o
+        # projection, residual and MLP through the block's call (compiled with it under model.compile)
+        for a, b in zip(edges, edges[1:]):
+            block(x[:, (first + a) * P: (first + b) * P], None, None, ranges, mode="finish", attended=outs.pop(0))
+        first = ready
+    return x
+
+
+def _sparse_rows(q_rows, k_cat, v_cat, counts, indices, plan: SparsePlan, kernel) -> torch.Tensor:
+    """Block-sparse attention of the patch query rows ``q_rows [B, L, H, D]`` (from a block boundary; the
+    lists ``counts [B, H, m]``, ``indices [B, H, m, W]`` those of its ``m = ceil(L / BLOCK)`` blocks) against
+    the whole reordered ``k_cat, v_cat``: ``[B, L, H, D]``, on ``kernel``'s block-sparse call or flex."""
+    if kernel is not None:
+        return kernel.block_sparse(q_rows, k_cat, v_cat, counts, indices, BLOCK)
+    mask = sparse_block_mask((counts, indices), plan, with_mask_mod=not q_rows.is_cuda, q_length=q_rows.shape[1])
+    return _flex(q_rows.transpose(1, 2), k_cat.transpose(1, 2), v_cat.transpose(1, 2), mask).transpose(1, 2)
 
 
 # ---- merge_ratio: FastVGGT's token merging ----------------------------------------------------------

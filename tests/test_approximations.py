@@ -102,7 +102,8 @@ def test_approximations_under_lean_chunk_every_projection_and_equal_upstreams_pl
     """The 2026-12-06 H200 study: under the lean plan the approximated global layers projected Q, K, V
     of every token at once (1.43 GiB more than the exact lean model at 100 frames; at thousands of
     frames a wall before the exact model's). Now they chunk as the exact lean plan does, bitwise the
-    same function as upstream's plan."""
+    same function as upstream's plan; block sparsity, which runs in two passes of its own under the lean
+    plan (tests/test_sparse_lean.py), the same function to rounding."""
     net, images = _small(frames=8)
     whole = _layers(net, images, memory_plan="upstream", **values)
     seen = []
@@ -115,7 +116,11 @@ def test_approximations_under_lean_chunk_every_projection_and_equal_upstreams_pl
     finally:
         for h in hooks:
             h.remove()
-    assert all(torch.equal(a, b) for a, b in zip(chunked, whole) if a is not None)
+    pairs = [(a, b) for a, b in zip(chunked, whole) if a is not None]
+    if "global_sparsity" in values:
+        assert max(float((a - b).abs().max()) for a, b in pairs) < 1e-5
+    else:
+        assert all(torch.equal(a, b) for a, b in pairs)
     tokens = whole[-1].shape[1] * whole[-1].shape[2]  # S x P
     assert seen and max(seen) < tokens, (max(seen), tokens)  # no projection of every token at once
 
