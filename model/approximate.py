@@ -23,7 +23,9 @@ Tokens of the global sequence ``[B, N = S*P, C]``: per frame the camera and regi
     the ``merge_ratio * N`` most similar sources (at most all of them) are averaged into their
     destination, in Q, K and V. Attention runs over the reduced set with the configured global
     backend; its output is copied back to every merged source ("unmerge") before the projection is
-    added to each token's own residual; the MLP runs on every token.
+    added to each token's own residual; the MLP runs on every token. Under the lean and offload plans
+    (``_merged_layer``) the same function a chunk of whole frames at a time: only one item's unit
+    vectors and the reduced set's Q, K, V, their fp32 sums (two at most at once) and output are whole.
 ``global_sparsity`` (Faster VGGT with block-sparse global attention, Wang et al., arXiv 2509.07120):
     camera/register queries attend densely to every key (configured backend). Patch queries, in
     blocks of 128, attend to the patch keys in blocks of 128 (frame-major) plus every camera/register
@@ -130,12 +132,14 @@ def global_layer(block, x: torch.Tensor, attend, rope, ranges: Ranges, execution
 
     ``inplace``: the result is written into ``x`` (the lean and offload plans) and every per-token step
     (norm, QKV projection, output projection, MLP) runs over chunks of ``rows`` tokens, as the exact
-    lean plan does: only Q, K, V (and for merging the normalised input) are ever whole; block sparsity
-    (``_block_sparse_layer``) holds only K and V whole, as the exact lean plan. Otherwise a new tensor is
-    returned and ``x`` is left as it was. ``kernel``: how K/V subsampling and block sparsity run
+    lean plan does: only Q, K, V are ever whole; token merging (``_merged_layer``) holds only the reduced
+    set's and block sparsity (``_block_sparse_layer``) only K and V, as the exact lean plan. Otherwise a new
+    tensor is returned and ``x`` is left as it was. ``kernel``: how K/V subsampling and block sparsity run
     (``model.approx_kernel``; None: flex attention).
     """
     technique = execution.approximations()[0]
+    if technique == "merge_ratio" and inplace and rows > 0:
+        return _merged_layer(block, x, attend, rope, ranges, layout, execution.merge_ratio, rows)
     if technique == "kv_keep" and kernel is not None:
         dense = kernel.for_subsampling(block, x, rope, layout, execution.kv_keep, rows if inplace else 0)
         if dense is not None:
@@ -952,8 +956,13 @@ def _units(metric: torch.Tensor, layout: Layout, ratio: float, dtype: torch.dtyp
     N, C = metric.shape
     unit = torch.empty((N, C), device=metric.device, dtype=dtype)
     for part in row_chunks(N, _rows_per_chunk(C, layout.tokens)):
-        unit[part] = F.normalize(metric[part].float(), dim=-1).to(dtype)
+        unit[part] = _unit_rows(metric[part], dtype)
     return unit
+
+
+def _unit_rows(h: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Rows of the normalised input as unit vectors in ``dtype`` (normalised in fp32)."""
+    return F.normalize(h.float(), dim=-1).to(dtype)
 
 
 def _assignment(unit, layout: Layout, ratio: float, device):
@@ -1028,7 +1037,7 @@ def _merged(given: list, layout: Layout, ratio: float, attend) -> torch.Tensor:
         sums = torch.zeros(n, H * D, device=t.device, dtype=torch.float32)
         for part in row_chunks(N, _rows_per_chunk(H * D, layout.tokens)):  # no fp32 copy of every token
             sums.index_add_(0, slot[part], flat[part].float())
-        return sums.div_(counts[b]).to(t.dtype).view(1, n, H, D).transpose(1, 2)
+        return _means(sums, counts[b], t.dtype, H)
 
     qs = [reduce(q, b) for b in range(B)]
     del q
@@ -1045,6 +1054,101 @@ def _merged(given: list, layout: Layout, ratio: float, attend) -> torch.Tensor:
         out[b] = o[0][:, assignments[b][0]]
         del o
     return out
+
+
+def _means(sums: torch.Tensor, counts: torch.Tensor, dtype: torch.dtype, heads: int) -> torch.Tensor:
+    """fp32 ``sums [n, H*D]`` of each slot's tokens (divided in place) -> their means ``[1, H, n, D]`` in
+    ``dtype``: a view of token-major memory, as the attention kernels take Q, K, V."""
+    n = sums.shape[0]
+    return sums.div_(counts).to(dtype).view(1, n, heads, -1).transpose(1, 2)
+
+
+def _merged_layer(block, x: torch.Tensor, attend, rope, ranges: Ranges, layout: Layout, ratio: float,
+                  rows: int) -> torch.Tensor:
+    """global_layer with token merging under the lean and offload plans: the same function as the
+    ``_projections`` + ``_merged`` path, in place in ``x [B, N, C]``, every per-token step over chunks
+    of ``rows`` tokens (whole frames, as RoPE needs), so that no ``[N, C]``-sized tensor is whole but
+    one batch item's unit vectors while it is matched, the fp32 sums of the reduced set while they
+    are made, and the reduced Q, K, V and attention output.
+
+    1. Per batch item: ``norm1`` a chunk at a time into unit vectors, matched (``_assignment``), freed.
+    2. K and V of the reduced set: one pass over ``x`` through the block's call (``qkv``: Q is made
+       and dropped per chunk; the block has no K/V-only call), each chunk index-added into the fp32
+       sums of both, which are then divided and cast one after the other. Then Q the same way from the
+       block's ``q`` call (the Q rows of the projection alone). K and V first, together, then Q: the
+       same peak as one of the three at a time (two reduced tensors held beside one tensor's fp32 sums
+       and its cast either way: 5 x the reduced set in the attention dtype under bf16) with two passes
+       over ``x`` instead of three, and the Q rows projected twice instead of the whole QKV.
+    3. Attention over the reduced set per batch item (the configured kernel), Q, K, V freed after.
+    4. Unmerge a chunk at a time: each token's output is its slot's, gathered for the chunk and handed
+       to the block's ``finish`` (projection, residual, MLP): no unmerged ``[B, N, H, D]`` output.
+
+    Peak in units of one ``[N, C]`` in bf16, with ``f`` the reduced set's share (``1 - merge_ratio``
+    while sources last): about ``5 f`` (step 2) or ``1.3`` (step 1: the unit vectors and the
+    destinations' copy), against the exact lean layer's ``2`` (K, V), each plus one chunk's working
+    set. At 0.65 (``f = 0.35``): 1.75 against 2; below a ratio of 0.6 it holds more than the exact
+    lean layer (attention alone holds ``4 f``), though far less than ``_projections`` + ``_merged`` (5+).
+    """
+    B, N, C = x.shape
+    H = block.attn.num_heads
+    with ranges("attention"):
+        assignments = []
+        for b in range(B):  # one batch item's unit vectors at a time
+            unit = None
+            for part in row_chunks(N, rows):
+                h = block.norm1(x[b : b + 1, part])[0]
+                if unit is None:
+                    unit = x.new_empty((N, C), dtype=attention_dtype(h))
+                unit[part] = _unit_rows(h, unit.dtype)
+                del h
+            assignments.append(_assignment(unit, layout, ratio, x.device))
+            del unit
+        slots = [slot for slot, _ in assignments]
+        counts = [torch.bincount(slot, minlength=n).to(torch.float32)[:, None] for slot, n in assignments]
+
+        def sums():
+            return [x.new_zeros((n, C), dtype=torch.float32) for _, n in assignments]
+
+        def add(into, t, part):  # t [B, n, H, D] of the tokens ``part`` into each item's slot sums
+            for b in range(B):
+                into[b].index_add_(0, slots[b][part], t[b].reshape(part.stop - part.start, C).float())
+
+        k_sums, v_sums = sums(), sums()
+        for part in row_chunks(N, rows):
+            q, k, v = block(x[:, part], None, rope, mode="qkv")
+            del q
+            add(k_sums, k, part)
+            add(v_sums, v, part)
+            dtype = k.dtype
+            del k, v
+        ks = []
+        for b in range(B):
+            ks.append(_means(k_sums[b], counts[b], dtype, H))
+            k_sums[b] = None
+        vs = []
+        for b in range(B):
+            vs.append(_means(v_sums[b], counts[b], dtype, H))
+            v_sums[b] = None
+        q_sums = sums()
+        for part in row_chunks(N, rows):
+            q = block(x[:, part], None, rope, mode="q")
+            add(q_sums, q, part)
+            del q
+        qs = []
+        for b in range(B):
+            qs.append(_means(q_sums[b], counts[b], dtype, H))
+            q_sums[b] = None
+        outs = []  # per item the reduced set's output, token-major [n, H, D]
+        for b in range(B):
+            outs.append(attend(qs[b], ks[b], vs[b])[0].transpose(0, 1))
+            qs[b] = ks[b] = vs[b] = None
+    for part in row_chunks(N, rows):
+        gathered = [outs[b][slots[b][part]] for b in range(B)]  # each token's slot's output
+        o = gathered[0].unsqueeze(0) if B == 1 else torch.stack(gathered)
+        del gathered
+        block(x[:, part], None, None, ranges, mode="finish", attended=o)
+        del o
+    return x
 
 
 # ---- FLOPs ---------------------------------------------------------------------------------------
