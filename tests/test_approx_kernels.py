@@ -499,3 +499,30 @@ def test_the_committed_2026_12_07_study_gives_its_verdict_against_the_fastest_ex
     assert fp8["speedup"] < 1.0  # FP8 linears ran slower than bf16 on this stack
     text = " ".join(line for f in findings.findings(rows) for line in f.lines)
     assert "at S=1000 is kv_keep=0.05: 8.85× over the exact model (also the fastest exact setting measured)" in text
+
+
+def test_the_committed_2026_12_08_study_backs_the_readmes_compiled_400_frame_row():
+    """reports/h100-2026-12-08/approx: every row compiled on one H100, the approximations on their dense
+    FlashAttention-4 kernels (block sparsity too), at 400 frames: kv_keep=0.03 at 8.60x over the compiled
+    exact model (the README's row), every approximation under the exact model's activation memory, and no
+    yardstick in the run (prune_depth=4 not run again), which the tool says rather than inventing one."""
+    from pathlib import Path
+
+    from vggt_bench.analysis import findings
+    from vggt_bench.analysis.approximations import approximation_table, best_within_yardstick
+    from vggt_bench.core.results import load_results
+
+    rows = load_results(str(Path(__file__).resolve().parents[1] / "reports" / "h100-2026-12-08" / "approx"))
+    assert rows["gpu_uuid"].nunique() == 1 and set(rows["compile"]) == {"default"} and set(rows["frames"]) == {400}
+    dense = rows[(rows["kv_keep"] < 1) | (rows["global_sparsity"] > 0)]
+    assert len(dense) == 3 and dense["attention_ran"].str.contains(r"approx=dense\(flash_attn4\)").all()
+    table = approximation_table(rows).set_index("setting")
+    assert table.loc["kv_keep=0.03", "speedup"] == pytest.approx(25_096.3 / 2_918.3, rel=1e-4)
+    assert table.loc["kv_keep=0.03", "speedup_fastest"] == table.loc["kv_keep=0.03", "speedup"]
+    assert table.loc["kv_keep=0.05", "speedup"] == pytest.approx(7.355, abs=1e-3)
+    assert table.loc["merge_ratio=0.65", "noisy"] and not table.drop("merge_ratio=0.65")["noisy"].any()
+    exact = rows[(rows["kv_keep"] == 1) & (rows["global_sparsity"] == 0) & (rows["merge_ratio"] == 0)]
+    assert (rows.drop(exact.index)["act_gib"] < float(exact["act_gib"].iloc[0])).all()
+    assert best_within_yardstick(approximation_table(rows)) is None
+    text = " ".join(line for f in findings.findings(rows) for line in f.lines)
+    assert "the fastest measured is kv_keep=0.03, 8.60× over the exact model" in text and "No yardstick" in text
