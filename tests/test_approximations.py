@@ -878,8 +878,10 @@ def test_approximated_global_layers_hold_little_more_than_the_exact_lean_model(m
     settings = {"kv_keep": dict(kv_keep=0.1), "global_sparsity": dict(global_sparsity=0.9, approx_kernel="flex"),
                 "merge_ratio": dict(merge_ratio=0.65)}
     above = {name: peak(**values) - exact for name, values in settings.items()}
-    # measured after: 2.49, 1.80, 2.83
-    assert above["kv_keep"] < 2.7 and above["global_sparsity"] < 2.0 and above["merge_ratio"] < 3.1, above
+    # measured after: 2.49, 1.80, 2.83; after the lean plan's two-pass block-sparse and merging layers
+    # (2026-12-08): 2.45, 0.04, 0.07 (kv_keep's flex path still projects Q, K, V whole; its dense path,
+    # which the GPU runs, held less than the exact model there: reports/h100-2026-12-08)
+    assert above["kv_keep"] < 2.7 and above["global_sparsity"] < 0.2 and above["merge_ratio"] < 0.3, above
 
 
 @pytest.mark.skipif(__import__("shutil").which("c++") is None and __import__("shutil").which("g++") is None,
