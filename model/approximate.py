@@ -106,11 +106,7 @@ def _projections(block, x: torch.Tensor, rope, rows: int, keep_normed: bool):
         n = part.stop - part.start
         if keep_normed:
             h = block.norm1(x[:, part])
-            q, k, v = attn.qkv(h).view(B, n, 3, H, D).unbind(2)
-            q, k = attn.q_norm(q), attn.k_norm(k)
-            if rope is not None:
-                q, k = rope.apply(q), rope.apply(k)
-            q, k, v = q.to(attention_dtype(q)), k.to(attention_dtype(k)), v.to(attention_dtype(v))
+            q, k, v = block.project(h, rope, normed=True)
         else:  # through the block's call: compiled with it under model.compile
             q, k, v = block(x[:, part], None, rope, mode="qkv")
             h = None
@@ -678,13 +674,9 @@ def block_lists(selected: torch.Tensor, plan: SparsePlan):
     camera/register ("sink") blocks ``scored .. kv_blocks - 1`` (always kept, above every patch block), so
     each list is ascending and ends with the last, possibly partial, key block; every count is ``W``."""
     B, H, nq, n = selected.shape
-    width = n + len(plan.sinks)
-    indices = torch.empty((B, H, nq, width), dtype=torch.int32, device=selected.device)
-    indices[..., n:] = plan.sinks
-    for part in row_chunks(nq, _rows_per_chunk(B * H * max(1, n))):  # sorted a chunk at a time (int64 temporaries)
-        indices[:, :, part, :n] = torch.sort(selected[:, :, part], dim=-1).values
-    counts = torch.full((B, H, nq), width, dtype=torch.int32, device=selected.device)
-    return counts, indices
+    step = _rows_per_chunk(B * H * max(1, n))  # sorted a chunk at a time (int64 temporaries)
+    return _sorted_lists(((part, selected[:, :, part]) for part in row_chunks(nq, step)), selected.shape, plan,
+                         selected.device)
 
 
 def _block_lists_of(q_mean, k_mean, plan: SparsePlan, sparsity: float, first: int):
@@ -692,15 +684,22 @@ def _block_lists_of(q_mean, k_mean, plan: SparsePlan, sparsity: float, first: in
     their means ``q_mean [B, blocks, H, D]`` and the patch key blocks' ``k_mean`` (fp32): each chunk's choice
     sorted straight into the lists, so no ``[B, H, blocks, n]`` selection is whole beside them."""
     B, blocks, H, _ = q_mean.shape
-    n = kept_blocks(plan.scored, sparsity, plan.own_max)
+    shape = (B, H, blocks, kept_blocks(plan.scored, sparsity, plan.own_max))
+    return _sorted_lists(_chosen_blocks(q_mean, k_mean, plan, sparsity, first), shape, plan, q_mean.device)
+
+
+def _sorted_lists(chunks, shape, plan: SparsePlan, device):
+    """``block_lists``' ``(counts, indices)`` from ``chunks`` of ``(part, chosen [B, H, m, n])``, the query
+    blocks ``part`` of ``shape = (B, H, blocks, n)``: each chunk's choice sorted into its rows, the sinks
+    after it."""
+    B, H, blocks, n = shape
     width = n + len(plan.sinks)
-    indices = torch.empty((B, H, blocks, width), dtype=torch.int32, device=q_mean.device)
+    indices = torch.empty((B, H, blocks, width), dtype=torch.int32, device=device)
     indices[..., n:] = plan.sinks
-    for part, chosen in _chosen_blocks(q_mean, k_mean, plan, sparsity, first):
+    for part, chosen in chunks:
         indices[:, :, part, :n] = torch.sort(chosen, dim=-1).values
         del chosen
-    counts = torch.full((B, H, blocks), width, dtype=torch.int32, device=q_mean.device)
-    return counts, indices
+    return torch.full((B, H, blocks), width, dtype=torch.int32, device=device), indices
 
 
 def sparse_block_mask(lists, plan: SparsePlan, with_mask_mod: bool, q_length: Optional[int] = None):
@@ -806,10 +805,10 @@ def _block_sparse_layer(block, x: torch.Tensor, attend, rope, ranges: Ranges, la
     chunks of whole frames: the function of ``_block_sparse`` (then the block's tail) in the exact lean
     plan's memory, K and V whole plus a chunk's work (and the patch key blocks' means, 1/128 of K in fp32).
 
-    Pass 1, half a chunk of ``rows`` tokens at a time (it projects Q, K and V where the exact plan's first
-    pass projects K and V alone): K and V through the block's call, straight into the reordered whole
-    buffers (``SparsePlan``: every frame's patch tokens frame-major, then the camera/register tokens); Q is
-    dropped. Then the patch key blocks' means. Pass 2, a chunk of ``rows`` tokens at a time: Q through the
+    Pass 1, half a chunk of ``rows`` tokens at a time (the block's call holds the chunk's normalised input
+    through qk-norm and RoPE, which the exact plan's first pass frees after the projection): K and V through
+    the block's ``kv`` call, straight into the reordered whole buffers (``SparsePlan``: every frame's patch
+    tokens frame-major, then the camera/register tokens). Then the patch key blocks' means. Pass 2, a chunk of ``rows`` tokens at a time: Q through the
     block's call; its camera/register queries attend every key densely (``attend``); its patch queries,
     after those carried from the chunks before, run in whole query blocks of BLOCK (blocks span frames;
     the last may be short, and runs with the last chunk) and the rows of a block the chunk ends inside are
@@ -827,8 +826,7 @@ def _block_sparse_layer(block, x: torch.Tensor, attend, rope, ranges: Ranges, la
     with ranges("attention"):
         for frames in row_chunks(S, max(1, step // 2)):
             F_ = frames.stop - frames.start
-            q, k, v = block(x[:, frames.start * P: frames.stop * P], None, rope, mode="qkv")
-            del q
+            k, v = block(x[:, frames.start * P: frames.stop * P], None, rope, mode="kv")
             H, D = k.shape[-2:]
             if k_cat is None:
                 k_cat = k.new_empty((B, plan.length, H, D))
@@ -1072,13 +1070,12 @@ def _merged_layer(block, x: torch.Tensor, attend, rope, ranges: Ranges, layout: 
     are made, and the reduced Q, K, V and attention output.
 
     1. Per batch item: ``norm1`` a chunk at a time into unit vectors, matched (``_assignment``), freed.
-    2. K and V of the reduced set: one pass over ``x`` through the block's call (``qkv``: Q is made
-       and dropped per chunk; the block has no K/V-only call), each chunk index-added into the fp32
-       sums of both, which are then divided and cast one after the other. Then Q the same way from the
-       block's ``q`` call (the Q rows of the projection alone). K and V first, together, then Q: the
-       same peak as one of the three at a time (two reduced tensors held beside one tensor's fp32 sums
-       and its cast either way: 5 x the reduced set in the attention dtype under bf16) with two passes
-       over ``x`` instead of three, and the Q rows projected twice instead of the whole QKV.
+    2. K and V of the reduced set: one pass over ``x`` through the block's ``kv`` call (the K and V rows
+       of the projection alone), each chunk index-added into the fp32 sums of both, which are then
+       divided and cast one after the other. Then Q the same way from the block's ``q`` call. K and V
+       first, together, then Q: the same peak as one of the three at a time (two reduced tensors held
+       beside one tensor's fp32 sums and its cast either way: 5 x the reduced set in the attention dtype
+       under bf16) with two passes over ``x`` instead of three.
     3. Attention over the reduced set per batch item (the configured kernel), Q, K, V freed after.
     4. Unmerge a chunk at a time: each token's output is its slot's, gathered for the chunk and handed
        to the block's ``finish`` (projection, residual, MLP): no unmerged ``[B, N, H, D]`` output.
@@ -1115,8 +1112,7 @@ def _merged_layer(block, x: torch.Tensor, attend, rope, ranges: Ranges, layout: 
 
         k_sums, v_sums = sums(), sums()
         for part in row_chunks(N, rows):
-            q, k, v = block(x[:, part], None, rope, mode="qkv")
-            del q
+            k, v = block(x[:, part], None, rope, mode="kv")
             add(k_sums, k, part)
             add(v_sums, v, part)
             dtype = k.dtype

@@ -183,11 +183,11 @@ class Block(nn.Module):
 
         Or the block's per-token parts around an attention computed elsewhere (``vggt_model.approximate``),
         through the same call so that ``model.compile`` (which compiles ``forward``) covers them too:
-        ``qkv`` / ``q``: ``(q, k, v)`` / ``q`` of ``x`` (``project``); ``finish``: ``x`` with the attention
+        ``qkv`` / ``q`` / ``kv``: ``(q, k, v)`` / ``q`` / ``(k, v)`` of ``x`` (``project``); ``finish``: ``x`` with the attention
         output ``attended`` added through the projection, then the MLP, in place (``finish``).
         """
-        if mode == "qkv" or mode == "q":
-            return self.project(x, rope, keys=mode == "qkv")
+        if mode in ("qkv", "q", "kv"):
+            return self.project(x, rope, mode)
         if mode == "finish":
             return self.finish(x, attended, ranges)
         if mode == "return":
@@ -204,22 +204,23 @@ class Block(nn.Module):
             return x
         return self._chunked(x, attend, rope, ranges, rows)
 
-    def project(self, x: torch.Tensor, rope: Optional[Rope2D], keys: bool = True):
-        """``(q, k, v)`` (``keys``) or ``q`` ``[B, n, H, D]`` of ``x [B, n, C]``: norm1, the QKV projection
-        (the Q rows alone without ``keys``), qk-norm, RoPE, in the dtype the attention kernel receives."""
+    def project(self, x: torch.Tensor, rope: Optional[Rope2D], parts: str = "qkv", normed: bool = False):
+        """``parts`` (``qkv``, ``q`` or ``kv``) of ``x [B, n, C]``, each ``[B, n, H, D]`` token-major: norm1 (not
+        with ``normed``: ``x`` is norm1's output already), those rows of the QKV projection alone (all of it for
+        ``qkv``), qk-norm, RoPE, in the dtype the attention kernel receives. A tuple, or the tensor for ``q``."""
         attn = self.attn
         B, n, C = x.shape
-        H, D = attn.num_heads, attn.head_dim
-        h = self.norm1(x)
-        if not keys:
-            q = attn.q_norm(linear_rows(attn.qkv, h, slice(0, C)).view(B, n, H, D))
-            q = rope.apply(q) if rope is not None else q
-            return q.to(attention_dtype(q))
-        q, k, v = attn.qkv(h).view(B, n, 3, H, D).unbind(2)
-        q, k = attn.q_norm(q), attn.k_norm(k)
-        if rope is not None:
-            q, k = rope.apply(q), rope.apply(k)
-        return q.to(attention_dtype(q)), k.to(attention_dtype(k)), v.to(attention_dtype(v))
+        h = x if normed else self.norm1(x)
+        rows = {"qkv": slice(None), "q": slice(0, C), "kv": slice(C, None)}[parts]
+        y = attn.qkv(h) if parts == "qkv" else linear_rows(attn.qkv, h, rows)
+        made = dict(zip(parts, y.view(B, n, len(parts), attn.num_heads, attn.head_dim).unbind(2)))
+        for name, norm in (("q", attn.q_norm), ("k", attn.k_norm)):
+            if name in made:
+                made[name] = norm(made[name])
+                if rope is not None:
+                    made[name] = rope.apply(made[name])
+        out = tuple(t.to(attention_dtype(t)) for t in made.values())
+        return out[0] if parts == "q" else out
 
     def finish(self, x: torch.Tensor, o: torch.Tensor, ranges: Ranges = OFF) -> torch.Tensor:
         """``x [B, n, C]`` in place: ``x += ls1(proj(o))`` for the attention output ``o [B, n, H, D]``

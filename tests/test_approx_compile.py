@@ -57,9 +57,10 @@ def test_every_per_token_step_of_an_approximated_layer_runs_inside_the_blocks_ca
     assert outside == [], f"run outside a block's call (so never compiled): {sorted(set(outside))}"
     assert "finish" in modes
     wanted = {"qkv", "q"} if knobs.get("approx_kernel") == "dense" else {"qkv"}
-    if "merge_ratio" in knobs:  # under upstream's plan merging keeps the normalised input too: its
-        # projections run beside the block; the lean plan's merging layer projects through the block's call
-        wanted = {"qkv", "q"} if plan == "lean" else set()
+    if "merge_ratio" in knobs or "global_sparsity" in knobs:
+        # the lean plan's merging and block-sparse layers: K and V in one pass, Q in another; under upstream's
+        # plan merging keeps the normalised input too, so its projections run beside the block
+        wanted = {"kv", "q"} if plan == "lean" else ({"qkv"} if "global_sparsity" in knobs else set())
     assert wanted <= set(modes), modes
 
 
