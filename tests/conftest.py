@@ -257,6 +257,31 @@ class _InProcess:
         Singleton._instances.update(saved)
 
 
+def lean_aggregator_peak(frames: int):
+    """``peak(**approx)``: the live tensor peak of the small model's bf16 aggregator over ``frames`` 70 x 112
+    frames under the lean plan (96-token chunks, SDPA), in units of one ``[N, C]`` in bf16 (45 tokens a
+    frame, C = 128): the memory tests' yardstick for the approximations against the exact lean model."""
+    import torch
+
+    import vggt_model
+    from vggt_model.config import ExecutionConfig, VGGTConfig
+    from vggt_bench.profiling.tensor_memory import LiveTensorMemory
+
+    net = vggt_model.build(VGGTConfig.small(), "cpu", seed=1)
+    vggt_model.set_precision(net, "bf16")
+    images = torch.rand(1, frames, 3, 70, 112, generator=torch.Generator().manual_seed(0)).bfloat16()
+    one = frames * 45 * 128 * 2
+
+    def peak(**approx):
+        net.configure(ExecutionConfig(memory_plan="lean", token_chunk=96, attention="sdpa", **approx))
+        with torch.inference_mode(), LiveTensorMemory() as counter:
+            net.aggregate(images)
+        return counter.peak_bytes / one
+
+    peak.net = net
+    return peak
+
+
 def _default_threads():
     """torch's thread count in an interpreter started without OMP_NUM_THREADS (one per physical core)."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}

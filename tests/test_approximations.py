@@ -857,22 +857,11 @@ def test_approximated_global_layers_hold_little_more_than_the_exact_lean_model(m
     the CPU with flex attention's fused kernel stood in by its output (the CPU's unfused flex materialises
     every score, which a GPU never does), the matching chunk as small against N x C as on a GPU; measured
     before the change: kv_keep +4.22, global_sparsity +5.58, merge_ratio +6.81 [N, C] above exact lean."""
-    from vggt_bench.profiling.tensor_memory import LiveTensorMemory
+    from conftest import lean_aggregator_peak
 
     monkeypatch.setattr(A, "_flex", lambda q, k, v, block_mask, score_mod=None: q.new_zeros(q.shape[:-1] + v.shape[-1:]))
     monkeypatch.setattr(A, "SIM_ELEMENTS", 4096)
-    net = vggt_model.build(VGGTConfig.small(), "cpu", seed=1)
-    vggt_model.set_precision(net, "bf16")
-    S = 64
-    images = torch.rand(1, S, 3, 70, 112, generator=torch.Generator().manual_seed(0)).bfloat16()
-    one = S * 45 * 128 * 2  # one [N, C] in bf16: 45 tokens per 70 x 112 frame, C = 128
-
-    def peak(**approx):
-        net.configure(ExecutionConfig(memory_plan="lean", token_chunk=96, attention="sdpa", **approx))
-        with torch.inference_mode(), LiveTensorMemory() as counter:
-            net.aggregate(images)
-        return counter.peak_bytes / one
-
+    peak = lean_aggregator_peak(64)
     exact = peak()
     # block sparsity on flex attention (the stand-in); its dense kernel: tests/test_approx_kernels.py
     settings = {"kv_keep": dict(kv_keep=0.1), "global_sparsity": dict(global_sparsity=0.9, approx_kernel="flex"),

@@ -169,7 +169,7 @@ def test_the_lean_model_with_block_sparsity_holds_what_the_exact_lean_model_hold
     """The whole aggregator in bf16 under the lean plan, the fused kernels stood in by their outputs as in
     tests/test_approximations.py's count: block sparsity held 1.80 x [N, C] more than the exact lean model
     before (whole Q, K, V, then their reordered copies), now the patch key blocks' means and a little more."""
-    from vggt_bench.profiling.tensor_memory import LiveTensorMemory
+    from conftest import lean_aggregator_peak
 
     def output(q, k, v, *rest, **kw):
         return q.new_zeros(q.shape[:-1] + v.shape[-1:])
@@ -177,19 +177,8 @@ def test_the_lean_model_with_block_sparsity_holds_what_the_exact_lean_model_hold
     monkeypatch.setattr(A, "_flex", output)
     monkeypatch.setattr(PA.KERNELS["eager"], "block_sparse", output)
     monkeypatch.setattr(A, "SIM_ELEMENTS", 4096)
-    net = vggt_model.build(VGGTConfig.small(), "cpu", seed=1)
-    vggt_model.set_precision(net, "bf16")
-    S = 32
-    images = torch.rand(1, S, 3, 70, 112, generator=torch.Generator().manual_seed(0)).bfloat16()
-    one = S * 45 * 128 * 2  # one [N, C] in bf16: 45 tokens per 70 x 112 frame, C = 128
-
-    def peak(**approx):
-        net.configure(ExecutionConfig(memory_plan="lean", token_chunk=96, attention="sdpa", **approx))
-        with torch.inference_mode(), LiveTensorMemory() as counter:
-            net.aggregate(images)
-        return counter.peak_bytes / one
-
+    peak = lean_aggregator_peak(32)
     exact = peak()
     above = peak(global_sparsity=0.5, approx_kernel=kernel) - exact
-    assert net.attention_report().endswith("approx=" + ("dense(eager)" if kernel == "dense" else "flex"))
+    assert peak.net.attention_report().endswith("approx=" + ("dense(eager)" if kernel == "dense" else "flex"))
     assert above < 0.1, above  # measured: 0.03 (dense), 0.00 (flex); the whole-tensor path: 1.50, 1.53
