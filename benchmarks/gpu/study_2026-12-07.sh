@@ -8,7 +8,7 @@
 set -u
 SELF=$(readlink -f "$0"); R=${VGGT_REPO:-$PWD}; W=${VGGT_WORK:-/tmp/vggt-work}/study; mkdir -p "$W/logs"; cd "$W"
 DEADLINE=${DEADLINE:-$(( $(date +%s) + 580 ))}
-. "$(dirname "$SELF")/lib.sh"  # run, pack
+. "$(dirname "$SELF")/lib.sh"  # run, pack, machine, start_queue, wait_queue
 # The fastest exact setting at these frame counts (docs/BENCHMARKS.md, 2026-12-07): bf16 weights, cuDNN frame
 # attention, FlashAttention-4 global attention, the lean plan (upstream's holds ~72 GiB of activations at
 # 1,000 frames) with 65,536-token chunks (8,192-token chunks leave FlashAttention-4's last wave of 132 SMs
@@ -19,9 +19,7 @@ A="python3 -m vggt_bench sweep report=false experiment=approximations out=$W/app
 for stage in "$@"; do
   case $stage in
     env)     # what this machine is
-      nvidia-smi --query-gpu=name,uuid,driver_version,memory.total,power.limit --format=csv,noheader
-      python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
-      python3 -c "import flash_attn.cute, importlib.metadata as m; print('flash-attn-4', m.version('flash-attn-4'))" 2>&1 | tail -n 1 ;;
+      machine ;;
     kernels) # one global layer's kv_keep attention on the dense parts (errors against fp32 at 64 frames,
              # time and TFLOP/s at 800 and 1,000), and FP8 linears against bf16
       run kernels 150 python3 "$R/benchmarks/gpu/approx_kernels.py" --frames 64,1000 --keep 0.05,0.1 \
@@ -34,10 +32,7 @@ for stage in "$@"; do
       run dev100 60 $A frames=100 measure.warmup=1 measure.repeats=3 approx=exact model.token_chunk=8192 ;;
     queue)   # the long points, one process each, the exact point of a frame count first (every drift and
              # speedup of that frame count is against it); QUEUE overrides: frames:approx:warmup:repeats
-      cp "$SELF" "$W/queue.sh"; cp "$(dirname "$SELF")/lib.sh" "$W/lib.sh"
-      setsid nohup env DEADLINE=$(( $(date +%s) + 4000 )) VGGT_REPO="$R" QUEUE="${QUEUE:-}" EXTRA="${EXTRA:-}" bash "$W/queue.sh" run-queue \
-        > "$W/logs/queue.out" 2>&1 < /dev/null &
-      echo "queue started: pid $!" ;;
+      start_queue "$SELF" QUEUE="${QUEUE:-}" EXTRA="${EXTRA:-}" ;;
     run-queue)
       # in priority order: issue 26's 1,000-frame target (exact, kv_keep=0.05, the yardstick's drift), the
       # other settings at 1,000 frames, then the 800-frame target
@@ -48,9 +43,7 @@ for stage in "$@"; do
       done
       date +%T > "$W/queue.done" ;;
     wait)    # until the queue is done or DEADLINE is near
-      while [ ! -f "$W/queue.done" ] && [ $(( DEADLINE - $(date +%s) )) -gt 40 ]; do sleep 5; done
-      grep -E "^=== |^ok|^oom|^error|^unava" "$W/logs/queue.out" | tail -n 30
-      [ -f "$W/queue.done" ] && echo "queue done at $(cat "$W/queue.done")" ;;
+      wait_queue ;;
     pack)    pack ;;
     *) echo "unknown stage $stage" ;;
   esac

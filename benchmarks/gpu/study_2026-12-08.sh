@@ -10,7 +10,7 @@
 set -u
 SELF=$(readlink -f "$0"); R=${VGGT_REPO:-$PWD}; W=${VGGT_WORK:-/tmp/vggt-work}/study; mkdir -p "$W/logs"; cd "$W"
 DEADLINE=${DEADLINE:-$(( $(date +%s) + 580 ))}
-. "$(dirname "$SELF")/lib.sh"  # run, pack
+. "$(dirname "$SELF")/lib.sh"  # run, pack, machine, start_queue, wait_queue
 # The fastest exact setting at these frame counts (docs/BENCHMARKS.md, 2026-12-07): bf16 weights, cuDNN frame
 # attention, FlashAttention-4 global attention, the lean plan with 65,536-token chunks; compiled here (the
 # prediction: 1-2% faster than eager at 1,000 frames). The approximations run on the same, on their dense
@@ -20,9 +20,7 @@ A="python3 -m vggt_bench sweep report=false experiment=approximations out=$W/app
 for stage in "$@"; do
   case $stage in
     env)     # what this machine is
-      nvidia-smi --query-gpu=name,uuid,driver_version,memory.total,power.limit --format=csv,noheader
-      python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
-      python3 -c "import flash_attn.cute, importlib.metadata as m; print('flash-attn-4', m.version('flash-attn-4'))" 2>&1 | tail -n 1 ;;
+      machine ;;
     tiles)   # the kept window at three query tiles, and one layer's dense kv_keep attention (CUDA events)
       run tiles 200 python3 "$R/benchmarks/gpu/window_tiles.py" --frames 1000 --keep 0.05 --tiles 192x128,128x128,192x192
       grep -vE "^\s*$|Warning|warn" "$W/logs/tiles.log" | tail -n 12 ;;
@@ -39,10 +37,7 @@ for stage in "$@"; do
       grep -vE "^\s*$|Warning|warn" "$W/logs/sparse.log" | tail -n 14 ;;
     queue)   # the long points, one process each, the exact point first (every drift and speedup is against it);
              # QUEUE overrides: frames:approx:warmup:repeats[:override,override...]
-      cp "$SELF" "$W/queue.sh"; cp "$(dirname "$SELF")/lib.sh" "$W/lib.sh"
-      setsid nohup env DEADLINE=$(( $(date +%s) + 4000 )) VGGT_REPO="$R" QUEUE="${QUEUE:-}" bash "$W/queue.sh" run-queue \
-        > "$W/logs/queue.out" 2>&1 < /dev/null &
-      echo "queue started: pid $!" ;;
+      start_queue "$SELF" QUEUE="${QUEUE:-}" ;;
     run-queue)
       # in priority order: the compiled exact model (the baseline of every speedup), kv_keep=0.05 and 0.03
       # and 0.02 compiled (issue 26's 1,000-frame target), kv_keep=0.05 eager (what compile bought), block sparsity on
@@ -55,9 +50,7 @@ for stage in "$@"; do
       done
       date +%T > "$W/queue.done" ;;
     wait)    # until the queue is done or DEADLINE is near
-      while [ ! -f "$W/queue.done" ] && [ $(( DEADLINE - $(date +%s) )) -gt 40 ]; do sleep 5; done
-      grep -E "^=== |^ok|^oom|^error|^unava" "$W/logs/queue.out" | tail -n 30
-      [ -f "$W/queue.done" ] && echo "queue done at $(cat "$W/queue.done")" ;;
+      wait_queue ;;
     pack)    pack ;;
     *) echo "unknown stage $stage" ;;
   esac
