@@ -90,3 +90,24 @@ def test_compiling_keeps_entries_for_every_block_mode():
         assert torch._dynamo.config.recompile_limit >= EX.BLOCK_RECOMPILES >= 32
     finally:
         torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("knobs", [dict(kv_keep=0.25, approx_kernel="dense"), dict(global_sparsity=0.5, approx_kernel="dense")],
+                         ids=["kv_keep-dense", "global_sparsity-dense"])
+def test_compiled_approximated_layers_compute_what_the_eager_ones_do(knobs):
+    """model.compile claims the same function: the lean plan's approximated layers compiled (inductor, CPU)
+    against the same model eager, fp32, several chunks so the lean passes' chunk shapes all compile."""
+    net, images = _small(frames=6)
+    net.configure(ExecutionConfig(memory_plan="lean", token_chunk=2 * 84, **knobs))
+    with torch.inference_mode():
+        layers = net.aggregate(images)[0]
+    eager = layers[-1]
+    EX.apply_compile(net, "default")
+    try:
+        with torch.inference_mode():
+            compiled = net.aggregate(images)[0][-1]
+    finally:
+        torch._dynamo.reset()  # no compiled state left to the tests after this one
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-5)
+    kept = [t for t in layers if t is not None]
+    assert len(kept) > 1 and (kept[0] - eager).abs().max() > 1e-2  # the tolerance separates layers' outputs
